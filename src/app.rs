@@ -1,0 +1,154 @@
+//! The composition root: binds the listeners of a configuration, builds the first
+//! snapshot, and spawns the accept loops, the health checker and the admin
+//! listener. [`Limpet::start`] is what `limpet run` and the tests call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::state::{self, SharedState, Snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running limpet.
+pub struct Limpet {
+    /// The bound public plain-HTTP listeners (port 0 in the config becomes real here).
+    pub http_addrs: Vec<SocketAddr>,
+    /// The bound admin listener, if configured.
+    pub admin_addr: Option<SocketAddr>,
+    pub state: SharedState,
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+    /// Bumped on every successful reload; the health checker follows it.
+    generation: watch::Sender<u64>,
+    tasks: JoinSet<()>,
+}
+
+impl Limpet {
+    /// Binds every listener of `config` and starts serving.
+    pub async fn start(config: Config) -> Result<Limpet, StartError> {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let metrics = Metrics::with_process_metrics()?;
+        let snapshot = Snapshot::build(config, None);
+        metrics.register_snapshot(&snapshot);
+        let state = state::shared(snapshot);
+        let config = state.load().config.clone();
+
+        let mut http = Vec::new();
+        for addr in &config.listen.http {
+            http.push(bind(*addr).await?);
+        }
+        let admin = match &config.admin {
+            Some(a) => Some(bind(a.listen).await?),
+            None => None,
+        };
+        let http_addrs = http.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (generation, generation_rx) = watch::channel(0u64);
+        let proxy = Proxy::new(state.clone(), metrics.clone());
+        let connections = Arc::new(Semaphore::new(config.limits.max_connections));
+        let mut tasks = JoinSet::new();
+        for listener in http {
+            tasks.spawn(crate::listener::serve(
+                listener,
+                proxy.clone(),
+                connections.clone(),
+                shutdown_rx.clone(),
+                config.timeouts.shutdown_grace,
+            ));
+        }
+        tasks.spawn(crate::health::run(
+            state.clone(),
+            metrics.clone(),
+            generation_rx,
+            shutdown_rx.clone(),
+        ));
+        let limpet = Limpet {
+            http_addrs,
+            admin_addr,
+            state,
+            metrics,
+            shutdown,
+            generation,
+            tasks,
+        };
+        let _ = admin;
+        Ok(limpet)
+    }
+
+    /// Re-reads the configuration file and swaps it in; on error nothing changes.
+    pub fn reload(&self) -> Result<Arc<Config>, ConfigError> {
+        let current = self.state.load_full();
+        let result = match &current.config.path {
+            Some(path) => Config::from_file(path),
+            None => Err(ConfigError {
+                file: "(inline)".into(),
+                position: None,
+                message: "this configuration was not loaded from a file".into(),
+            }),
+        };
+        self.apply(result)
+    }
+
+    /// Swaps in `config` (already parsed), keeping backend state where it applies.
+    pub fn apply(&self, result: Result<Config, ConfigError>) -> Result<Arc<Config>, ConfigError> {
+        let config = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                return Err(e);
+            }
+        };
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let current = self.state.load_full();
+        if config.listen.http != current.config.listen.http || config.admin.as_ref().map(|a| a.listen) != current.config.admin.as_ref().map(|a| a.listen) {
+            tracing::warn!("listener addresses changed: they take effect at the next restart");
+        }
+        let snapshot = Snapshot::build(config, Some(&current));
+        self.metrics.register_snapshot(&snapshot);
+        let config = snapshot.config.clone();
+        self.state.store(Arc::new(snapshot));
+        self.generation.send_modify(|g| *g += 1);
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        tracing::info!(checksum = %config.checksum, "configuration reloaded");
+        Ok(config)
+    }
+
+    /// Stops accepting, lets requests in flight finish up to `shutdown_grace`, and
+    /// returns when every task has ended.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// A receiver that turns true when shutdown starts.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}

@@ -1,0 +1,244 @@
+//! Picks a backend for a request without a valid pin (`least-requests`, `round-robin`,
+//! `random`, all weighted), and maps an ip-hash key to its backend with a consistent
+//! hash.
+//!
+//! The consistent hash is weighted rendezvous hashing (highest random weight): each
+//! backend scores `-weight / ln(u)` where `u` is a hash of (key, backend name) mapped to
+//! (0, 1), and the highest score wins. We chose it over a ketama ring and Maglev
+//! because it is exact where they approximate: removing one of N backends moves only
+//! the keys that were on it (a ring also does, Maglev not quite), shares follow the
+//! weights without virtual nodes, and it needs no table to rebuild on reload. Its cost
+//! is O(N) per lookup, a few nanoseconds per backend, which is nothing for the tens of
+//! backends an upstream has. Scores depend only on names and weights, so every limpet
+//! instance with the same config maps an IP to the same backend.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::config::Balance;
+
+/// The policy state for new sessions of one upstream.
+#[derive(Debug)]
+pub struct Balancer {
+    policy: Balance,
+    /// Smooth weighted round-robin order, precomputed (nginx's algorithm).
+    rr_order: Vec<usize>,
+    rr_next: AtomicUsize,
+    slow_start: Duration,
+}
+
+impl Balancer {
+    pub fn new(policy: Balance, backends: &[Backend], slow_start: Duration) -> Self {
+        Balancer {
+            policy,
+            rr_order: smooth_round_robin(backends),
+            rr_next: AtomicUsize::new(fastrand::usize(..backends.len().max(1))),
+            slow_start,
+        }
+    }
+
+    /// A ready backend for a new session, skipping `exclude`; `None` when none is ready.
+    pub fn pick(&self, backends: &[Backend], exclude: &[usize]) -> Option<usize> {
+        let eligible = |i: usize| !exclude.contains(&i) && backends[i].state.is_ready();
+        match self.policy {
+            Balance::RoundRobin => self.round_robin(backends, eligible),
+            Balance::Random => self.weighted_random(backends, eligible),
+            Balance::LeastRequests => self.least_requests(backends, eligible),
+        }
+    }
+
+    fn effective_weight(&self, backend: &Backend) -> f64 {
+        backend.weight as f64 * backend.state.ramp(self.slow_start)
+    }
+
+    fn round_robin(&self, backends: &[Backend], eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        let len = self.rr_order.len();
+        let start = self.rr_next.fetch_add(1, Relaxed);
+        for step in 0..len {
+            let i = self.rr_order[(start + step) % len];
+            if !eligible(i) {
+                continue;
+            }
+            // A backend in slow start takes its turn only with its ramp's probability.
+            let ramp = backends[i].state.ramp(self.slow_start);
+            if ramp >= 1.0 || fastrand::f64() < ramp {
+                return Some(i);
+            }
+        }
+        (0..backends.len()).find(|&i| eligible(i))
+    }
+
+    fn weighted_random(&self, backends: &[Backend], eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        let total: f64 = (0..backends.len())
+            .filter(|&i| eligible(i))
+            .map(|i| self.effective_weight(&backends[i]))
+            .sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut point = fastrand::f64() * total;
+        let mut last = None;
+        for i in (0..backends.len()).filter(|&i| eligible(i)) {
+            point -= self.effective_weight(&backends[i]);
+            last = Some(i);
+            if point < 0.0 {
+                return Some(i);
+            }
+        }
+        last
+    }
+
+    /// Power of two choices: two weighted-random candidates, the one with fewer
+    /// requests in flight per unit of weight wins; ties go to the one that has served
+    /// fewer requests per unit of weight, which keeps sequential traffic even.
+    fn least_requests(&self, backends: &[Backend], eligible: impl Fn(usize) -> bool + Copy) -> Option<usize> {
+        let a = self.weighted_random(backends, eligible)?;
+        let b = match self.weighted_random(backends, |i| i != a && eligible(i)) {
+            Some(b) => b,
+            None => return Some(a),
+        };
+        let load = |i: usize| {
+            let s = &backends[i].state;
+            let w = self.effective_weight(&backends[i]);
+            (s.in_flight.load(Relaxed) as f64 / w, s.requests.load(Relaxed) as f64 / w)
+        };
+        if load(b) < load(a) {
+            Some(b)
+        } else {
+            Some(a)
+        }
+    }
+}
+
+/// The order in which smooth weighted round-robin visits the backends over one cycle
+/// (weights 5,1,1 give a a b a c a a, not a a a a a b c).
+fn smooth_round_robin(backends: &[Backend]) -> Vec<usize> {
+    let total: i64 = backends.iter().map(|b| b.weight as i64).sum();
+    let mut current = vec![0i64; backends.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, b) in current.iter_mut().zip(backends) {
+            *c += b.weight as i64;
+        }
+        let Some(best) = (0..backends.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))) else {
+            break;
+        };
+        current[best] -= total;
+        order.push(best);
+    }
+    order
+}
+
+/// The backend an ip-hash key maps to, among all backends (available or not: the
+/// caller applies the failover rules), by weighted rendezvous hashing.
+pub fn rendezvous(backends: &[Backend], key: u64) -> Option<usize> {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i, rendezvous_score(key, name_hash(&b.name), b.weight)))
+        .max_by(|x, y| x.1.total_cmp(&y.1))
+        .map(|(i, _)| i)
+}
+
+fn rendezvous_score(key: u64, name: u64, weight: u32) -> f64 {
+    let h = mix64(key ^ name.rotate_left(17));
+    // 53 random bits -> (0, 1), never 0 nor 1.
+    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -(weight as f64) / u.ln()
+}
+
+/// FNV-1a, 64 bit: a fixed, documented hash so that every instance agrees.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn name_hash(name: &str) -> u64 {
+    mix64(fnv1a(name.as_bytes()))
+}
+
+/// The splitmix64 finaliser: spreads every input bit over the output.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The ip-hash key of a client address.
+pub fn ip_key(ip: std::net::IpAddr) -> u64 {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match ip {
+        std::net::IpAddr::V4(v4) => mix64(fnv1a(&v4.octets())),
+        std::net::IpAddr::V6(v6) => mix64(fnv1a(&v6.octets())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendState;
+    use std::sync::Arc;
+
+    fn backends(weights: &[u32]) -> Vec<Backend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let addr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
+                Backend {
+                    name: format!("app{}", i + 1).into(),
+                    addr,
+                    addr_text: addr.to_string(),
+                    weight: w,
+                    replica: None,
+                    route: format!("app{}", i + 1),
+                    state: Arc::new(BackendState::new(addr)),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn smooth_round_robin_interleaves_by_weight() {
+        let order = smooth_round_robin(&backends(&[5, 1, 1]));
+        assert_eq!(order, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_removed_backends_keys() {
+        let four = backends(&[1, 1, 1, 1]);
+        let three: Vec<Backend> = backends(&[1, 1, 1, 1]).into_iter().filter(|b| &*b.name != "app3").collect();
+        let mut moved = 0;
+        for k in 0..10_000u64 {
+            let key = mix64(k);
+            let before = &four[rendezvous(&four, key).unwrap()].name;
+            let after = &three[rendezvous(&three, key).unwrap()].name;
+            if before != after {
+                assert_eq!(&**before, "app3", "a key not on app3 moved");
+                moved += 1;
+            }
+        }
+        assert!((2_000..3_000).contains(&moved), "moved {moved} of 10000");
+    }
+
+    #[test]
+    fn rendezvous_respects_weights() {
+        let b = backends(&[1, 2, 3]);
+        let mut counts = [0usize; 3];
+        for k in 0..60_000u64 {
+            counts[rendezvous(&b, mix64(k)).unwrap()] += 1;
+        }
+        for (i, c) in counts.iter().enumerate() {
+            let expected = 10_000.0 * (i + 1) as f64;
+            assert!((*c as f64 - expected).abs() < expected * 0.05, "{counts:?}");
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Errors of the request path and the one place they become HTTP responses:
+//! limpet's own answers are short plain-text bodies (SPEC section 4).
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::upstream::ProxyBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("no backend available")]
+    NoBackend,
+    #[error("the pinned backend is unavailable and failover is \"reject\"")]
+    Rejected,
+    #[error("backend unreachable: {0}")]
+    Unreachable(#[source] crate::upstream::ConnectError),
+    #[error("backend failed before answering: {0}")]
+    BadGateway(#[source] hyper::Error),
+    #[error("backend sent no response within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend | ProxyError::Rejected => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unreachable(_) | ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "400 bad request\n",
+            ProxyError::NoRoute => "404 no route\n",
+            ProxyError::NoBackend => "503 no backend available\n",
+            ProxyError::Rejected => "503 backend unavailable\n",
+            ProxyError::Unreachable(_) | ProxyError::BadGateway(_) => "502 bad gateway\n",
+            ProxyError::Timeout(_) => "504 gateway timeout\n",
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        plain(self.status(), self.body())
+    }
+}
+
+/// A short plain-text response.
+pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::text(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}

@@ -1,0 +1,124 @@
+//! The `limpet` command: parse the command line, set up logging, load the
+//! configuration, start, and wait for signals. No logic of its own.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use limpet::{Config, Limpet};
+
+#[derive(Parser)]
+#[command(name = "limpet", version, about = "A sticky-session aware HTTP load balancer")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM/SIGINT; SIGHUP reloads the configuration file.
+    Run {
+        #[arg(long, env = "LIMPET_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the configuration file and print a summary.
+    Check {
+        #[arg(long, env = "LIMPET_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match Config::from_file(&config) {
+            Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
+                print!("{}: ok\n{}", config.display(), c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::from_file(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("limpet: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = builder.enable_all().build()?;
+    runtime.block_on(async move {
+        let limpet = Limpet::start(config).await?;
+        for addr in &limpet.http_addrs {
+            tracing::info!("listening on http://{addr}");
+        }
+        if let Some(addr) = limpet.admin_addr {
+            tracing::info!("admin on http://{addr}");
+        }
+        wait_for_stop(&limpet).await?;
+        tracing::info!("shutting down: no new connections, waiting for requests in flight");
+        limpet.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+async fn wait_for_stop(limpet: &Limpet) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match limpet.reload() {
+                Ok(c) => tracing::info!(checksum = %c.checksum, "SIGHUP: configuration reloaded"),
+                Err(e) => tracing::error!("SIGHUP: reload failed, the old configuration keeps serving: {e}"),
+            },
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

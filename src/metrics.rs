@@ -1,0 +1,181 @@
+//! The Prometheus metrics of SPEC section 7, registered on a registry passed in (no
+//! global registry: every test's limpet starts at zero).
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::backend::State;
+use crate::state::{Outcome, Snapshot};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub backend_up: IntGaugeVec,
+    pub backend_state: IntGaugeVec,
+    pub backend_in_flight: IntGaugeVec,
+    pub affinity: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub health_checks: IntCounterVec,
+    pub downstream_connections: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
+        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "limpet_request_duration_seconds",
+                "Time from the request head to the response head, per backend.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["upstream", "backend"],
+        )?;
+        registry.register(Box::new(duration.clone()))?;
+        let m = Metrics {
+            requests: counter(
+                "limpet_requests_total",
+                "Client requests, by the backend that answered and the status class.",
+                &["upstream", "backend", "code"],
+            )?,
+            duration,
+            backend_up: gauge("limpet_backend_up", "1 when the backend is healthy.", &["upstream", "backend"])?,
+            backend_state: gauge(
+                "limpet_backend_state",
+                "1 on the backend's current state.",
+                &["upstream", "backend", "state"],
+            )?,
+            backend_in_flight: gauge(
+                "limpet_backend_in_flight",
+                "Requests in flight to the backend.",
+                &["upstream", "backend"],
+            )?,
+            affinity: counter(
+                "limpet_affinity_total",
+                "Routing decisions by outcome.",
+                &["upstream", "outcome"],
+            )?,
+            retries: counter(
+                "limpet_retries_total",
+                "Retries, labelled with the backend that failed.",
+                &["upstream", "backend"],
+            )?,
+            health_checks: counter(
+                "limpet_health_checks_total",
+                "Active health checks by result.",
+                &["upstream", "backend", "result"],
+            )?,
+            downstream_connections: gauge(
+                "limpet_downstream_connections",
+                "Open client connections per listener.",
+                &["listener"],
+            )?,
+            config_reloads: counter("limpet_config_reloads_total", "Configuration reloads by result.", &["result"])?,
+            build_info: gauge("limpet_build_info", "Always 1; the version label says which.", &["version"])?,
+            registry,
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        Ok(m)
+    }
+
+    /// A fresh registry with the process collector and limpet's metrics.
+    pub fn with_process_metrics() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Metrics::new(registry)
+    }
+
+    /// Makes every label combination of a snapshot visible at zero, so that rates
+    /// and alerts work from the first scrape.
+    pub fn register_snapshot(&self, snap: &Snapshot) {
+        for up in &snap.upstreams {
+            for outcome in Outcome::ALL {
+                self.affinity.with_label_values(&[&up.name, outcome.as_str()]);
+            }
+            for b in &up.backends {
+                self.retries.with_label_values(&[&up.name, &b.name]);
+                for result in ["ok", "fail"] {
+                    self.health_checks.with_label_values(&[&up.name, &b.name, result]);
+                }
+            }
+        }
+    }
+
+    /// Refreshes the gauges that mirror backend state (called before each scrape).
+    pub fn update_gauges(&self, snap: &Snapshot) {
+        self.backend_up.reset();
+        self.backend_state.reset();
+        self.backend_in_flight.reset();
+        for up in &snap.upstreams {
+            for b in &up.backends {
+                let state = b.state.state();
+                let labels = [&*up.name, &*b.name];
+                self.backend_up
+                    .with_label_values(&labels)
+                    .set((b.state.health() == crate::backend::Health::Up) as i64);
+                self.backend_in_flight
+                    .with_label_values(&labels)
+                    .set(b.state.in_flight.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                for s in State::ALL {
+                    self.backend_state
+                        .with_label_values(&[&up.name, &b.name, s.as_str()])
+                        .set((s == state) as i64);
+                }
+            }
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_default()
+    }
+}
+
+/// A connection counted in `limpet_downstream_connections` until dropped.
+#[derive(Debug)]
+pub struct ConnectionGauge(IntGauge);
+
+impl ConnectionGauge {
+    pub fn open(metrics: &Metrics, listener: &str) -> Self {
+        let g = metrics.downstream_connections.with_label_values(&[listener]);
+        g.inc();
+        ConnectionGauge(g)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `2xx` .. `5xx` for a status code.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

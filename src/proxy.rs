@@ -1,0 +1,378 @@
+//! The request path, top to bottom: route, read the pin, choose the backend, rewrite
+//! the request, forward it (retrying per SPEC section 4), re-pin in the response.
+//!
+//! [`Proxy::call`] wraps [`Proxy::handle`]: it is the only place where an error
+//! becomes a response, and where metrics and the access log are written.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+
+use crate::config::{Affinity, SameSite, Secure};
+use crate::error::ProxyError;
+use crate::metrics::{code_class, Metrics};
+use crate::state::{Decision, Outcome, SharedState, Snapshot, Upstream};
+use crate::upstream::{self, InFlight, ProxyBody, SendError, StreamedBody, UpstreamBody};
+
+pub const FAILOVER_FROM: HeaderName = HeaderName::from_static("x-limpet-failover-from");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The proxy service shared by every listener.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub state: SharedState,
+    pub metrics: Metrics,
+}
+
+/// What the access log and the metrics say about a request.
+#[derive(Default)]
+struct Trace {
+    upstream: Option<Arc<str>>,
+    backend: Option<Arc<str>>,
+    outcome: Option<Outcome>,
+}
+
+impl Proxy {
+    pub fn new(state: SharedState, metrics: Metrics) -> Self {
+        Proxy { state, metrics }
+    }
+
+    /// Answers one client request; never fails.
+    pub async fn call(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let snap = self.state.load_full();
+        let mut trace = Trace::default();
+        let response = match self.handle(&snap, req, conn, &mut trace).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                if err.status().is_server_error() {
+                    tracing::debug!(error = %err, "request failed");
+                }
+                err.into_response()
+            }
+        };
+        let status = response.status().as_u16();
+        let upstream = trace.upstream.as_deref().unwrap_or("");
+        let backend = trace.backend.as_deref().unwrap_or("");
+        let elapsed = started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[upstream, backend, code_class(status)])
+            .inc();
+        if let Some(outcome) = trace.outcome {
+            self.metrics.affinity.with_label_values(&[upstream, outcome.as_str()]).inc();
+        }
+        if trace.backend.is_some() {
+            self.metrics
+                .duration
+                .with_label_values(&[upstream, backend])
+                .observe(elapsed.as_secs_f64());
+        }
+        tracing::info!(
+            target: "limpet::access",
+            method = %method,
+            path = %path,
+            status,
+            upstream,
+            backend,
+            affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+        response
+    }
+
+    async fn handle(
+        &self,
+        snap: &Snapshot,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let host = request_host(&req)?;
+        let path = req.uri().path();
+        let upstream_index = snap.router.route(host.as_deref(), path).ok_or(ProxyError::NoRoute)?;
+        let upstream = &snap.upstreams[upstream_index];
+        trace.upstream = Some(upstream.name.clone());
+
+        let pin = upstream.read_pin(req.headers(), path, conn.peer.ip());
+        let decision = upstream.choose(pin);
+        trace.outcome = Some(decision.outcome);
+        if decision.outcome == Outcome::Rejected {
+            return Err(if upstream.config.failover == crate::config::Failover::Reject && pin.is_some() {
+                ProxyError::Rejected
+            } else {
+                ProxyError::NoBackend
+            });
+        }
+
+        let req = rewrite_request(req, upstream, host, conn)?;
+        let timeouts = snap.config.timeouts;
+        let (resp, decision) = self.forward(upstream, decision, req, timeouts, trace).await?;
+        trace.outcome = Some(decision.outcome);
+        Ok(rewrite_response(resp, upstream, &decision, conn))
+    }
+
+    /// Sends the request to the decided backend; on failure retries per SPEC section 4.
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        mut decision: Decision,
+        req: Request<Incoming>,
+        timeouts: crate::config::Timeouts,
+        trace: &mut Trace,
+    ) -> Result<(Response<StreamedBody>, Decision), ProxyError> {
+        // A bodiless idempotent request can be replayed after it was sent.
+        let replay = (is_idempotent(req.method()) && req.body().is_end_stream() && upstream.config.retries > 0)
+            .then(|| clone_head(&req));
+        let mut req: Request<UpstreamBody> = req.map(Either::Left);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut retries_left = upstream.config.retries;
+        loop {
+            let backend = &upstream.backends[decision.backend];
+            trace.backend = Some(backend.name.clone());
+            set_failover_header(req.headers_mut(), upstream, &decision);
+            let in_flight = InFlight::start(&backend.state);
+            let failure = match upstream::send(&backend.state, req, timeouts.upstream_connect, timeouts.upstream_response).await {
+                Ok((resp, lease)) => {
+                    backend.state.passive_failures.store(0, Relaxed);
+                    backend.state.requests.fetch_add(1, Relaxed);
+                    let resp = resp.map(|body| StreamedBody::new(body, lease, in_flight));
+                    return Ok((resp, decision));
+                }
+                Err(e) => e,
+            };
+            drop(in_flight);
+            let next_req = match failure {
+                SendError::Timeout(after) => return Err(ProxyError::Timeout(after)),
+                SendError::NotSent { request, cause } => {
+                    crate::health::passive_failure(upstream, decision.backend, &cause);
+                    if retries_left == 0 {
+                        return Err(ProxyError::Unreachable(cause));
+                    }
+                    *request
+                }
+                SendError::NoResponse { cause, reused } => {
+                    if !reused {
+                        crate::health::passive_failure(upstream, decision.backend, &cause);
+                    }
+                    match &replay {
+                        Some(head) if retries_left > 0 => rebuild(head),
+                        _ => return Err(ProxyError::BadGateway(cause)),
+                    }
+                }
+            };
+            retries_left -= 1;
+            self.metrics
+                .retries
+                .with_label_values(&[&upstream.name, &backend.name])
+                .inc();
+            tried.push(decision.backend);
+            decision = upstream.after_failure(decision, &tried);
+            if decision.outcome == Outcome::Rejected {
+                return Err(ProxyError::NoBackend);
+            }
+            req = next_req;
+        }
+    }
+}
+
+/// The request's host: the `Host` header, or the authority of an HTTP/2 request.
+/// HTTP/1.1 requires a Host header.
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        let h = h.to_str().map_err(|_| ProxyError::BadRequest("Host is not text"))?;
+        return Ok(Some(h.to_owned()));
+    }
+    if let Some(a) = req.uri().authority() {
+        return Ok(Some(a.as_str().to_owned()));
+    }
+    if req.version() == Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+    }
+    Ok(None)
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+}
+
+/// What it takes to send a bodiless request again.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+fn clone_head(req: &Request<Incoming>) -> Head {
+    Head {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+    }
+}
+
+fn rebuild(head: &Head) -> Request<UpstreamBody> {
+    let mut req = Request::new(Either::Right(Empty::new()));
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.headers_mut() = head.headers.clone();
+    req
+}
+
+/// Turns the client's request into the backend's: origin-form URI, HTTP/1.1, no
+/// hop-by-hop headers, limpet's cookie stripped, X-Forwarded-* set.
+fn rewrite_request(
+    mut req: Request<Incoming>,
+    upstream: &Upstream,
+    host: Option<String>,
+    conn: &ConnInfo,
+) -> Result<Request<Incoming>, ProxyError> {
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let origin: Uri = path.parse().map_err(|_| ProxyError::BadRequest("bad request target"))?;
+    *req.uri_mut() = origin;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers);
+    headers.remove(FAILOVER_FROM);
+    if upstream.config.affinity == Affinity::Cookie {
+        crate::affinity::strip_cookie(headers, &upstream.config.cookie.name);
+    } else if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        crate::affinity::strip_cookie(headers, "");
+    }
+    if let Some(host) = host {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, v.clone());
+            }
+            headers.insert(X_FORWARDED_HOST, v);
+        }
+    }
+    append_forwarded_for(headers, conn.peer.ip());
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    Ok(req)
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    let mut value = String::new();
+    for v in headers.get_all(X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            if !value.is_empty() {
+                value.push_str(", ");
+            }
+            value.push_str(s);
+        }
+    }
+    if !value.is_empty() {
+        value.push_str(", ");
+    }
+    value.push_str(&ip.to_string());
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Connection and every header it names, and the fixed hop-by-hop set.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn set_failover_header(headers: &mut HeaderMap, upstream: &Upstream, decision: &Decision) {
+    match decision.failover_from {
+        Some(from) => {
+            if let Ok(v) = HeaderValue::from_str(&upstream.backends[from].name) {
+                headers.insert(FAILOVER_FROM, v);
+            }
+        }
+        None => {
+            headers.remove(FAILOVER_FROM);
+        }
+    }
+}
+
+/// The backend's response for the client: hop-by-hop headers removed and the
+/// affinity cookie set when the pin is new or changed.
+fn rewrite_response(
+    resp: Response<StreamedBody>,
+    upstream: &Upstream,
+    decision: &Decision,
+    conn: &ConnInfo,
+) -> Response<ProxyBody> {
+    let mut resp = resp.map(ProxyBody::Streamed);
+    remove_hop_by_hop(resp.headers_mut());
+    if decision.set_cookie {
+        if let Some(codec) = &upstream.cookie {
+            let value = codec.encode(decision.backend);
+            if let Ok(v) = HeaderValue::from_str(&set_cookie(upstream, &value, conn.tls)) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+    }
+    resp
+}
+
+/// The Set-Cookie value for a pin, with the attributes of `[upstream.NAME.cookie]`.
+fn set_cookie(upstream: &Upstream, value: &str, tls: bool) -> String {
+    let c = &upstream.config.cookie;
+    let mut cookie = cookie::Cookie::build((c.name.as_str(), value))
+        .path(c.path.as_str())
+        .http_only(c.http_only)
+        .secure(match c.secure {
+            Secure::Always => true,
+            Secure::Never => false,
+            Secure::Auto => tls,
+        })
+        .same_site(match c.same_site {
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::None => cookie::SameSite::None,
+        });
+    if !c.max_age.is_zero() {
+        cookie = cookie.max_age(cookie::time::Duration::seconds(c.max_age.as_secs() as i64));
+    }
+    cookie.build().to_string()
+}

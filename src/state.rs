@@ -1,0 +1,309 @@
+//! The running configuration as one immutable [`Snapshot`] (routes, upstreams,
+//! backends, cookie codecs) behind an `ArcSwap`, and the routing decision of SPEC
+//! section 3 for one upstream: pinned, failover along the replica chain, or balance.
+//!
+//! A request loads the snapshot once and keeps that `Arc` until it finishes, so a
+//! reload never changes the rules under a request in flight. Backend runtime state
+//! (health, operator state, pool) is carried from the previous snapshot when the
+//! upstream, the backend's name and its address are unchanged.
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use ahash::AHashMap;
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+
+use crate::affinity::{self, CookieCodec};
+use crate::backend::{Backend, BackendState};
+use crate::balancer::{self, Balancer};
+use crate::config::{Affinity, Config, Failover, UpstreamConfig};
+use crate::router::Router;
+
+/// The live configuration, swapped atomically on reload.
+pub type SharedState = Arc<ArcSwap<Snapshot>>;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub upstreams: Vec<Upstream>,
+    pub loaded_at: SystemTime,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, reusing the backend state of `previous` where it applies.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Snapshot {
+        let upstreams: Vec<Upstream> = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::build(u, &config, previous.and_then(|p| p.upstream(&u.name))))
+            .collect();
+        let router = Router::new(&config.routes, |name| upstreams.iter().position(|u| &*u.name == name));
+        Snapshot {
+            config: Arc::new(config),
+            router,
+            upstreams,
+            loaded_at: SystemTime::now(),
+        }
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+}
+
+/// How the backend for a request was chosen (the `outcome` label of
+/// `limpet_affinity_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A valid pin to an available backend.
+    Pinned,
+    /// No pin: a new session.
+    New,
+    /// The pinned backend was unavailable; a backend of its replica chain took over.
+    Failover,
+    /// The pinned backend and its replica chain were unavailable; balanced anew.
+    Rebalanced,
+    /// The pinned backend was unavailable and `failover = "reject"`.
+    Rejected,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Pinned,
+        Outcome::New,
+        Outcome::Failover,
+        Outcome::Rebalanced,
+        Outcome::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pinned => "pinned",
+            Outcome::New => "new",
+            Outcome::Failover => "failover",
+            Outcome::Rebalanced => "rebalanced",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// What a request carried that names a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    pub backend: usize,
+    /// The affinity cookie must be re-issued even if the backend stays the same.
+    pub reissue: bool,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub backend: usize,
+    pub outcome: Outcome,
+    /// The pinned backend this request fails over from (`x-limpet-failover-from`).
+    pub failover_from: Option<usize>,
+    /// Send a Set-Cookie pinning the client to `backend`.
+    pub set_cookie: bool,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: UpstreamConfig,
+    pub backends: Vec<Backend>,
+    by_route: AHashMap<String, usize>,
+    /// Present when `affinity = "cookie"`.
+    pub cookie: Option<CookieCodec>,
+    balancer: Balancer,
+}
+
+impl Upstream {
+    fn build(config: &UpstreamConfig, _whole: &Config, previous: Option<&Upstream>) -> Upstream {
+        let index: AHashMap<&str, usize> = config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        let backends: Vec<Backend> = config
+            .backends
+            .iter()
+            .map(|b| {
+                let carried = previous
+                    .and_then(|p| p.backends.iter().find(|old| *old.name == *b.name && old.addr == b.addr))
+                    .map(|old| old.state.clone());
+                Backend {
+                    name: b.name.as_str().into(),
+                    addr: b.addr,
+                    addr_text: b.addr_text.clone(),
+                    weight: b.weight,
+                    replica: b.replica.as_deref().and_then(|r| index.get(r).copied()),
+                    route: b.route.clone(),
+                    state: carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr))),
+                }
+            })
+            .collect();
+        let cookie = (config.affinity == Affinity::Cookie).then(|| {
+            let current = config.cookie.secret.as_deref().unwrap_or_else(|| process_secret());
+            let secrets = std::iter::once(current).chain(config.cookie.previous_secrets.iter().map(Vec::as_slice));
+            let names: Vec<&str> = backends.iter().map(|b| &*b.name).collect();
+            CookieCodec::new(&config.name, secrets, &names)
+        });
+        Upstream {
+            name: config.name.as_str().into(),
+            by_route: backends.iter().enumerate().map(|(i, b)| (b.route.clone(), i)).collect(),
+            balancer: Balancer::new(config.balance, &backends, config.health.slow_start),
+            cookie,
+            backends,
+            config: config.clone(),
+        }
+    }
+
+    /// The backend a request is pinned to by this upstream's affinity, if any.
+    pub fn read_pin(&self, headers: &HeaderMap, path: &str, peer: IpAddr) -> Option<Pin> {
+        match self.config.affinity {
+            Affinity::Cookie => {
+                let codec = self.cookie.as_ref()?;
+                affinity::find_cookie(headers, &self.config.cookie.name, |v| codec.decode(v)).map(|p| Pin {
+                    backend: p.backend,
+                    reissue: p.stale_key,
+                })
+            }
+            Affinity::IpHash => {
+                let ip = affinity::client_ip(peer, headers, &self.config.ip_hash.trusted_proxies);
+                balancer::rendezvous(&self.backends, balancer::ip_key(ip)).map(|backend| Pin {
+                    backend,
+                    reissue: false,
+                })
+            }
+            Affinity::AppCookie => {
+                let c = &self.config.app_cookie;
+                affinity::app_route(headers, path, &c.name, &c.separator)
+                    .into_iter()
+                    .find_map(|r| self.by_route.get(r).copied())
+                    .map(|backend| Pin {
+                        backend,
+                        reissue: false,
+                    })
+            }
+            Affinity::None => None,
+        }
+    }
+
+    /// SPEC section 3: the backend for a request with (or without) a pin.
+    pub fn choose(&self, pin: Option<Pin>) -> Decision {
+        let sets_cookie = self.cookie.is_some();
+        match pin {
+            Some(pin) if self.backends[pin.backend].state.is_available() => Decision {
+                backend: pin.backend,
+                outcome: Outcome::Pinned,
+                failover_from: None,
+                set_cookie: sets_cookie && pin.reissue,
+            },
+            Some(pin) => self.fail_over(pin.backend, &[pin.backend]),
+            None => match self.balancer.pick(&self.backends, &[]) {
+                Some(backend) => Decision {
+                    backend,
+                    outcome: Outcome::New,
+                    failover_from: None,
+                    set_cookie: sets_cookie,
+                },
+                None => self.rejected(None),
+            },
+        }
+    }
+
+    /// The next target after `failed` could not be reached, trying none of `tried`.
+    /// A request that was pinned (or failing over) fails over from its pin; a new
+    /// session is balanced again.
+    pub fn after_failure(&self, previous: Decision, tried: &[usize]) -> Decision {
+        match previous.outcome {
+            Outcome::New | Outcome::Rebalanced if previous.failover_from.is_none() => {
+                match self.balancer.pick(&self.backends, tried) {
+                    Some(backend) => Decision { backend, ..previous },
+                    None => self.rejected(None),
+                }
+            }
+            _ => {
+                let from = previous.failover_from.unwrap_or(previous.backend);
+                let mut next = self.fail_over(previous.backend, tried);
+                if next.outcome != Outcome::Rejected {
+                    next.failover_from = Some(from);
+                }
+                next
+            }
+        }
+    }
+
+    /// The pinned backend `from` is unavailable: apply the `failover` policy.
+    fn fail_over(&self, from: usize, tried: &[usize]) -> Decision {
+        let sets_cookie = self.cookie.is_some();
+        if self.config.failover == Failover::Reject {
+            return self.rejected(Some(from));
+        }
+        if self.config.failover == Failover::Replica {
+            if let Some(r) = self.replica_chain(from).find(|&r| !tried.contains(&r) && self.backends[r].state.is_available()) {
+                return Decision {
+                    backend: r,
+                    outcome: Outcome::Failover,
+                    failover_from: Some(from),
+                    set_cookie: sets_cookie,
+                };
+            }
+        }
+        match self.balancer.pick(&self.backends, tried) {
+            Some(backend) => Decision {
+                backend,
+                outcome: Outcome::Rebalanced,
+                failover_from: Some(from),
+                set_cookie: sets_cookie,
+            },
+            None => self.rejected(Some(from)),
+        }
+    }
+
+    fn rejected(&self, from: Option<usize>) -> Decision {
+        Decision {
+            backend: usize::MAX,
+            outcome: Outcome::Rejected,
+            failover_from: from,
+            set_cookie: false,
+        }
+    }
+
+    /// `from`'s replica, its replica, ... without cycles and without `from` itself.
+    pub fn replica_chain(&self, from: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut seen = vec![false; self.backends.len()];
+        seen[from] = true;
+        let mut next = self.backends[from].replica;
+        std::iter::from_fn(move || {
+            let r = next?;
+            if seen[r] {
+                return None;
+            }
+            seen[r] = true;
+            next = self.backends[r].replica;
+            Some(r)
+        })
+    }
+
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| &*b.name == name)
+    }
+}
+
+/// The cookie secret used when none is configured: random, once per process, so
+/// that a reload does not break every pin.
+fn process_secret() -> &'static [u8] {
+    static SECRET: OnceLock<[u8; 32]> = OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut s = [0u8; 32];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s).is_err() {
+            s.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        }
+        s
+    })
+}
+
+/// Wraps a first snapshot for sharing.
+pub fn shared(snapshot: Snapshot) -> SharedState {
+    Arc::new(ArcSwap::from_pointee(snapshot))
+}
