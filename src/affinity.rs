@@ -55,13 +55,24 @@ pub struct CookiePin {
 
 impl CookieCodec {
     /// `secrets`: the current one first, then the previous ones.
-    pub fn new<'a>(upstream: &str, secrets: impl IntoIterator<Item = &'a [u8]>, backend_names: &[&str]) -> Self {
+    pub fn new<'a>(
+        upstream: &str,
+        secrets: impl IntoIterator<Item = &'a [u8]>,
+        backend_names: &[&str],
+    ) -> Self {
         let keys = secrets
             .into_iter()
             .map(|secret| {
                 let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-                let by_index: Vec<BackendId> = backend_names.iter().map(|n| backend_id(&key, upstream, n)).collect();
-                let ids = by_index.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+                let by_index: Vec<BackendId> = backend_names
+                    .iter()
+                    .map(|n| backend_id(&key, upstream, n))
+                    .collect();
+                let ids = by_index
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| (*id, i))
+                    .collect();
                 KeyIds { key, ids, by_index }
             })
             .collect();
@@ -74,7 +85,10 @@ impl CookieCodec {
     /// The cookie value pinning to backend `index`, under the current secret.
     pub fn encode(&self, index: usize) -> String {
         let current = &self.keys[0];
-        let issued = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let issued = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let mut value = [0u8; VALUE_LEN];
         value[0] = VERSION;
         value[1] = 0; // flags: no learned replica yet
@@ -91,7 +105,9 @@ impl CookieCodec {
             return None;
         }
         let mut value = [0u8; VALUE_LEN];
-        let n = URL_SAFE_NO_PAD.decode_slice(text.as_bytes(), &mut value).ok()?;
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(text.as_bytes(), &mut value)
+            .ok()?;
         if n != VALUE_LEN || value[0] != VERSION {
             return None;
         }
@@ -150,8 +166,14 @@ pub fn cookies<'a>(headers: &'a HeaderMap) -> impl Iterator<Item = (&'a str, &'a
 }
 
 /// The first value of the cookie `name` that `accept` maps to something.
-pub fn find_cookie<T>(headers: &HeaderMap, name: &str, mut accept: impl FnMut(&str) -> Option<T>) -> Option<T> {
-    cookies(headers).filter(|(n, _)| *n == name).find_map(|(_, v)| accept(v))
+pub fn find_cookie<T>(
+    headers: &HeaderMap,
+    name: &str,
+    mut accept: impl FnMut(&str) -> Option<T>,
+) -> Option<T> {
+    cookies(headers)
+        .filter(|(n, _)| *n == name)
+        .find_map(|(_, v)| accept(v))
 }
 
 /// Removes the cookie `name` from the `cookie` headers, leaving the application's
@@ -163,7 +185,8 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
         return;
     }
     let mentions = |v: &HeaderValue| {
-        v.to_str().map_or(false, |s| s.split(';').any(|p| is_named(p, name)))
+        v.to_str()
+            .is_ok_and(|s| s.split(';').any(|p| is_named(p, name)))
     };
     if fields == 1 && !headers.get(COOKIE).is_some_and(mentions) {
         return;
@@ -235,8 +258,17 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 /// The route suffix of the application's session id: from the cookie `name`, else
 /// from a `;name=` path parameter (`;jsessionid=abc.app1`), the text after the last
 /// `separator`.
-pub fn app_route<'a>(headers: &'a HeaderMap, path: &'a str, name: &str, separator: &str) -> Vec<&'a str> {
-    let suffix = |v: &'a str| v.rsplit_once(separator).map(|(_, r)| r).filter(|r| !r.is_empty());
+pub fn app_route<'a>(
+    headers: &'a HeaderMap,
+    path: &'a str,
+    name: &str,
+    separator: &str,
+) -> Vec<&'a str> {
+    let suffix = |v: &'a str| {
+        v.rsplit_once(separator)
+            .map(|(_, r)| r)
+            .filter(|r| !r.is_empty())
+    };
     let mut routes: Vec<&'a str> = cookies(headers)
         .filter(|(n, _)| *n == name)
         .filter_map(|(_, v)| suffix(v))
@@ -266,7 +298,13 @@ mod tests {
         for i in 0..3 {
             let v = c.encode(i);
             assert!(!v.contains("app"), "{v}");
-            assert_eq!(c.decode(&v), Some(CookiePin { backend: i, stale_key: false }));
+            assert_eq!(
+                c.decode(&v),
+                Some(CookiePin {
+                    backend: i,
+                    stale_key: false
+                })
+            );
         }
     }
 
@@ -288,7 +326,13 @@ mod tests {
     fn previous_secrets_pin_and_are_stale() {
         let old = codec(&[b"old"]).encode(2);
         let rotated = codec(&[b"new", b"old"]);
-        assert_eq!(rotated.decode(&old), Some(CookiePin { backend: 2, stale_key: true }));
+        assert_eq!(
+            rotated.decode(&old),
+            Some(CookiePin {
+                backend: 2,
+                stale_key: true
+            })
+        );
     }
 
     #[test]
@@ -310,9 +354,15 @@ mod tests {
     fn xff_is_read_from_the_right_through_trusted_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 2.2.2.2, 10.0.0.9"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 2.2.2.2, 10.0.0.9"),
+        );
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(peer, &h, &trusted), "2.2.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
         let outsider: IpAddr = "9.9.9.9".parse().unwrap();
         assert_eq!(client_ip(outsider, &h, &trusted), outsider);
     }
@@ -323,6 +373,9 @@ mod tests {
         h.insert(COOKIE, HeaderValue::from_static("JSESSIONID=8F3A.app2"));
         assert_eq!(app_route(&h, "/", "JSESSIONID", "."), vec!["app2"]);
         let empty = HeaderMap::new();
-        assert_eq!(app_route(&empty, "/cart;jsessionid=abc.app3?x=1", "JSESSIONID", "."), vec!["app3"]);
+        assert_eq!(
+            app_route(&empty, "/cart;jsessionid=abc.app3?x=1", "JSESSIONID", "."),
+            vec!["app3"]
+        );
     }
 }

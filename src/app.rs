@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::state::{self, SharedState, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +36,7 @@ pub struct Limpet {
     pub state: SharedState,
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
-    /// Bumped on every successful reload; the health checker follows it.
-    generation: watch::Sender<u64>,
+    pub reloader: Reloader,
     tasks: JoinSet<()>,
 }
 
@@ -64,7 +64,7 @@ impl Limpet {
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (generation, generation_rx) = watch::channel(0u64);
+        let reloader = Reloader::new(state.clone(), metrics.clone());
         let proxy = Proxy::new(state.clone(), metrics.clone());
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut tasks = JoinSet::new();
@@ -80,60 +80,37 @@ impl Limpet {
         tasks.spawn(crate::health::run(
             state.clone(),
             metrics.clone(),
-            generation_rx,
+            reloader.generation(),
             shutdown_rx.clone(),
         ));
-        let limpet = Limpet {
+        let mut limpet = Limpet {
             http_addrs,
             admin_addr,
             state,
             metrics,
             shutdown,
-            generation,
+            reloader,
             tasks,
         };
-        let _ = admin;
+        if let Some(listener) = admin {
+            let admin = crate::admin::Admin {
+                state: limpet.state.clone(),
+                metrics: limpet.metrics.clone(),
+                reloader: limpet.reloader.clone(),
+            };
+            limpet.tasks.spawn(admin.serve(listener, shutdown_rx));
+        }
         Ok(limpet)
     }
 
     /// Re-reads the configuration file and swaps it in; on error nothing changes.
     pub fn reload(&self) -> Result<Arc<Config>, ConfigError> {
-        let current = self.state.load_full();
-        let result = match &current.config.path {
-            Some(path) => Config::from_file(path),
-            None => Err(ConfigError {
-                file: "(inline)".into(),
-                position: None,
-                message: "this configuration was not loaded from a file".into(),
-            }),
-        };
-        self.apply(result)
+        self.reloader.reload()
     }
 
-    /// Swaps in `config` (already parsed), keeping backend state where it applies.
+    /// Swaps in an already parsed configuration (or counts the error).
     pub fn apply(&self, result: Result<Config, ConfigError>) -> Result<Arc<Config>, ConfigError> {
-        let config = match result {
-            Ok(c) => c,
-            Err(e) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
-                return Err(e);
-            }
-        };
-        for warning in &config.warnings {
-            tracing::warn!("{warning}");
-        }
-        let current = self.state.load_full();
-        if config.listen.http != current.config.listen.http || config.admin.as_ref().map(|a| a.listen) != current.config.admin.as_ref().map(|a| a.listen) {
-            tracing::warn!("listener addresses changed: they take effect at the next restart");
-        }
-        let snapshot = Snapshot::build(config, Some(&current));
-        self.metrics.register_snapshot(&snapshot);
-        let config = snapshot.config.clone();
-        self.state.store(Arc::new(snapshot));
-        self.generation.send_modify(|g| *g += 1);
-        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-        tracing::info!(checksum = %config.checksum, "configuration reloaded");
-        Ok(config)
+        self.reloader.apply(result)
     }
 
     /// Stops accepting, lets requests in flight finish up to `shutdown_grace`, and
@@ -150,5 +127,7 @@ impl Limpet {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }

@@ -69,7 +69,11 @@ impl Balancer {
         (0..backends.len()).find(|&i| eligible(i))
     }
 
-    fn weighted_random(&self, backends: &[Backend], eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    fn weighted_random(
+        &self,
+        backends: &[Backend],
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let total: f64 = (0..backends.len())
             .filter(|&i| eligible(i))
             .map(|i| self.effective_weight(&backends[i]))
@@ -92,7 +96,11 @@ impl Balancer {
     /// Power of two choices: two weighted-random candidates, the one with fewer
     /// requests in flight per unit of weight wins; ties go to the one that has served
     /// fewer requests per unit of weight, which keeps sequential traffic even.
-    fn least_requests(&self, backends: &[Backend], eligible: impl Fn(usize) -> bool + Copy) -> Option<usize> {
+    fn least_requests(
+        &self,
+        backends: &[Backend],
+        eligible: impl Fn(usize) -> bool + Copy,
+    ) -> Option<usize> {
         let a = self.weighted_random(backends, eligible)?;
         let b = match self.weighted_random(backends, |i| i != a && eligible(i)) {
             Some(b) => b,
@@ -101,7 +109,10 @@ impl Balancer {
         let load = |i: usize| {
             let s = &backends[i].state;
             let w = self.effective_weight(&backends[i]);
-            (s.in_flight.load(Relaxed) as f64 / w, s.requests.load(Relaxed) as f64 / w)
+            (
+                s.in_flight.load(Relaxed) as f64 / w,
+                s.requests.load(Relaxed) as f64 / w,
+            )
         };
         if load(b) < load(a) {
             Some(b)
@@ -121,7 +132,8 @@ fn smooth_round_robin(backends: &[Backend]) -> Vec<usize> {
         for (c, b) in current.iter_mut().zip(backends) {
             *c += b.weight as i64;
         }
-        let Some(best) = (0..backends.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))) else {
+        let Some(best) = (0..backends.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+        else {
             break;
         };
         current[best] -= total;
@@ -215,7 +227,10 @@ mod tests {
     #[test]
     fn rendezvous_moves_only_the_removed_backends_keys() {
         let four = backends(&[1, 1, 1, 1]);
-        let three: Vec<Backend> = backends(&[1, 1, 1, 1]).into_iter().filter(|b| &*b.name != "app3").collect();
+        let three: Vec<Backend> = backends(&[1, 1, 1, 1])
+            .into_iter()
+            .filter(|b| &*b.name != "app3")
+            .collect();
         let mut moved = 0;
         for k in 0..10_000u64 {
             let key = mix64(k);

@@ -411,7 +411,11 @@ fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
         .transpose()?;
     let t = raw.timeouts;
     let timeouts = Timeouts {
-        client_header: duration(t.client_header, DEFAULT_CLIENT_HEADER, "timeouts.client_header")?,
+        client_header: duration(
+            t.client_header,
+            DEFAULT_CLIENT_HEADER,
+            "timeouts.client_header",
+        )?,
         client_idle: duration(t.client_idle, DEFAULT_CLIENT_IDLE, "timeouts.client_idle")?,
         upstream_connect: duration(
             t.upstream_connect,
@@ -440,8 +444,14 @@ fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
         }
     }
     let limits = Limits {
-        max_connections: raw.limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
-        max_header_bytes: raw.limits.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        max_connections: raw
+            .limits
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_header_bytes: raw
+            .limits
+            .max_header_bytes
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
     };
     if limits.max_connections == 0 {
         return Err(invalid("limits.max_connections", "must be at least 1"));
@@ -502,9 +512,15 @@ fn validate_tls(tls: raw::Tls) -> Result<TlsConfig, Invalid> {
     Ok(TlsConfig { certs })
 }
 
-fn validate_routes(routes: Vec<raw::Route>, upstreams: &[UpstreamConfig]) -> Result<Vec<Route>, Invalid> {
+fn validate_routes(
+    routes: Vec<raw::Route>,
+    upstreams: &[UpstreamConfig],
+) -> Result<Vec<Route>, Invalid> {
     if upstreams.is_empty() {
-        return Err(invalid("upstream", "no upstream: define at least one [upstream.NAME]"));
+        return Err(invalid(
+            "upstream",
+            "no upstream: define at least one [upstream.NAME]",
+        ));
     }
     if routes.is_empty() && upstreams.len() > 1 {
         return Err(invalid(
@@ -547,7 +563,11 @@ fn validate_routes(routes: Vec<raw::Route>, upstreams: &[UpstreamConfig]) -> Res
     Ok(out)
 }
 
-fn validate_upstream(name: &str, up: raw::Upstream, warnings: &mut Vec<String>) -> Result<UpstreamConfig, Invalid> {
+fn validate_upstream(
+    name: &str,
+    up: raw::Upstream,
+    warnings: &mut Vec<String>,
+) -> Result<UpstreamConfig, Invalid> {
     let key = |k: &str| format!("upstream.{name}.{k}");
     if up.backend.is_empty() {
         return Err(invalid(
@@ -581,7 +601,9 @@ fn validate_upstream(name: &str, up: raw::Upstream, warnings: &mut Vec<String>) 
         if weight == 0 || weight > MAX_WEIGHT {
             return Err(invalid(
                 bkey("weight"),
-                format!("must be between 1 and {MAX_WEIGHT} (drain a backend to stop new sessions)"),
+                format!(
+                    "must be between 1 and {MAX_WEIGHT} (drain a backend to stop new sessions)"
+                ),
             ));
         }
         backends.push(BackendConfig {
@@ -618,7 +640,10 @@ fn validate_upstream(name: &str, up: raw::Upstream, warnings: &mut Vec<String>) 
             format!("\"{cookie_name}\" is not a valid cookie name"),
         ));
     }
-    let secret = c.secret.map(|s| resolve_secret(&s, &key("cookie.secret"))).transpose()?;
+    let secret = c
+        .secret
+        .map(|s| resolve_secret(&s, &key("cookie.secret")))
+        .transpose()?;
     if affinity == Affinity::Cookie && secret.is_none() {
         warnings.push(format!(
             "upstream.{name}.cookie.secret is not set: using a random secret, so pins differ across instances and restarts"
@@ -685,13 +710,20 @@ fn validate_upstream(name: &str, up: raw::Upstream, warnings: &mut Vec<String>) 
     if !health.path.starts_with('/') {
         return Err(invalid(key("health.path"), "must start with /"));
     }
-    for (k, v) in [("rise", health.rise), ("fall", health.fall), ("passive_fall", health.passive_fall)] {
+    for (k, v) in [
+        ("rise", health.rise),
+        ("fall", health.fall),
+        ("passive_fall", health.passive_fall),
+    ] {
         if v == 0 {
             return Err(invalid(key(&format!("health.{k}")), "must be at least 1"));
         }
     }
     if health.interval.is_zero() || health.timeout.is_zero() {
-        return Err(invalid(key("health.interval"), "interval and timeout must be longer than 0s"));
+        return Err(invalid(
+            key("health.interval"),
+            "interval and timeout must be longer than 0s",
+        ));
     }
 
     Ok(UpstreamConfig {
@@ -750,21 +782,27 @@ fn resolve_addr(text: &str, key: &str) -> Result<SocketAddr, Invalid> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let bad = |why: String| invalid(key, format!("\"{text}\" is not a usable host:port address ({why})"));
+    let bad = |why: String| {
+        invalid(
+            key,
+            format!("\"{text}\" is not a usable host:port address ({why})"),
+        )
+    };
     match text.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
         _ => return Err(bad("expected host:port".to_string())),
     }
     let mut addrs = text.to_socket_addrs().map_err(|e| bad(e.to_string()))?;
-    addrs.next().ok_or_else(|| bad("the name resolved to no address".to_string()))
+    addrs
+        .next()
+        .ok_or_else(|| bad("the name resolved to no address".to_string()))
 }
 
 /// A literal, `env:VAR` or `file:PATH`.
 fn resolve_secret(text: &str, key: &str) -> Result<Vec<u8>, Invalid> {
     let value = if let Some(var) = text.strip_prefix("env:") {
-        std::env::var(var).map_err(|_| {
-            invalid(key, format!("environment variable {var} is not set"))
-        })?
+        std::env::var(var)
+            .map_err(|_| invalid(key, format!("environment variable {var} is not set")))?
     } else if let Some(path) = text.strip_prefix("file:") {
         let content = std::fs::read_to_string(path)
             .map_err(|e| invalid(key, format!("cannot read secret file {path}: {e}")))?;

@@ -54,7 +54,9 @@ impl ProxyError {
 pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::text(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

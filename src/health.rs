@@ -33,7 +33,11 @@ pub struct LastCheck {
 /// `passive_fall` in a row the backend is marked down at once.
 pub fn passive_failure(upstream: &Upstream, index: usize, cause: &dyn Display) {
     let backend = &upstream.backends[index];
-    let failures = backend.state.passive_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let failures = backend
+        .state
+        .passive_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
     if failures >= upstream.config.health.passive_fall && backend.state.set_health(Health::Down) {
         tracing::warn!(
             upstream = %upstream.name,
@@ -45,7 +49,12 @@ pub fn passive_failure(upstream: &Upstream, index: usize, cause: &dyn Display) {
 
 /// Runs the active checks of the current snapshot until `shutdown`, restarting
 /// them whenever `generation` changes (a reload).
-pub async fn run(state: SharedState, metrics: Metrics, mut generation: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    state: SharedState,
+    metrics: Metrics,
+    mut generation: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let snap = state.load_full();
         let mut tasks = JoinSet::new();
@@ -81,7 +90,11 @@ async fn check_loop(upstream: &Upstream, backend: &Backend, metrics: &Metrics) {
         let ok = result.is_ok();
         metrics
             .health_checks
-            .with_label_values(&[&*upstream.name, &*backend.name, if ok { "ok" } else { "fail" }])
+            .with_label_values(&[
+                &*upstream.name,
+                &*backend.name,
+                if ok { "ok" } else { "fail" },
+            ])
             .inc();
         backend.state.set_last_check(LastCheck {
             ok,
@@ -93,14 +106,20 @@ async fn check_loop(upstream: &Upstream, backend: &Backend, metrics: &Metrics) {
             Ok(()) => {
                 fails = 0;
                 passes += 1;
-                if backend.state.health() == Health::Down && passes >= cfg.rise && backend.state.set_health(Health::Up) {
+                if backend.state.health() == Health::Down
+                    && passes >= cfg.rise
+                    && backend.state.set_health(Health::Up)
+                {
                     tracing::warn!(upstream = %upstream.name, backend = %backend.name, "backend up: {passes} consecutive checks passed");
                 }
             }
             Err(reason) => {
                 passes = 0;
                 fails += 1;
-                if backend.state.health() == Health::Up && fails >= cfg.fall && backend.state.set_health(Health::Down) {
+                if backend.state.health() == Health::Up
+                    && fails >= cfg.fall
+                    && backend.state.set_health(Health::Down)
+                {
                     tracing::warn!(upstream = %upstream.name, backend = %backend.name, "backend down: {fails} consecutive checks failed (check failed: {reason})");
                 }
             }
@@ -114,23 +133,37 @@ async fn check_loop(upstream: &Upstream, backend: &Backend, metrics: &Metrics) {
 /// One `GET health.path`; the error says why it failed.
 async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
     let attempt = async {
-        let mut sender = crate::upstream::connect(backend.addr, cfg.timeout).await.map_err(|e| match e {
-            crate::upstream::ConnectError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                "connection refused".to_string()
-            }
-            other => other.to_string(),
-        })?;
+        let mut sender = crate::upstream::connect(backend.addr, cfg.timeout)
+            .await
+            .map_err(|e| match e {
+                crate::upstream::ConnectError::Io(io)
+                    if io.kind() == std::io::ErrorKind::ConnectionRefused =>
+                {
+                    "connection refused".to_string()
+                }
+                other => other.to_string(),
+            })?;
         let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));
-        *req.uri_mut() = cfg.path.parse().map_err(|_| "bad health path".to_string())?;
+        *req.uri_mut() = cfg
+            .path
+            .parse()
+            .map_err(|_| "bad health path".to_string())?;
         let headers = req.headers_mut();
         if let Ok(host) = HeaderValue::from_str(&backend.addr_text) {
             headers.insert(header::HOST, host);
         }
-        headers.insert(header::USER_AGENT, HeaderValue::from_static("limpet-health-check"));
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("limpet-health-check"),
+        );
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        if cfg.expect.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) {
+        if cfg
+            .expect
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+        {
             Ok(())
         } else {
             Err(format!("status {status}"))
@@ -148,6 +181,9 @@ impl BackendState {
     }
 
     pub fn last_check(&self) -> Option<LastCheck> {
-        self.last_check.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }

@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod affinity;
 pub mod app;
 pub mod backend;
@@ -35,6 +36,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod state;
 pub mod upstream;

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use limpet::{Config, Limpet};
 
 #[derive(Parser)]
-#[command(name = "limpet", version, about = "A sticky-session aware HTTP load balancer")]
+#[command(
+    name = "limpet",
+    version,
+    about = "A sticky-session aware HTTP load balancer"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -116,7 +120,9 @@ async fn wait_for_stop(limpet: &Limpet) -> anyhow::Result<()> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

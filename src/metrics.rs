@@ -26,11 +26,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(registry: Registry) -> prometheus::Result<Metrics> {
-        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let gauge = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
             let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(g.clone()))?;
@@ -41,7 +42,10 @@ impl Metrics {
                 "limpet_request_duration_seconds",
                 "Time from the request head to the response head, per backend.",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
             &["upstream", "backend"],
         )?;
         registry.register(Box::new(duration.clone()))?;
@@ -52,7 +56,11 @@ impl Metrics {
                 &["upstream", "backend", "code"],
             )?,
             duration,
-            backend_up: gauge("limpet_backend_up", "1 when the backend is healthy.", &["upstream", "backend"])?,
+            backend_up: gauge(
+                "limpet_backend_up",
+                "1 when the backend is healthy.",
+                &["upstream", "backend"],
+            )?,
             backend_state: gauge(
                 "limpet_backend_state",
                 "1 on the backend's current state.",
@@ -83,11 +91,21 @@ impl Metrics {
                 "Open client connections per listener.",
                 &["listener"],
             )?,
-            config_reloads: counter("limpet_config_reloads_total", "Configuration reloads by result.", &["result"])?,
-            build_info: gauge("limpet_build_info", "Always 1; the version label says which.", &["version"])?,
+            config_reloads: counter(
+                "limpet_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            )?,
+            build_info: gauge(
+                "limpet_build_info",
+                "Always 1; the version label says which.",
+                &["version"],
+            )?,
             registry,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
         }
@@ -98,7 +116,9 @@ impl Metrics {
     pub fn with_process_metrics() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Metrics::new(registry)
     }
 
@@ -107,12 +127,14 @@ impl Metrics {
     pub fn register_snapshot(&self, snap: &Snapshot) {
         for up in &snap.upstreams {
             for outcome in Outcome::ALL {
-                self.affinity.with_label_values(&[&up.name, outcome.as_str()]);
+                self.affinity
+                    .with_label_values(&[&up.name, outcome.as_str()]);
             }
             for b in &up.backends {
                 self.retries.with_label_values(&[&up.name, &b.name]);
                 for result in ["ok", "fail"] {
-                    self.health_checks.with_label_values(&[&up.name, &b.name, result]);
+                    self.health_checks
+                        .with_label_values(&[&up.name, &b.name, result]);
                 }
             }
         }
@@ -157,7 +179,9 @@ pub struct ConnectionGauge(IntGauge);
 
 impl ConnectionGauge {
     pub fn open(metrics: &Metrics, listener: &str) -> Self {
-        let g = metrics.downstream_connections.with_label_values(&[listener]);
+        let g = metrics
+            .downstream_connections
+            .with_label_values(&[listener]);
         g.inc();
         ConnectionGauge(g)
     }

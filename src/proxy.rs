@@ -59,7 +59,11 @@ impl Proxy {
     pub async fn call(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
         let snap = self.state.load_full();
         let mut trace = Trace::default();
         let response = match self.handle(&snap, req, conn, &mut trace).await {
@@ -80,7 +84,10 @@ impl Proxy {
             .with_label_values(&[upstream, backend, code_class(status)])
             .inc();
         if let Some(outcome) = trace.outcome {
-            self.metrics.affinity.with_label_values(&[upstream, outcome.as_str()]).inc();
+            self.metrics
+                .affinity
+                .with_label_values(&[upstream, outcome.as_str()])
+                .inc();
         }
         if trace.backend.is_some() {
             self.metrics
@@ -110,7 +117,10 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = request_host(&req)?;
         let path = req.uri().path();
-        let upstream_index = snap.router.route(host.as_deref(), path).ok_or(ProxyError::NoRoute)?;
+        let upstream_index = snap
+            .router
+            .route(host.as_deref(), path)
+            .ok_or(ProxyError::NoRoute)?;
         let upstream = &snap.upstreams[upstream_index];
         trace.upstream = Some(upstream.name.clone());
 
@@ -118,16 +128,20 @@ impl Proxy {
         let decision = upstream.choose(pin);
         trace.outcome = Some(decision.outcome);
         if decision.outcome == Outcome::Rejected {
-            return Err(if upstream.config.failover == crate::config::Failover::Reject && pin.is_some() {
-                ProxyError::Rejected
-            } else {
-                ProxyError::NoBackend
-            });
+            return Err(
+                if upstream.config.failover == crate::config::Failover::Reject && pin.is_some() {
+                    ProxyError::Rejected
+                } else {
+                    ProxyError::NoBackend
+                },
+            );
         }
 
         let req = rewrite_request(req, upstream, host, conn)?;
         let timeouts = snap.config.timeouts;
-        let (resp, decision) = self.forward(upstream, decision, req, timeouts, trace).await?;
+        let (resp, decision) = self
+            .forward(upstream, decision, req, timeouts, trace)
+            .await?;
         trace.outcome = Some(decision.outcome);
         Ok(rewrite_response(resp, upstream, &decision, conn))
     }
@@ -142,7 +156,9 @@ impl Proxy {
         trace: &mut Trace,
     ) -> Result<(Response<StreamedBody>, Decision), ProxyError> {
         // A bodiless idempotent request can be replayed after it was sent.
-        let replay = (is_idempotent(req.method()) && req.body().is_end_stream() && upstream.config.retries > 0)
+        let replay = (is_idempotent(req.method())
+            && req.body().is_end_stream()
+            && upstream.config.retries > 0)
             .then(|| clone_head(&req));
         let mut req: Request<UpstreamBody> = req.map(Either::Left);
         let mut tried: Vec<usize> = Vec::new();
@@ -152,7 +168,14 @@ impl Proxy {
             trace.backend = Some(backend.name.clone());
             set_failover_header(req.headers_mut(), upstream, &decision);
             let in_flight = InFlight::start(&backend.state);
-            let failure = match upstream::send(&backend.state, req, timeouts.upstream_connect, timeouts.upstream_response).await {
+            let failure = match upstream::send(
+                &backend.state,
+                req,
+                timeouts.upstream_connect,
+                timeouts.upstream_response,
+            )
+            .await
+            {
                 Ok((resp, lease)) => {
                     backend.state.passive_failures.store(0, Relaxed);
                     backend.state.requests.fetch_add(1, Relaxed);
@@ -200,7 +223,9 @@ impl Proxy {
 /// HTTP/1.1 requires a Host header.
 fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
     if let Some(h) = req.headers().get(header::HOST) {
-        let h = h.to_str().map_err(|_| ProxyError::BadRequest("Host is not text"))?;
+        let h = h
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("Host is not text"))?;
         return Ok(Some(h.to_owned()));
     }
     if let Some(a) = req.uri().authority() {
@@ -213,7 +238,10 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
 }
 
 fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
 }
 
 /// What it takes to send a bodiless request again.
@@ -247,8 +275,14 @@ fn rewrite_request(
     host: Option<String>,
     conn: &ConnInfo,
 ) -> Result<Request<Incoming>, ProxyError> {
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let origin: Uri = path.parse().map_err(|_| ProxyError::BadRequest("bad request target"))?;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let origin: Uri = path
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("bad request target"))?;
     *req.uri_mut() = origin;
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();

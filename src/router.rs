@@ -38,7 +38,12 @@ impl Router {
                         None => HostMatch::Exact(h.to_string()),
                     },
                 };
-                let prefix = r.path_prefix.as_deref().unwrap_or("").trim_end_matches('/').to_string();
+                let prefix = r
+                    .path_prefix
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim_end_matches('/')
+                    .to_string();
                 Some(Rule {
                     host,
                     prefix,
@@ -95,7 +100,12 @@ fn host_matches(rule: &HostMatch, host: Option<&str>) -> bool {
 /// Whole segments: "/api" matches /api, /api/, /api/x, not /apix.
 fn path_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') || rest.starts_with(';'),
+        Some(rest) => {
+            rest.is_empty()
+                || rest.starts_with('/')
+                || rest.starts_with('?')
+                || rest.starts_with(';')
+        }
         None => false,
     }
 }

@@ -40,7 +40,9 @@ impl Snapshot {
             .iter()
             .map(|u| Upstream::build(u, &config, previous.and_then(|p| p.upstream(&u.name))))
             .collect();
-        let router = Router::new(&config.routes, |name| upstreams.iter().position(|u| &*u.name == name));
+        let router = Router::new(&config.routes, |name| {
+            upstreams.iter().position(|u| &*u.name == name)
+        });
         Snapshot {
             config: Arc::new(config),
             router,
@@ -122,13 +124,22 @@ pub struct Upstream {
 
 impl Upstream {
     fn build(config: &UpstreamConfig, _whole: &Config, previous: Option<&Upstream>) -> Upstream {
-        let index: AHashMap<&str, usize> = config.backends.iter().enumerate().map(|(i, b)| (b.name.as_str(), i)).collect();
+        let index: AHashMap<&str, usize> = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.as_str(), i))
+            .collect();
         let backends: Vec<Backend> = config
             .backends
             .iter()
             .map(|b| {
                 let carried = previous
-                    .and_then(|p| p.backends.iter().find(|old| *old.name == *b.name && old.addr == b.addr))
+                    .and_then(|p| {
+                        p.backends
+                            .iter()
+                            .find(|old| *old.name == *b.name && old.addr == b.addr)
+                    })
                     .map(|old| old.state.clone());
                 Backend {
                     name: b.name.as_str().into(),
@@ -142,14 +153,23 @@ impl Upstream {
             })
             .collect();
         let cookie = (config.affinity == Affinity::Cookie).then(|| {
-            let current = config.cookie.secret.as_deref().unwrap_or_else(|| process_secret());
-            let secrets = std::iter::once(current).chain(config.cookie.previous_secrets.iter().map(Vec::as_slice));
+            let current = config
+                .cookie
+                .secret
+                .as_deref()
+                .unwrap_or_else(|| process_secret());
+            let secrets = std::iter::once(current)
+                .chain(config.cookie.previous_secrets.iter().map(Vec::as_slice));
             let names: Vec<&str> = backends.iter().map(|b| &*b.name).collect();
             CookieCodec::new(&config.name, secrets, &names)
         });
         Upstream {
             name: config.name.as_str().into(),
-            by_route: backends.iter().enumerate().map(|(i, b)| (b.route.clone(), i)).collect(),
+            by_route: backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.route.clone(), i))
+                .collect(),
             balancer: Balancer::new(config.balance, &backends, config.health.slow_start),
             cookie,
             backends,
@@ -162,10 +182,12 @@ impl Upstream {
         match self.config.affinity {
             Affinity::Cookie => {
                 let codec = self.cookie.as_ref()?;
-                affinity::find_cookie(headers, &self.config.cookie.name, |v| codec.decode(v)).map(|p| Pin {
-                    backend: p.backend,
-                    reissue: p.stale_key,
-                })
+                affinity::find_cookie(headers, &self.config.cookie.name, |v| codec.decode(v)).map(
+                    |p| Pin {
+                        backend: p.backend,
+                        reissue: p.stale_key,
+                    },
+                )
             }
             Affinity::IpHash => {
                 let ip = affinity::client_ip(peer, headers, &self.config.ip_hash.trusted_proxies);
@@ -218,7 +240,10 @@ impl Upstream {
         match previous.outcome {
             Outcome::New | Outcome::Rebalanced if previous.failover_from.is_none() => {
                 match self.balancer.pick(&self.backends, tried) {
-                    Some(backend) => Decision { backend, ..previous },
+                    Some(backend) => Decision {
+                        backend,
+                        ..previous
+                    },
                     None => self.rejected(None),
                 }
             }
@@ -240,7 +265,10 @@ impl Upstream {
             return self.rejected(Some(from));
         }
         if self.config.failover == Failover::Replica {
-            if let Some(r) = self.replica_chain(from).find(|&r| !tried.contains(&r) && self.backends[r].state.is_available()) {
+            if let Some(r) = self
+                .replica_chain(from)
+                .find(|&r| !tried.contains(&r) && self.backends[r].state.is_available())
+            {
                 return Decision {
                     backend: r,
                     outcome: Outcome::Failover,

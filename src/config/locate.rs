@@ -45,7 +45,10 @@ pub fn span_of(text: &str, path: &str) -> Option<Range<usize>> {
 
 /// The dotted path of the innermost key whose key or value covers `offset`.
 pub fn key_at(text: &str, offset: usize) -> Option<String> {
-    let covers = |r: &Option<Range<usize>>| r.as_ref().is_some_and(|r| r.start <= offset && offset < r.end.max(r.start + 1));
+    let covers = |r: &Option<Range<usize>>| {
+        r.as_ref()
+            .is_some_and(|r| r.start <= offset && offset < r.end.max(r.start + 1))
+    };
     entries(text)
         .into_iter()
         .filter(|e| covers(&e.key) || covers(&e.value))
@@ -88,14 +91,26 @@ fn walk_table(table: &toml_edit::Table, prefix: &str, out: &mut Vec<Entry>) {
 fn walk_item(item: &Item, path: String, key: Option<Range<usize>>, out: &mut Vec<Entry>) {
     match item {
         Item::Table(t) => {
-            out.push(Entry { path: path.clone(), key: t.span().or(key), value: t.span() });
+            out.push(Entry {
+                path: path.clone(),
+                key: t.span().or(key),
+                value: t.span(),
+            });
             walk_table(t, &path, out);
         }
         Item::ArrayOfTables(a) => {
-            out.push(Entry { path: path.clone(), key, value: a.span() });
+            out.push(Entry {
+                path: path.clone(),
+                key,
+                value: a.span(),
+            });
             for (i, t) in a.iter().enumerate() {
                 let p = format!("{path}[{i}]");
-                out.push(Entry { path: p.clone(), key: t.span(), value: t.span() });
+                out.push(Entry {
+                    path: p.clone(),
+                    key: t.span(),
+                    value: t.span(),
+                });
                 walk_table(t, &p, out);
             }
         }
@@ -105,7 +120,11 @@ fn walk_item(item: &Item, path: String, key: Option<Range<usize>>, out: &mut Vec
 }
 
 fn walk_value(value: &Value, path: String, key: Option<Range<usize>>, out: &mut Vec<Entry>) {
-    out.push(Entry { path: path.clone(), key, value: value.span() });
+    out.push(Entry {
+        path: path.clone(),
+        key,
+        value: value.span(),
+    });
     match value {
         Value::Array(a) => {
             for (i, v) in a.iter().enumerate() {
@@ -145,6 +164,9 @@ mod tests {
     #[test]
     fn key_at_names_the_innermost_key() {
         let offset = TEXT.find("\"x\"").unwrap();
-        assert_eq!(key_at(TEXT, offset).as_deref(), Some("upstream.shop.backend[0].replica"));
+        assert_eq!(
+            key_at(TEXT, offset).as_deref(),
+            Some("upstream.shop.backend[0].replica")
+        );
     }
 }

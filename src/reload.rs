@@ -1,0 +1,81 @@
+//! Reload: SIGHUP or `POST /reload` -> parse -> validate -> rebuild the snapshot
+//! (carrying backend state over) -> swap. A config that fails changes nothing.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::state::{SharedState, Snapshot};
+
+/// Swaps configurations into the shared state; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    state: SharedState,
+    metrics: Metrics,
+    /// Bumped on every successful reload; the health checker and tests follow it.
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl Reloader {
+    pub fn new(state: SharedState, metrics: Metrics) -> Self {
+        Reloader {
+            state,
+            metrics,
+            generation: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// A receiver of the reload generation.
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Re-reads the configuration file the running config came from.
+    pub fn reload(&self) -> Result<Arc<Config>, ConfigError> {
+        let current = self.state.load_full();
+        let result = match &current.config.path {
+            Some(path) => Config::from_file(path),
+            None => Err(ConfigError {
+                file: "(inline)".into(),
+                position: None,
+                message: "this configuration was not loaded from a file".into(),
+            }),
+        };
+        self.apply(result)
+    }
+
+    /// Swaps in `config` (already parsed), keeping backend state where it applies.
+    pub fn apply(&self, result: Result<Config, ConfigError>) -> Result<Arc<Config>, ConfigError> {
+        let config = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                return Err(e);
+            }
+        };
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let current = self.state.load_full();
+        let admin_addr = |c: &Config| c.admin.as_ref().map(|a| a.listen);
+        if config.listen.http != current.config.listen.http
+            || config.listen.https != current.config.listen.https
+            || admin_addr(&config) != admin_addr(&current.config)
+        {
+            tracing::warn!("listener addresses changed: they take effect at the next restart");
+        }
+        let snapshot = Snapshot::build(config, Some(&current));
+        self.metrics.register_snapshot(&snapshot);
+        let config = snapshot.config.clone();
+        self.state.store(Arc::new(snapshot));
+        self.generation.send_modify(|g| *g += 1);
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        tracing::info!(checksum = %config.checksum, "configuration reloaded");
+        Ok(config)
+    }
+}
