@@ -31,6 +31,7 @@ pub mod app;
 pub mod backend;
 pub mod balancer;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod health;
 pub mod listener;
