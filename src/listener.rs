@@ -14,7 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::metrics::ConnectionGauge;
+
+mod timeouts;
 use crate::proxy::{ConnInfo, Proxy};
+use timeouts::{Activity, TimedIo};
 
 /// Serves `listener` until `shutdown` turns true, then waits up to `grace` for
 /// the open connections to finish their requests.
@@ -55,15 +58,26 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let conn_info = ConnInfo { peer, tls: false };
         let gauge = ConnectionGauge::open(&proxy.metrics, &name);
-        let builder = connection_builder(&proxy);
+        let (builder, timeouts) = connection_builder(&proxy);
+        let activity = Activity::new();
+        let io = TimedIo::new(
+            stream,
+            activity.clone(),
+            timeouts.client_header,
+            timeouts.client_idle,
+        );
         let service_proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = service_proxy.clone();
             let conn_info = conn_info.clone();
-            async move { Ok::<_, Infallible>(proxy.call(req, &conn_info).await) }
+            let activity = activity.clone();
+            async move {
+                let _busy = activity.request_started();
+                Ok::<_, Infallible>(proxy.call(req, &conn_info).await)
+            }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let watched = graceful.watch(conn);
         tokio::spawn(async move {
@@ -83,8 +97,8 @@ pub async fn serve(
     }
 }
 
-/// A connection builder with the current configuration's limits.
-fn connection_builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
+/// A connection builder with the current configuration's limits, and its timeouts.
+fn connection_builder(proxy: &Proxy) -> (auto::Builder<TokioExecutor>, crate::config::Timeouts) {
     let snap = proxy.state.load();
     let timeouts = snap.config.timeouts;
     let limits = snap.config.limits;
@@ -93,17 +107,14 @@ fn connection_builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        // hyper starts this timer when it waits for a request head, so it also
-        // bounds keep-alive idle time (see README: timeouts).
-        .header_read_timeout(timeouts.client_header.min(timeouts.client_idle))
+        // TimedIo enforces client_header and client_idle (see listener/timeouts.rs).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
-        .keep_alive_interval(Some(timeouts.client_idle))
-        .keep_alive_timeout(timeouts.client_header);
-    builder
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+    (builder, timeouts)
 }
 
 /// Resolves when shutdown starts (or the sender is gone).
