@@ -31,6 +31,8 @@ pub enum StartError {
 pub struct Limpet {
     /// The bound public plain-HTTP listeners (port 0 in the config becomes real here).
     pub http_addrs: Vec<SocketAddr>,
+    /// The bound public https listeners.
+    pub https_addrs: Vec<SocketAddr>,
     /// The bound admin listener, if configured.
     pub admin_addr: Option<SocketAddr>,
     pub state: SharedState,
@@ -56,11 +58,16 @@ impl Limpet {
         for addr in &config.listen.http {
             http.push(bind(*addr).await?);
         }
+        let mut https = Vec::new();
+        for addr in &config.listen.https {
+            https.push(bind(*addr).await?);
+        }
         let admin = match &config.admin {
             Some(a) => Some(bind(a.listen).await?),
             None => None,
         };
         let http_addrs = http.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let https_addrs = https.iter().filter_map(|l| l.local_addr().ok()).collect();
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -68,9 +75,14 @@ impl Limpet {
         let proxy = Proxy::new(state.clone(), metrics.clone());
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut tasks = JoinSet::new();
-        for listener in http {
+        let public = http
+            .into_iter()
+            .map(|l| (l, false))
+            .chain(https.into_iter().map(|l| (l, true)));
+        for (listener, tls) in public {
             tasks.spawn(crate::listener::serve(
                 listener,
+                tls,
                 proxy.clone(),
                 connections.clone(),
                 shutdown_rx.clone(),
@@ -85,6 +97,7 @@ impl Limpet {
         ));
         let mut limpet = Limpet {
             http_addrs,
+            https_addrs,
             admin_addr,
             state,
             metrics,

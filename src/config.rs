@@ -86,6 +86,8 @@ pub struct Listen {
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub certs: Vec<CertPair>,
+    /// The certificates and keys, read and checked at load (and at every reload).
+    pub keys: Vec<std::sync::Arc<rustls::sign::CertifiedKey>>,
 }
 
 #[derive(Debug, Clone)]
@@ -495,6 +497,7 @@ fn validate_tls(tls: raw::Tls) -> Result<TlsConfig, Invalid> {
         return Err(invalid("tls.certs", "give at least one { cert, key } pair"));
     }
     let mut certs = Vec::new();
+    let mut keys = Vec::new();
     for (i, pair) in tls.certs.into_iter().enumerate() {
         for (what, path) in [("cert", &pair.cert), ("key", &pair.key)] {
             std::fs::File::open(path).map_err(|e| {
@@ -504,12 +507,15 @@ fn validate_tls(tls: raw::Tls) -> Result<TlsConfig, Invalid> {
                 )
             })?;
         }
+        let key = crate::tls::load_cert_pair(&pair.cert, &pair.key)
+            .map_err(|m| invalid(format!("tls.certs[{i}]"), m))?;
+        keys.push(key);
         certs.push(CertPair {
             cert: pair.cert,
             key: pair.key,
         });
     }
-    Ok(TlsConfig { certs })
+    Ok(TlsConfig { certs, keys })
 }
 
 fn validate_routes(

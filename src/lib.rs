@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 pub use app::Limpet;

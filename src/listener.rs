@@ -1,6 +1,6 @@
-//! Accept loops of the public listeners: the connection limit, hyper-util's
-//! `conn::auto` (HTTP/1.1 and h2c prior knowledge on one port), the head-size and
-//! head-time limits, and graceful shutdown.
+//! Accept loops of the public listeners: the connection limit, TLS termination on
+//! https listeners, hyper-util's `conn::auto` (HTTP/1.1, and HTTP/2 by ALPN or h2c
+//! prior knowledge), the head-size and head-time limits, and graceful shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,9 +9,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::ConnectionGauge;
 
@@ -23,6 +26,7 @@ use timeouts::{Activity, TimedIo};
 /// the open connections to finish their requests.
 pub async fn serve(
     listener: TcpListener,
+    tls: bool,
     proxy: Proxy,
     connections: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
@@ -56,32 +60,22 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo { peer, tls: false };
         let gauge = ConnectionGauge::open(&proxy.metrics, &name);
-        let (builder, timeouts) = connection_builder(&proxy);
-        let activity = Activity::new();
-        let io = TimedIo::new(
-            stream,
-            activity.clone(),
-            timeouts.client_header,
-            timeouts.client_idle,
-        );
-        let service_proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = service_proxy.clone();
-            let conn_info = conn_info.clone();
-            let activity = activity.clone();
-            async move {
-                let _busy = activity.request_started();
-                Ok::<_, Infallible>(proxy.call(req, &conn_info).await)
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let watched = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let proxy = proxy.clone();
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let conn_info = ConnInfo { peer, tls };
+            let result = if tls {
+                match handshake(&proxy, stream).await {
+                    Some(tls_stream) => {
+                        serve_connection(&proxy, tls_stream, conn_info, watcher).await
+                    }
+                    None => Ok(()),
+                }
+            } else {
+                serve_connection(&proxy, stream, conn_info, watcher).await
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(gauge);
@@ -95,6 +89,62 @@ pub async fn serve(
     {
         tracing::warn!(listener = %name, "shutdown grace of {grace:?} over: closing the remaining connections");
     }
+}
+
+/// The TLS handshake of an https connection, bounded by `client_header`; `None`
+/// when it fails (a plain-HTTP request or garbage on the TLS port fails alone).
+async fn handshake(proxy: &Proxy, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
+    let snap = proxy.state.load_full();
+    let Some(config) = snap.tls.clone() else {
+        tracing::warn!("https connection but no usable TLS configuration");
+        return None;
+    };
+    let accept = TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(snap.config.timeouts.client_header, accept).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by ALPN or prior knowledge) on one client connection.
+async fn serve_connection<I>(
+    proxy: &Proxy,
+    stream: I,
+    conn_info: ConnInfo,
+    watcher: Watcher,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (builder, timeouts) = connection_builder(proxy);
+    let activity = Activity::new();
+    let io = TimedIo::new(
+        stream,
+        activity.clone(),
+        timeouts.client_header,
+        timeouts.client_idle,
+    );
+    let proxy = proxy.clone();
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let conn_info = conn_info.clone();
+        let activity = activity.clone();
+        async move {
+            let _busy = activity.request_started();
+            Ok::<_, Infallible>(proxy.call(req, &conn_info).await)
+        }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    watcher.watch(conn).await
 }
 
 /// A connection builder with the current configuration's limits, and its timeouts.

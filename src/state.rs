@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub router: Router,
     pub upstreams: Vec<Upstream>,
     pub loaded_at: SystemTime,
+    /// The TLS server configuration of the https listeners (certificates of this config).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Snapshot {
@@ -43,11 +45,19 @@ impl Snapshot {
         let router = Router::new(&config.routes, |name| {
             upstreams.iter().position(|u| &*u.name == name)
         });
+        let tls = config.tls.as_ref().and_then(|t| match crate::tls::server_config(&t.keys) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("TLS configuration unusable: {e}");
+                None
+            }
+        });
         Snapshot {
             config: Arc::new(config),
             router,
             upstreams,
             loaded_at: SystemTime::now(),
+            tls,
         }
     }
 
