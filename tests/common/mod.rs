@@ -34,6 +34,8 @@ pub struct TestBackend {
     /// Milliseconds `/health` waits before answering.
     pub health_delay_ms: Arc<AtomicU16>,
     tasks: Mutex<Option<JoinSet<()>>>,
+    /// Open connections, so that `stop()` can close them all before it returns.
+    conns: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl TestBackend {
@@ -49,6 +51,7 @@ impl TestBackend {
             health_status: Arc::new(AtomicU16::new(200)),
             health_delay_ms: Arc::new(AtomicU16::new(0)),
             tasks: Mutex::new(None),
+            conns: Arc::new(Mutex::new(JoinSet::new())),
         };
         b.serve(listener);
         b
@@ -60,15 +63,17 @@ impl TestBackend {
         let hits = self.hits.clone();
         let health = self.health_status.clone();
         let delay = self.health_delay_ms.clone();
+        let conns = self.conns.clone();
         tasks.spawn(async move {
-            let mut conns = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let (name, hits, health, delay) =
                     (name.clone(), hits.clone(), health.clone(), delay.clone());
-                conns.spawn(async move {
+                let mut open = conns.lock().unwrap();
+                while open.try_join_next().is_some() {}
+                open.spawn(async move {
                     let svc = service_fn(move |req| {
                         let (name, hits, health, delay) =
                             (name.clone(), hits.clone(), health.clone(), delay.clone());
@@ -87,11 +92,14 @@ impl TestBackend {
     }
 
     /// Closes the listener and every open connection: the port refuses connections.
+    /// When it returns, every socket of this backend is closed.
     pub async fn stop(&self) {
         let tasks = self.tasks.lock().unwrap().take();
         if let Some(mut t) = tasks {
             t.shutdown().await;
         }
+        let mut conns = std::mem::take(&mut *self.conns.lock().unwrap());
+        conns.shutdown().await;
     }
 
     /// Listens on the same port again.
@@ -163,6 +171,16 @@ async fn answer(
         let code = code.parse().unwrap_or(500);
         builder = builder.status(code);
     }
+    if path == "/headers" {
+        let mut text = String::new();
+        for (k, v) in req.headers() {
+            text.push_str(k.as_str());
+            text.push_str(": ");
+            text.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            text.push('\n');
+        }
+        return builder.body(Full::new(Bytes::from(text))).unwrap();
+    }
     if path == "/echo" {
         let body = req
             .into_body()
@@ -195,6 +213,40 @@ impl TestLb {
 
     pub fn client(&self) -> Client {
         Client::new(self.addr)
+    }
+
+    /// The state of `backend` in `upstream` as `/status` would show it
+    /// (`up`, `down`, `draining`, `maintenance`); panics on unknown names.
+    pub fn backend_state(&self, upstream: &str, backend: &str) -> &'static str {
+        let snap = self.limpet.state.load();
+        let up = snap
+            .upstream(upstream)
+            .unwrap_or_else(|| panic!("no upstream {upstream}"));
+        let b = up
+            .backends
+            .iter()
+            .find(|b| &*b.name == backend)
+            .unwrap_or_else(|| panic!("no backend {backend} in {upstream}"));
+        b.state.state().as_str()
+    }
+
+    /// Waits (up to `timeout`) until `backend` of `upstream` is in `state`.
+    pub async fn wait_backend_state(
+        &self,
+        upstream: &str,
+        backend: &str,
+        state: &str,
+        timeout: Duration,
+    ) {
+        let reached = eventually(timeout, || async {
+            self.backend_state(upstream, backend) == state
+        })
+        .await;
+        assert!(
+            reached,
+            "{upstream}/{backend} is {} after {timeout:?}, expected {state}",
+            self.backend_state(upstream, backend)
+        );
     }
 
     /// The admin listener's base URL, if the config has one.
@@ -345,4 +397,32 @@ where
 /// A raw TCP connection to `addr`, for malformed and slow clients.
 pub async fn raw(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
+}
+
+/// Sends `request` on a new raw TCP connection and reads until the server closes it
+/// or `timeout` passes; returns what was read and whether the server closed.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = raw(addr).await;
+    // The server may answer and close before it read everything (431): ignore.
+    let _ = stream.write_all(request).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + timeout;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// The status code of the first response in raw HTTP/1.1 text, if any.
+pub fn raw_status(text: &str) -> Option<u16> {
+    let line = text.lines().next()?;
+    let mut parts = line.split(' ');
+    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
+    parts.next()?.parse().ok()
 }
