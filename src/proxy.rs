@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 
 use crate::config::{Affinity, SameSite, Secure};
 use crate::error::ProxyError;
@@ -137,13 +139,31 @@ impl Proxy {
             );
         }
 
-        let req = rewrite_request(req, upstream, host, conn)?;
+        let mut req = req;
+        let upgrade = take_upgrade(&mut req);
+        let mut req = rewrite_request(req, upstream, host, conn)?;
+        if let Some((protocol, _)) = &upgrade {
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
         let timeouts = snap.config.timeouts;
-        let (resp, decision) = self
+        let (mut resp, decision) = self
             .forward(upstream, decision, req, timeouts, trace)
             .await?;
         trace.outcome = Some(decision.outcome);
-        Ok(rewrite_response(resp, upstream, &decision, conn))
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let backend_protocol = resp.headers().get(header::UPGRADE).cloned();
+        if let (true, Some((_, client))) = (switched, upgrade) {
+            tunnel(client, hyper::upgrade::on(&mut resp));
+        }
+        let mut resp = rewrite_response(resp, upstream, &decision, conn);
+        if let (true, Some(protocol)) = (switched, backend_protocol) {
+            let headers = resp.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+        Ok(resp)
     }
 
     /// Sends the request to the decided backend; on failure retries per SPEC section 4.
@@ -179,6 +199,9 @@ impl Proxy {
                 Ok((resp, lease)) => {
                     backend.state.passive_failures.store(0, Relaxed);
                     backend.state.requests.fetch_add(1, Relaxed);
+                    // An upgraded connection becomes a tunnel: never back to the pool.
+                    let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    let lease = reusable.then_some(lease);
                     let resp = resp.map(|body| StreamedBody::new(body, lease, in_flight));
                     return Ok((resp, decision));
                 }
@@ -217,6 +240,35 @@ impl Proxy {
             req = next_req;
         }
     }
+}
+
+/// For an HTTP/1.1 `Upgrade` request (WebSocket and others): the protocol asked for,
+/// and the client side of the connection once hyper hands it over.
+fn take_upgrade(req: &mut Request<Incoming>) -> Option<(HeaderValue, OnUpgrade)> {
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = req.headers().get(header::UPGRADE)?.clone();
+    asks.then(|| (protocol, hyper::upgrade::on(req)))
+}
+
+/// Copies bytes both ways between the client and the backend once both sides have
+/// switched protocols; when either side closes, both are closed.
+fn tunnel(client: OnUpgrade, backend: OnUpgrade) {
+    tokio::spawn(async move {
+        let (Ok(client), Ok(backend)) = tokio::join!(client, backend) else {
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        let mut backend = TokioIo::new(backend);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            tracing::debug!(error = %e, "tunnel closed");
+        }
+    });
 }
 
 /// The request's host: the `Host` header, or the authority of an HTTP/2 request.

@@ -216,10 +216,16 @@ pub struct StreamedBody {
 }
 
 impl StreamedBody {
-    pub fn new(inner: Incoming, lease: SendRequest<UpstreamBody>, in_flight: InFlight) -> Self {
+    /// `lease`: the connection to give back to the pool at the end of the body;
+    /// `None` when it must not be reused (it was upgraded to a tunnel).
+    pub fn new(
+        inner: Incoming,
+        lease: Option<SendRequest<UpstreamBody>>,
+        in_flight: InFlight,
+    ) -> Self {
         let mut body = StreamedBody {
             inner,
-            lease: Some(lease),
+            lease,
             in_flight: Some(in_flight),
         };
         if body.inner.is_end_stream() {
