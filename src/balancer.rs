@@ -1,5 +1,6 @@
 //! Picks a backend for a request without a valid pin (`least-requests`, `round-robin`,
-//! `random`, all weighted), and maps an ip-hash key to its backend with a consistent
+//! `random`, all weighted; least-requests is power of two choices on requests in flight,
+//! its candidates drawn in weighted round-robin order), and maps an ip-hash key to its backend with a consistent
 //! hash.
 //!
 //! The consistent hash is weighted rendezvous hashing (highest random weight): each
@@ -93,26 +94,30 @@ impl Balancer {
         last
     }
 
-    /// Power of two choices: two weighted-random candidates, the one with fewer
-    /// requests in flight per unit of weight wins; ties go to the one that has served
-    /// fewer requests per unit of weight, which keeps sequential traffic even.
+    /// Power of two choices on requests in flight per unit of weight. The two
+    /// candidates are the next two distinct backends in smooth weighted round-robin
+    /// order (the cursor moves by one per pick), and a tie goes to the first: with
+    /// little concurrency every backend ties at zero and the policy is exactly
+    /// weighted round-robin, so shares follow the weights. Ties are not broken by a
+    /// lifetime request count: that would send every new session to a backend added
+    /// by a reload (or back from a long outage) until it caught up with the others.
     fn least_requests(
         &self,
         backends: &[Backend],
         eligible: impl Fn(usize) -> bool + Copy,
     ) -> Option<usize> {
-        let a = self.weighted_random(backends, eligible)?;
-        let b = match self.weighted_random(backends, |i| i != a && eligible(i)) {
-            Some(b) => b,
-            None => return Some(a),
+        let a = self.round_robin(backends, eligible)?;
+        let len = self.rr_order.len();
+        let next = self.rr_next.load(Relaxed);
+        let b = (0..len)
+            .map(|step| self.rr_order[(next + step) % len])
+            .find(|&i| i != a && eligible(i));
+        let Some(b) = b else {
+            return Some(a);
         };
         let load = |i: usize| {
-            let s = &backends[i].state;
-            let w = self.effective_weight(&backends[i]);
-            (
-                s.in_flight.load(Relaxed) as f64 / w,
-                s.requests.load(Relaxed) as f64 / w,
-            )
+            backends[i].state.in_flight.load(Relaxed) as f64
+                / self.effective_weight(&backends[i])
         };
         if load(b) < load(a) {
             Some(b)
@@ -222,6 +227,26 @@ mod tests {
     fn smooth_round_robin_interleaves_by_weight() {
         let order = smooth_round_robin(&backends(&[5, 1, 1]));
         assert_eq!(order, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn least_requests_is_weighted_round_robin_when_idle_and_avoids_the_busy() {
+        let b = backends(&[1, 2, 3]);
+        let balancer = Balancer::new(Balance::LeastRequests, &b, Duration::ZERO);
+        let mut counts = [0usize; 3];
+        for _ in 0..600 {
+            counts[balancer.pick(&b, &[]).unwrap()] += 1;
+        }
+        assert_eq!(counts, [100, 200, 300]);
+        // A lifetime count does not matter; requests in flight do.
+        b[0].state.requests.store(1_000_000, Relaxed);
+        b[2].state.in_flight.store(50, Relaxed);
+        let mut counts = [0usize; 3];
+        for _ in 0..600 {
+            counts[balancer.pick(&b, &[]).unwrap()] += 1;
+        }
+        assert!(counts[0] >= 100, "{counts:?}");
+        assert!(counts[2] < 100, "{counts:?}");
     }
 
     #[test]
