@@ -116,8 +116,7 @@ impl Balancer {
             return Some(a);
         };
         let load = |i: usize| {
-            backends[i].state.in_flight.load(Relaxed) as f64
-                / self.effective_weight(&backends[i])
+            backends[i].state.in_flight.load(Relaxed) as f64 / self.effective_weight(&backends[i])
         };
         if load(b) < load(a) {
             Some(b)
