@@ -1,0 +1,272 @@
+//! Failover (SPEC sections 3 and 4): a dead backend's pinned clients land on its
+//! replica without a failed request, are re-pinned there and stay after it returns;
+//! the replica chain; `failover = "reject"` and `"rebalance"`; a POST with a body to
+//! a dead pinned backend is retried.
+
+mod common;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Health checks fast enough for a stopped backend to be marked down (and a
+/// restarted one up) within a fraction of a second.
+const FAST_HEALTH: &str =
+    "\n[upstream.shop.health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n";
+
+async fn three() -> [TestBackend; 3] {
+    [
+        TestBackend::spawn("app1").await,
+        TestBackend::spawn("app2").await,
+        TestBackend::spawn("app3").await,
+    ]
+}
+
+/// `n` clients, each pinned by a first request; grouped by backend.
+async fn pinned_clients(lb: &TestLb, n: usize) -> HashMap<String, Vec<Client>> {
+    let mut by_backend: HashMap<String, Vec<Client>> = HashMap::new();
+    for _ in 0..n {
+        let mut client = lb.client();
+        let r = client.get("/").await;
+        assert_eq!(r.status, 200);
+        assert!(client.cookie.is_some());
+        by_backend
+            .entry(r.backend().to_string())
+            .or_default()
+            .push(client);
+    }
+    by_backend
+}
+
+/// A client pinned to `backend` (new clients are tried until one lands there).
+async fn client_pinned_to(lb: &TestLb, backend: &str) -> Client {
+    for _ in 0..100 {
+        let mut client = lb.client();
+        if client.get("/").await.backend() == backend {
+            return client;
+        }
+    }
+    panic!("no new client landed on {backend}");
+}
+
+#[tokio::test]
+async fn a_dead_backends_clients_move_to_its_replica_and_stay_there() {
+    let [a, b, c] = three().await;
+    let extra = format!("balance = \"round-robin\"\n{FAST_HEALTH}");
+    let lb = TestLb::start(&ring_config(&[&a, &b, &c], &extra)).await;
+    let mut clients = pinned_clients(&lb, 30).await;
+    let mut moved = clients.remove("app1").expect("clients pinned to app1");
+    assert!(moved.len() >= 5, "{} clients on app1", moved.len());
+
+    a.stop().await;
+    // Straight away, before any health check noticed: not one failed request.
+    for client in &mut moved {
+        let r = client.get("/").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.backend(), "app2", "app1's replica takes over");
+        assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+        assert!(r.set_cookie("limpet").is_some(), "re-pinned to the replica");
+    }
+    // The others are not disturbed.
+    for (backend, group) in &mut clients {
+        for client in group {
+            let r = client.get("/").await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.backend(), backend);
+            assert!(r.set_cookie("limpet").is_none());
+            assert_eq!(r.header("x-seen-failover-from"), None);
+        }
+    }
+    lb.wait_backend_state("shop", "app1", "down", WAIT).await;
+    // Re-pinned: plain pinned requests to app2 now.
+    for client in &mut moved {
+        let r = client.get("/").await;
+        assert_eq!(r.backend(), "app2");
+        assert!(r.set_cookie("limpet").is_none());
+        assert_eq!(r.header("x-seen-failover-from"), None);
+    }
+
+    a.restart().await;
+    lb.wait_backend_state("shop", "app1", "up", WAIT).await;
+    let hits = a.hits();
+    for client in &mut moved {
+        for _ in 0..5 {
+            let r = client.get("/").await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.backend(), "app2", "the replica holds the newest session");
+            assert!(r.set_cookie("limpet").is_none());
+        }
+    }
+    assert_eq!(a.hits(), hits, "nobody went back to app1");
+    // app1 takes new sessions again (slow start makes it take its turns rarely at
+    // first).
+    let mut fresh = lb.client();
+    let mut back = false;
+    for _ in 0..2000 {
+        fresh.cookie = None;
+        if fresh.get("/").await.backend() == "app1" {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "app1 gets new sessions once up");
+}
+
+#[tokio::test]
+async fn the_replica_chain_skips_a_dead_replica() {
+    let [a, b, c] = three().await;
+    // app1 -> app2 -> app3 -> app1. Two retries: app1 and app2 refuse, app3 answers.
+    let lb = TestLb::start(&ring_config(&[&a, &b, &c], "retries = 2")).await;
+    let mut first = client_pinned_to(&lb, "app1").await;
+    let mut second = client_pinned_to(&lb, "app1").await;
+    let mut on_app2 = client_pinned_to(&lb, "app2").await;
+    a.stop().await;
+    b.stop().await;
+
+    // Found out by retrying (nothing is marked down yet)...
+    let r = first.get("/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.backend(), "app3");
+    assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+    assert!(r.set_cookie("limpet").is_some());
+    let r = first.get("/").await;
+    assert_eq!(r.backend(), "app3");
+    assert!(r.set_cookie("limpet").is_none());
+
+    // ... or known from the health state: the chain is walked past app2 either way.
+    let r = second.get("/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.backend(), "app3");
+    assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+    assert!(r.set_cookie("limpet").is_some());
+
+    // app2's clients fail over to app2's replica, app3.
+    let r = on_app2.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.backend(), "app3");
+    assert_eq!(r.header("x-seen-failover-from"), Some("app2"));
+}
+
+#[tokio::test]
+async fn the_replica_chain_ends_in_a_rebalance() {
+    // app1 -> app2 and app2 -> app1: with both dead the chain is exhausted and the
+    // client is balanced onto app3 and re-pinned there.
+    let [a, b, c] = three().await;
+    let mut toml = String::from(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\nretries = 2\n\n\
+         [upstream.shop.cookie]\nsecret = \"test-secret\"\n",
+    );
+    for (backend, replica) in [(&a, Some("app2")), (&b, Some("app1")), (&c, None)] {
+        toml.push_str(&format!(
+            "\n[[upstream.shop.backend]]\nname = \"{}\"\naddr = \"{}\"\n",
+            backend.name, backend.addr
+        ));
+        if let Some(r) = replica {
+            toml.push_str(&format!("replica = \"{r}\"\n"));
+        }
+    }
+    let lb = TestLb::start(&toml).await;
+    let mut client = client_pinned_to(&lb, "app1").await;
+    a.stop().await;
+    b.stop().await;
+    let r = client.get("/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.backend(), "app3");
+    assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+    assert!(r.set_cookie("limpet").is_some());
+    let r = client.get("/").await;
+    assert_eq!(r.backend(), "app3");
+    assert!(r.set_cookie("limpet").is_none());
+}
+
+#[tokio::test]
+async fn failover_reject_answers_503() {
+    let [a, b, c] = three().await;
+    let extra = format!("failover = \"reject\"\n{FAST_HEALTH}");
+    let lb = TestLb::start(&ring_config(&[&a, &b, &c], &extra)).await;
+    let mut pinned = client_pinned_to(&lb, "app1").await;
+    let mut other = client_pinned_to(&lb, "app2").await;
+    a.stop().await;
+    let r = pinned.get("/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.backend(), "");
+    lb.wait_backend_state("shop", "app1", "down", WAIT).await;
+    let r = pinned.get("/").await;
+    assert_eq!(r.status, 503);
+    assert!(r.set_cookie("limpet").is_none(), "the pin is kept");
+    // Others are served; new clients go to the live backends.
+    assert_eq!(other.get("/").await.backend(), "app2");
+    for _ in 0..10 {
+        let r = lb.client().get("/").await;
+        assert_eq!(r.status, 200);
+        assert_ne!(r.backend(), "app1");
+    }
+    // When app1 is back, its clients are served by it again.
+    a.restart().await;
+    lb.wait_backend_state("shop", "app1", "up", WAIT).await;
+    let r = pinned.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.backend(), "app1");
+}
+
+#[tokio::test]
+async fn failover_rebalance_repins_by_balance() {
+    let [a, b, c] = three().await;
+    let lb = TestLb::start(&ring_config(&[&a, &b, &c], "failover = \"rebalance\"")).await;
+    let mut pinned = client_pinned_to(&lb, "app1").await;
+    a.stop().await;
+    let r = pinned.get("/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let now = r.backend().to_string();
+    assert!(now == "app2" || now == "app3", "{now}");
+    assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+    assert!(r.set_cookie("limpet").is_some());
+    for _ in 0..10 {
+        let r = pinned.get("/").await;
+        assert_eq!(r.backend(), now);
+        assert!(r.set_cookie("limpet").is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_post_with_a_body_to_a_dead_pinned_backend_is_retried() {
+    let [a, b, c] = three().await;
+    let toml = ring_config(&[&a, &b, &c], "");
+    let lb = TestLb::start(&toml).await;
+    // Clients pinned through this instance (it has pooled connections to app1)...
+    let mut clients = vec![
+        client_pinned_to(&lb, "app1").await,
+        client_pinned_to(&lb, "app1").await,
+    ];
+    for c in &mut clients {
+        // Keep-alive connections to app1 in limpet's pool.
+        assert_eq!(c.get("/").await.backend(), "app1");
+    }
+    // ... and one pinned through another instance, so that this one has never
+    // connected for it: the connection is refused before anything is sent.
+    let other = TestLb::start(&toml).await;
+    let mut stranger = client_pinned_to(&other, "app1").await;
+    stranger.base = lb.client().base;
+    clients.insert(0, stranger);
+
+    a.stop().await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let body = format!("order #{i}: 2 x cart item, {}", "x".repeat(10_000));
+        let r = client
+            .request("POST", "/echo", Bytes::from(body.clone()))
+            .await;
+        assert_eq!(
+            r.status,
+            200,
+            "client {i}: {}",
+            &r.body[..r.body.len().min(200)]
+        );
+        assert_eq!(r.backend(), "app2", "client {i}");
+        assert_eq!(r.body, body, "client {i}: the body arrived whole");
+        assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+        assert!(r.set_cookie("limpet").is_some(), "client {i}");
+    }
+}
