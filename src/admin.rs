@@ -1,18 +1,26 @@
 //! The admin listener (SPEC section 6): `/healthz`, `/metrics`, `/status`, operator
 //! actions and `POST /reload`. Never served on a public listener.
+//!
+//! Reads go straight to the shared snapshot and the backends' atomics; operator
+//! actions flip an atomic in the backend's shared state (which a reload carries
+//! over); `POST /reload` goes through the same [`Reloader`] as SIGHUP. With
+//! `admin.token` set, every POST needs `Authorization: Bearer <token>`.
 
 use std::convert::Infallible;
+use std::time::SystemTime;
 
-use http::{Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::backend::{Backend, Health, Operator};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
-use crate::state::SharedState;
+use crate::state::{SharedState, Snapshot, Upstream};
 use crate::upstream::ProxyBody;
 
 /// What the admin endpoints read and act on.
@@ -23,6 +31,58 @@ pub struct Admin {
     pub reloader: Reloader,
 }
 
+/// The endpoints, as parsed from the request path.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Healthz,
+    Metrics,
+    Status,
+    Reload,
+    /// `POST /upstreams/{u}/backends/{b}/{drain|maintenance|ready}`
+    Operator {
+        upstream: &'a str,
+        backend: &'a str,
+        set: Operator,
+    },
+}
+
+impl<'a> Endpoint<'a> {
+    fn parse(path: &'a str) -> Option<Endpoint<'a>> {
+        match path {
+            "/healthz" => return Some(Endpoint::Healthz),
+            "/metrics" => return Some(Endpoint::Metrics),
+            "/status" => return Some(Endpoint::Status),
+            "/reload" => return Some(Endpoint::Reload),
+            _ => {}
+        }
+        let mut parts = path.strip_prefix("/upstreams/")?.split('/');
+        let upstream = parts.next().filter(|s| !s.is_empty())?;
+        if parts.next()? != "backends" {
+            return None;
+        }
+        let backend = parts.next().filter(|s| !s.is_empty())?;
+        let set = match parts.next()? {
+            "drain" => Operator::Draining,
+            "maintenance" => Operator::Maintenance,
+            "ready" => Operator::Ready,
+            _ => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Endpoint::Operator {
+            upstream,
+            backend,
+            set,
+        })
+    }
+
+    /// Reads answer GET (and HEAD); actions answer POST.
+    fn is_action(&self) -> bool {
+        matches!(self, Endpoint::Reload | Endpoint::Operator { .. })
+    }
+}
+
 impl Admin {
     /// Serves the admin API on `listener` until shutdown.
     pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
@@ -30,7 +90,11 @@ impl Admin {
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
-                    Err(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                 },
                 _ = crate::listener::stopped(&mut shutdown) => return,
             };
@@ -48,18 +112,339 @@ impl Admin {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        match req.uri().path() {
-            "/healthz" => crate::error::plain(StatusCode::OK, "ok\n"),
-            "/metrics" => {
-                self.metrics.update_gauges(&self.state.load());
-                let mut resp = Response::new(ProxyBody::owned(self.metrics.render()));
+        let Some(endpoint) = Endpoint::parse(req.uri().path()) else {
+            return crate::error::plain(StatusCode::NOT_FOUND, "404 not found\n");
+        };
+        let method = req.method();
+        if endpoint.is_action() {
+            if method != Method::POST {
+                return method_not_allowed("POST");
+            }
+            if !self.authorized(req.headers()) {
+                let mut resp = crate::error::plain(StatusCode::UNAUTHORIZED, "401 unauthorized\n");
                 resp.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"limpet admin\""),
+                );
+                return resp;
+            }
+        } else if method != Method::GET && method != Method::HEAD {
+            return method_not_allowed("GET, HEAD");
+        }
+        match endpoint {
+            Endpoint::Healthz => crate::error::plain(StatusCode::OK, "ok\n"),
+            Endpoint::Metrics => {
+                let text = self.metrics.scrape(&self.state.load_full());
+                let mut resp = Response::new(ProxyBody::owned(text));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 resp
             }
-            _ => crate::error::plain(StatusCode::NOT_FOUND, "404 not found\n"),
+            Endpoint::Status => json(StatusCode::OK, &status(&self.state.load_full())),
+            Endpoint::Reload => self.reload().await,
+            Endpoint::Operator {
+                upstream,
+                backend,
+                set,
+            } => self.set_operator(upstream, backend, set),
         }
+    }
+
+    /// True when no token is configured or the request carries it.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let snap = self.state.load();
+        let Some(token) = snap.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+            return true;
+        };
+        headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| {
+                let (scheme, credentials) = v.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| credentials.trim())
+            })
+            .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    }
+
+    /// `POST /reload`: the same path as SIGHUP.
+    async fn reload(&self) -> Response<ProxyBody> {
+        let reloader = self.reloader.clone();
+        // Reading the file and resolving host names block.
+        let result = match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "admin: reload task failed");
+                return crate::error::plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "500 reload failed\n",
+                );
+            }
+        };
+        match result {
+            Ok(config) => {
+                tracing::info!(checksum = %config.checksum, "POST /reload: configuration reloaded");
+                let path = config
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                text(
+                    StatusCode::OK,
+                    format!(
+                        "{path}: reloaded ({})\n{}",
+                        config.checksum,
+                        config.summary()
+                    ),
+                )
+            }
+            Err(e) => {
+                tracing::error!(
+                    "POST /reload: reload failed, the old configuration keeps serving: {e}"
+                );
+                text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+            }
+        }
+    }
+
+    /// `POST /upstreams/{u}/backends/{b}/{drain|maintenance|ready}`.
+    fn set_operator(&self, upstream: &str, backend: &str, set: Operator) -> Response<ProxyBody> {
+        let snap = self.state.load_full();
+        let Some(up) = snap.upstream(upstream) else {
+            return crate::error::plain(StatusCode::NOT_FOUND, "404 no such upstream\n");
+        };
+        let Some(b) = up.backend_index(backend).map(|i| &up.backends[i]) else {
+            return crate::error::plain(StatusCode::NOT_FOUND, "404 no such backend\n");
+        };
+        let before = b.state.operator();
+        b.state.set_operator(set);
+        tracing::warn!(
+            upstream = %up.name,
+            backend = %b.name,
+            "backend set to {} by the admin API (was {}; now {})",
+            operator_str(set),
+            operator_str(before),
+            b.state.state().as_str()
+        );
+        json(StatusCode::OK, &backend_status(up, b))
+    }
+}
+
+/// `GET /status`, shaped as SPEC section 6 shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub config: ConfigStatus,
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConfigStatus {
+    /// The file the running configuration came from (null when it came from text).
+    pub path: Option<String>,
+    pub loaded_at: String,
+    pub checksum: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub affinity: &'static str,
+    pub balance: &'static str,
+    pub failover: &'static str,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub name: String,
+    /// As configured (a host name stays a host name).
+    pub addr: String,
+    /// `up`, `down`, `draining` or `maintenance`.
+    pub state: &'static str,
+    pub replica: Option<String>,
+    pub weight: u32,
+    pub in_flight: usize,
+    pub requests: u64,
+    pub last_check: Option<CheckStatus>,
+    /// What the health checks say, whatever the operator set: `up` or `down`.
+    pub health: &'static str,
+    /// What the operator set: `ready`, `draining` or `maintenance`.
+    pub operator: &'static str,
+    /// The address limpet connects to (`addr` resolved).
+    pub resolved: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckStatus {
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub at: String,
+    /// Why the check failed (`status 500`, `timeout after 1s`, `connection refused`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The `/status` document of a snapshot.
+pub fn status(snap: &Snapshot) -> Status {
+    let config = &snap.config;
+    Status {
+        config: ConfigStatus {
+            path: config.path.as_ref().map(|p| p.display().to_string()),
+            loaded_at: rfc3339(snap.loaded_at),
+            checksum: config.checksum.clone(),
+        },
+        upstreams: snap
+            .upstreams
+            .iter()
+            .map(|up| UpstreamStatus {
+                name: up.name.to_string(),
+                affinity: up.config.affinity.as_str(),
+                balance: up.config.balance.as_str(),
+                failover: up.config.failover.as_str(),
+                backends: up.backends.iter().map(|b| backend_status(up, b)).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// One backend's `/status` entry (also the answer to an operator action).
+pub fn backend_status(up: &Upstream, b: &Backend) -> BackendStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    BackendStatus {
+        name: b.name.to_string(),
+        addr: b.addr_text.clone(),
+        state: b.state.state().as_str(),
+        replica: b.replica.map(|r| up.backends[r].name.to_string()),
+        weight: b.weight,
+        in_flight: b.state.in_flight.load(Relaxed),
+        requests: b.state.requests.load(Relaxed),
+        last_check: b.state.last_check().map(|c| CheckStatus {
+            ok: c.ok,
+            // Microsecond precision is plenty and keeps the JSON short.
+            latency_ms: (c.latency.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+            at: rfc3339(c.at),
+            error: c.reason,
+        }),
+        health: match b.state.health() {
+            Health::Up => "up",
+            Health::Down => "down",
+        },
+        operator: operator_str(b.state.operator()),
+        resolved: b.addr.to_string(),
+    }
+}
+
+fn operator_str(op: Operator) -> &'static str {
+    match op {
+        Operator::Ready => "ready",
+        Operator::Draining => "draining",
+        Operator::Maintenance => "maintenance",
+    }
+}
+
+/// `2026-11-21T20:00:00Z`: RFC 3339, UTC, whole seconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    body.push(b'\n');
+    let mut resp = Response::new(ProxyBody::owned(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::owned(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
+    let mut resp = crate::error::plain(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much of
+/// a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_endpoints() {
+        assert_eq!(Endpoint::parse("/status"), Some(Endpoint::Status));
+        assert_eq!(
+            Endpoint::parse("/upstreams/shop/backends/app1/drain"),
+            Some(Endpoint::Operator {
+                upstream: "shop",
+                backend: "app1",
+                set: Operator::Draining
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("/upstreams/shop/backends/app1/maintenance"),
+            Some(Endpoint::Operator {
+                upstream: "shop",
+                backend: "app1",
+                set: Operator::Maintenance
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("/upstreams/shop/backends/app1/ready"),
+            Some(Endpoint::Operator {
+                upstream: "shop",
+                backend: "app1",
+                set: Operator::Ready
+            })
+        );
+        for bad in [
+            "/",
+            "/status/",
+            "/upstreams/shop/backends/app1",
+            "/upstreams/shop/backends/app1/explode",
+            "/upstreams/shop/backends/app1/drain/now",
+            "/upstreams//backends/app1/drain",
+            "/upstreams/shop/servers/app1/drain",
+            "/upstreams/shop/backends//drain",
+        ] {
+            assert_eq!(Endpoint::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_is_utc_whole_seconds() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_291_200_250);
+        assert_eq!(rfc3339(t), "2026-11-21T20:00:00Z");
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
     }
 }

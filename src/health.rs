@@ -42,7 +42,8 @@ pub fn passive_failure(upstream: &Upstream, index: usize, cause: &dyn Display) {
         tracing::warn!(
             upstream = %upstream.name,
             backend = %backend.name,
-            "backend down: {failures} consecutive connection failure(s) of live traffic ({cause})"
+            reason = %cause,
+            "backend down: {failures} consecutive connection failure(s) of live traffic, the last with {cause}"
         );
     }
 }
@@ -80,53 +81,105 @@ pub async fn run(
 
 async fn check_loop(upstream: &Upstream, backend: &Backend, metrics: &Metrics) {
     let cfg = &upstream.config.health;
-    let (mut passes, mut fails) = (0u32, 0u32);
+    let mut counter = RiseFall::new(cfg.rise, cfg.fall);
+    let checks = |result: &str| {
+        metrics
+            .health_checks
+            .with_label_values(&[&*upstream.name, &*backend.name, result])
+    };
+    let (ok_checks, failed_checks) = (checks("ok"), checks("fail"));
     // Spread the first checks over one interval so that they do not align.
     tokio::time::sleep(cfg.interval.mul_f64(fastrand::f64())).await;
     loop {
         let started = Instant::now();
         let result = check(backend, cfg).await;
         let latency = started.elapsed();
-        let ok = result.is_ok();
-        metrics
-            .health_checks
-            .with_label_values(&[
-                &*upstream.name,
-                &*backend.name,
-                if ok { "ok" } else { "fail" },
-            ])
-            .inc();
+        if result.is_ok() {
+            ok_checks.inc();
+        } else {
+            failed_checks.inc();
+        }
         backend.state.set_last_check(LastCheck {
-            ok,
+            ok: result.is_ok(),
             latency,
             at: SystemTime::now(),
             reason: result.as_ref().err().cloned(),
         });
-        match result {
-            Ok(()) => {
-                fails = 0;
-                passes += 1;
-                if backend.state.health() == Health::Down
-                    && passes >= cfg.rise
-                    && backend.state.set_health(Health::Up)
-                {
-                    tracing::warn!(upstream = %upstream.name, backend = %backend.name, "backend up: {passes} consecutive checks passed");
-                }
-            }
-            Err(reason) => {
-                passes = 0;
-                fails += 1;
-                if backend.state.health() == Health::Up
-                    && fails >= cfg.fall
-                    && backend.state.set_health(Health::Down)
-                {
-                    tracing::warn!(upstream = %upstream.name, backend = %backend.name, "backend down: {fails} consecutive checks failed (check failed: {reason})");
+        let health = backend.state.health();
+        if let Some(next) = counter.observe(result.is_ok(), health) {
+            if backend.state.set_health(next) {
+                match &result {
+                    Ok(()) => tracing::warn!(
+                        upstream = %upstream.name,
+                        backend = %backend.name,
+                        "backend up: {} consecutive health check(s) passed",
+                        cfg.rise
+                    ),
+                    Err(reason) => tracing::warn!(
+                        upstream = %upstream.name,
+                        backend = %backend.name,
+                        reason = %reason,
+                        "backend down: {} consecutive health check(s) failed, the last with {reason}",
+                        cfg.fall
+                    ),
                 }
             }
         }
         // ±10% jitter keeps checks of many backends from aligning.
         let jitter = 0.9 + 0.2 * fastrand::f64();
         tokio::time::sleep(cfg.interval.mul_f64(jitter)).await;
+    }
+}
+
+/// The rise/fall counters of one backend, owned by its checker task.
+///
+/// Passes count only while the backend is down and failures only while it is up,
+/// so a backend that live traffic marked down (passive) needs `rise` fresh passes
+/// to come back, however many checks it passed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RiseFall {
+    rise: u32,
+    fall: u32,
+    passes: u32,
+    fails: u32,
+}
+
+impl RiseFall {
+    pub fn new(rise: u32, fall: u32) -> Self {
+        RiseFall {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            passes: 0,
+            fails: 0,
+        }
+    }
+
+    /// Records one check of a backend whose health is `now`; returns the health it
+    /// must change to, if any.
+    pub fn observe(&mut self, ok: bool, now: Health) -> Option<Health> {
+        match (ok, now) {
+            (true, Health::Up) | (false, Health::Down) => {
+                self.passes = 0;
+                self.fails = 0;
+                None
+            }
+            (true, Health::Down) => {
+                self.fails = 0;
+                self.passes += 1;
+                (self.passes >= self.rise).then(|| {
+                    self.passes = 0;
+                    Health::Up
+                })
+            }
+            (false, Health::Up) => {
+                self.passes = 0;
+                self.fails += 1;
+                (self.fails >= self.fall).then(|| {
+                    self.fails = 0;
+                    Health::Down
+                })
+            }
+        }
     }
 }
 
@@ -171,7 +224,10 @@ async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
     };
     match tokio::time::timeout(cfg.timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!("timeout after {:?}", cfg.timeout)),
+        Err(_) => Err(format!(
+            "timeout after {}",
+            humantime::format_duration(cfg.timeout)
+        )),
     }
 }
 
@@ -185,5 +241,79 @@ impl BackendState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `checks` to a counter, applying each change, and returns the health
+    /// after every check.
+    fn run(rise: u32, fall: u32, start: Health, checks: &[bool]) -> Vec<Health> {
+        let mut counter = RiseFall::new(rise, fall);
+        let mut health = start;
+        checks
+            .iter()
+            .map(|&ok| {
+                if let Some(next) = counter.observe(ok, health) {
+                    health = next;
+                }
+                health
+            })
+            .collect()
+    }
+
+    use Health::{Down as D, Up as U};
+
+    #[test]
+    fn goes_down_after_exactly_fall_failures() {
+        assert_eq!(run(2, 3, U, &[false, false, false]), [U, U, D]);
+        assert_eq!(run(2, 1, U, &[false]), [D]);
+    }
+
+    #[test]
+    fn a_pass_resets_the_failures() {
+        assert_eq!(
+            run(2, 3, U, &[false, false, true, false, false, false]),
+            [U, U, U, U, U, D]
+        );
+    }
+
+    #[test]
+    fn comes_up_after_exactly_rise_passes() {
+        assert_eq!(run(2, 3, D, &[true, true]), [D, U]);
+        assert_eq!(
+            run(3, 3, D, &[true, true, false, true, true, true]),
+            [D, D, D, D, D, U]
+        );
+    }
+
+    #[test]
+    fn passes_while_up_do_not_count_towards_rise() {
+        // Passive marking took the backend down after many good checks: it still
+        // needs `rise` passes to come back.
+        let mut counter = RiseFall::new(3, 3);
+        for _ in 0..10 {
+            assert_eq!(counter.observe(true, U), None);
+        }
+        assert_eq!(counter.observe(true, D), None);
+        assert_eq!(counter.observe(true, D), None);
+        assert_eq!(counter.observe(true, D), Some(U));
+    }
+
+    #[test]
+    fn failures_while_down_do_not_count_towards_fall() {
+        let mut counter = RiseFall::new(2, 2);
+        for _ in 0..10 {
+            assert_eq!(counter.observe(false, D), None);
+        }
+        assert_eq!(counter.observe(false, U), None);
+        assert_eq!(counter.observe(false, U), Some(D));
+    }
+
+    #[test]
+    fn zero_thresholds_act_as_one() {
+        assert_eq!(run(0, 0, U, &[false, true]), [D, U]);
     }
 }

@@ -1,6 +1,8 @@
 //! The Prometheus metrics of SPEC section 7, registered on a registry passed in (no
 //! global registry: every test's limpet starts at zero).
 
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -22,6 +24,9 @@ pub struct Metrics {
     pub downstream_connections: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// Serialises scrapes: [`Metrics::scrape`] resets and refills the state gauges,
+    /// and a concurrent scrape must not see them half filled.
+    scrape: Arc<Mutex<()>>,
 }
 
 impl Metrics {
@@ -102,6 +107,7 @@ impl Metrics {
                 &["version"],
             )?,
             registry,
+            scrape: Arc::new(Mutex::new(())),
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -159,6 +165,48 @@ impl Metrics {
                     self.backend_state
                         .with_label_values(&[&up.name, &b.name, s.as_str()])
                         .set((s == state) as i64);
+                }
+            }
+        }
+    }
+
+    /// Refreshes the state gauges from `snap` and renders every metric: what
+    /// `GET /metrics` answers.
+    pub fn scrape(&self, snap: &Snapshot) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.update_gauges(snap);
+        self.render()
+    }
+
+    /// Drops the series of backends (and upstreams) that `old` had and `new` has
+    /// not, so that a fleet whose backends come and go does not grow the exposition
+    /// forever. Backends that remain keep their counters.
+    pub fn forget_removed(&self, old: &Snapshot, new: &Snapshot) {
+        for up in &old.upstreams {
+            let kept = new.upstream(&up.name);
+            if kept.is_none() {
+                for outcome in Outcome::ALL {
+                    let _ = self
+                        .affinity
+                        .remove_label_values(&[&up.name, outcome.as_str()]);
+                }
+            }
+            for b in &up.backends {
+                if kept.is_some_and(|k| k.backend_index(&b.name).is_some()) {
+                    continue;
+                }
+                let labels = [&*up.name, &*b.name];
+                let _ = self.retries.remove_label_values(&labels);
+                let _ = self.duration.remove_label_values(&labels);
+                for result in ["ok", "fail"] {
+                    let _ = self
+                        .health_checks
+                        .remove_label_values(&[&up.name, &b.name, result]);
+                }
+                for code in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+                    let _ = self
+                        .requests
+                        .remove_label_values(&[&up.name, &b.name, code]);
                 }
             }
         }

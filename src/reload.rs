@@ -1,7 +1,7 @@
 //! Reload: SIGHUP or `POST /reload` -> parse -> validate -> rebuild the snapshot
 //! (carrying backend state over) -> swap. A config that fails changes nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -16,6 +16,9 @@ pub struct Reloader {
     metrics: Metrics,
     /// Bumped on every successful reload; the health checker and tests follow it.
     generation: Arc<watch::Sender<u64>>,
+    /// One reload at a time (SIGHUP and `POST /reload` may race): each builds on
+    /// the snapshot the previous one stored, so no carried state is lost.
+    one_at_a_time: Arc<Mutex<()>>,
 }
 
 impl Reloader {
@@ -24,6 +27,7 @@ impl Reloader {
             state,
             metrics,
             generation: Arc::new(watch::channel(0).0),
+            one_at_a_time: Arc::new(Mutex::new(())),
         }
     }
 
@@ -32,8 +36,10 @@ impl Reloader {
         self.generation.subscribe()
     }
 
-    /// Re-reads the configuration file the running config came from.
+    /// Re-reads the configuration file the running config came from. Blocking file
+    /// I/O (and name resolution): call it from `spawn_blocking` on a busy runtime.
     pub fn reload(&self) -> Result<Arc<Config>, ConfigError> {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.state.load_full();
         let result = match &current.config.path {
             Some(path) => Config::from_file(path),
@@ -43,11 +49,19 @@ impl Reloader {
                 message: "this configuration was not loaded from a file".into(),
             }),
         };
-        self.apply(result)
+        self.apply_locked(result)
     }
 
     /// Swaps in `config` (already parsed), keeping backend state where it applies.
     pub fn apply(&self, result: Result<Config, ConfigError>) -> Result<Arc<Config>, ConfigError> {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+        self.apply_locked(result)
+    }
+
+    fn apply_locked(
+        &self,
+        result: Result<Config, ConfigError>,
+    ) -> Result<Arc<Config>, ConfigError> {
         let config = match result {
             Ok(c) => c,
             Err(e) => {
@@ -72,7 +86,9 @@ impl Reloader {
         let snapshot = Snapshot::build(config, Some(&current));
         self.metrics.register_snapshot(&snapshot);
         let config = snapshot.config.clone();
-        self.state.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.state.store(snapshot.clone());
+        self.metrics.forget_removed(&current, &snapshot);
         self.generation.send_modify(|g| *g += 1);
         self.metrics.config_reloads.with_label_values(&["ok"]).inc();
         tracing::info!(checksum = %config.checksum, "configuration reloaded");
