@@ -1,7 +1,7 @@
 //! Client-side connection timeouts that hyper does not offer separately:
 //!
-//! - `client_header`: from the first byte of a request head until the whole head has
-//!   arrived (slowloris protection);
+//! - `client_header`: from the first byte of a request head (for a new connection,
+//!   from the accept) until the whole head has arrived (slowloris protection);
 //! - `client_idle`: a keep-alive connection with no request in progress and no
 //!   traffic for this long is closed.
 //!
@@ -38,7 +38,10 @@ impl Activity {
         Arc::new(Activity {
             origin: Instant::now(),
             busy: AtomicUsize::new(0),
-            head_pending: AtomicBool::new(false),
+            // A new connection owes its first head within client_header from the
+            // accept, bytes or not: a client that connects and sends nothing (or
+            // a few bytes of the HTTP/2 preface) must not hold it for client_idle.
+            head_pending: AtomicBool::new(true),
             head_started_ms: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
         })
