@@ -15,6 +15,10 @@ pub enum ProxyError {
     NoBackend,
     #[error("the pinned backend is unavailable and failover is \"reject\"")]
     Rejected,
+    /// No connection to the last backend tried, and no retry left. Nothing of the
+    /// request was sent, so it is a 503 like [`ProxyError::NoBackend`] (the same
+    /// outage answers the same before and after health marks the backends down),
+    /// not a 502.
     #[error("backend unreachable: {0}")]
     Unreachable(#[source] crate::upstream::ConnectError),
     #[error("backend failed before answering: {0}")]
@@ -28,8 +32,10 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend | ProxyError::Rejected => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Unreachable(_) | ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NoBackend | ProxyError::Rejected | ProxyError::Unreachable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -38,9 +44,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "400 bad request\n",
             ProxyError::NoRoute => "404 no route\n",
-            ProxyError::NoBackend => "503 no backend available\n",
+            ProxyError::NoBackend | ProxyError::Unreachable(_) => "503 no backend available\n",
             ProxyError::Rejected => "503 backend unavailable\n",
-            ProxyError::Unreachable(_) | ProxyError::BadGateway(_) => "502 bad gateway\n",
+            ProxyError::BadGateway(_) => "502 bad gateway\n",
             ProxyError::Timeout(_) => "504 gateway timeout\n",
         }
     }
