@@ -1,0 +1,581 @@
+//! Issue 4: TLS termination (SNI, ALPN), HTTP/2 (over TLS and h2c), WebSocket
+//! upgrades with failover, and app-cookie affinity. Real rustls and hyper clients,
+//! certificates generated at test time.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// A self-signed certificate for `names`, written as PEM files into `dir`.
+struct TestCert {
+    der: CertificateDer<'static>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+fn make_cert(dir: &std::path::Path, label: &str, names: &[&str]) -> TestCert {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).expect("generate certificate");
+    let cert_path = dir.join(format!("{label}.pem"));
+    let key_path = dir.join(format!("{label}.key"));
+    std::fs::write(&cert_path, ck.cert.pem()).unwrap();
+    std::fs::write(&key_path, ck.key_pair.serialize_pem()).unwrap();
+    TestCert {
+        der: ck.cert.der().clone(),
+        cert_path,
+        key_path,
+    }
+}
+
+fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "limpet-{label}-{}-{}",
+        std::process::id(),
+        fastrand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// A TLS client connection to `addr` trusting `roots`, with SNI `name` and `alpn`.
+async fn tls_connect(
+    addr: SocketAddr,
+    roots: &[&TestCert],
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in roots {
+        store.add(c.der.clone()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .await
+}
+
+fn https_config(backends: &[&TestBackend], certs: &[&TestCert], extra: &str) -> String {
+    let mut toml = ring_config(backends, extra);
+    let pairs: Vec<String> = certs
+        .iter()
+        .map(|c| format!("{{ cert = {:?}, key = {:?} }}", c.cert_path, c.key_path))
+        .collect();
+    toml = toml.replacen(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n",
+        &format!("[listen]\nhttp = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\n\n[tls]\ncerts = [{}]\n", pairs.join(", ")),
+        1,
+    );
+    toml
+}
+
+async fn three() -> (TestBackend, TestBackend, TestBackend) {
+    (
+        TestBackend::spawn("app1").await,
+        TestBackend::spawn("app2").await,
+        TestBackend::spawn("app3").await,
+    )
+}
+
+#[tokio::test]
+async fn https_with_sni_alpn_and_secure_cookie() {
+    let dir = temp_dir("sni");
+    let shop = make_cert(&dir, "shop", &["shop.example.com"]);
+    let blog = make_cert(&dir, "blog", &["blog.example.com"]);
+    let (a, b, c) = three().await;
+    let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&shop, &blog], "")).await;
+    let addr = lb.limpet.https_addrs[0];
+
+    // SNI picks the certificate whose names match; an unknown name gets the first.
+    for (name, want) in [
+        ("blog.example.com", &blog),
+        ("shop.example.com", &shop),
+        ("other.example.com", &shop),
+    ] {
+        let roots = [&shop, &blog];
+        let stream = tls_connect(addr, &roots, name, &[b"http/1.1"]).await;
+        if name == "other.example.com" {
+            // The default certificate does not cover this name: the client refuses it,
+            // which shows which certificate was sent.
+            assert!(stream.is_err());
+            continue;
+        }
+        let stream = stream.expect("TLS handshake");
+        let presented = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_eq!(presented, want.der, "certificate for {name}");
+    }
+
+    // HTTP/1.1 over TLS: x-forwarded-proto https and a Secure cookie (secure = "auto").
+    let stream = tls_connect(addr, &[&shop], "shop.example.com", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", "shop.example.com")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-seen-xfp"], "https");
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+
+    // The plain listener does not mark the cookie Secure.
+    let plain = lb.client().get("/").await;
+    assert!(!plain.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Secure"));
+    lb.limpet.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_and_plain_http_on_the_tls_port_fail_alone() {
+    let dir = temp_dir("garbage");
+    let cert = make_cert(&dir, "site", &["localhost"]);
+    let (a, b, c) = three().await;
+    let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&cert], "")).await;
+    let addr = lb.limpet.https_addrs[0];
+
+    // A healthy TLS connection, opened before the bad ones and used after them.
+    let stream = tls_connect(addr, &[&cert], "localhost", &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut garbage = TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    for s in [&mut plain, &mut garbage] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "a bad client must be closed, not left hanging"
+        );
+        assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    }
+
+    let req = Request::get("/")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    lb.limpet.shutdown().await;
+}
+
+/// Sends GET / over HTTP/2 with the given `cookie` header fields; returns the response.
+async fn h2_get<T>(io: T, cookies: &[&str]) -> Response<Incoming>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut req = Request::get("http://localhost/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    for c in cookies {
+        req.headers_mut().append("cookie", c.parse().unwrap());
+    }
+    sender.send_request(req).await.expect("h2 request")
+}
+
+#[tokio::test]
+async fn h2_over_tls_and_h2c_keep_affinity_with_split_cookie_headers() {
+    let dir = temp_dir("h2");
+    let cert = make_cert(&dir, "site", &["localhost"]);
+    let (a, b, c) = three().await;
+    let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&cert], "")).await;
+
+    // Pin over HTTP/1.1.
+    let mut client = lb.client();
+    let first = client.get("/").await;
+    let pinned = first.backend().to_string();
+    let cookie = format!("limpet={}", client.cookie.clone().unwrap());
+
+    for round in 0..5 {
+        // h2 over TLS, ALPN h2, the pin in the middle of three cookie fields.
+        let stream = tls_connect(lb.limpet.https_addrs[0], &[&cert], "localhost", &[b"h2"])
+            .await
+            .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let resp = h2_get(stream, &["app=1", &cookie, "other=2"]).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["x-backend"],
+            pinned.as_str(),
+            "round {round} over h2/TLS"
+        );
+        assert!(
+            resp.headers().get("set-cookie").is_none(),
+            "the pin did not change"
+        );
+        // The app's cookies reach the backend, limpet's does not.
+        let seen = resp.headers()["x-seen-cookie"].to_str().unwrap();
+        assert_eq!(seen, "app=1; other=2");
+
+        // h2c prior knowledge on the plain listener.
+        let tcp = TcpStream::connect(lb.addr).await.unwrap();
+        let resp = h2_get(tcp, &[&cookie, "x=y"]).await;
+        assert_eq!(
+            resp.headers()["x-backend"],
+            pinned.as_str(),
+            "round {round} over h2c"
+        );
+    }
+    lb.limpet.shutdown().await;
+}
+
+/// A backend that answers plain requests with its name and echoes WebSocket
+/// messages prefixed with its name.
+struct WsBackend {
+    name: String,
+    addr: SocketAddr,
+    tasks: std::sync::Mutex<Option<JoinSet<()>>>,
+    /// Turns true on stop: open WebSockets end too.
+    killed: tokio::sync::watch::Sender<bool>,
+}
+
+impl WsBackend {
+    async fn spawn(name: &str) -> WsBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = WsBackend {
+            name: name.to_string(),
+            addr: listener.local_addr().unwrap(),
+            tasks: std::sync::Mutex::new(None),
+            killed: tokio::sync::watch::channel(false).0,
+        };
+        b.serve(listener);
+        b
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let name: Arc<str> = self.name.clone().into();
+        let killed = self.killed.subscribe();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name.clone();
+                let killed = killed.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let name = name.clone();
+                        let killed = killed.clone();
+                        async move { Ok::<_, Infallible>(ws_answer(req, name, killed)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        *self.tasks.lock().unwrap() = Some(tasks);
+    }
+
+    async fn stop(&self) {
+        let _ = self.killed.send(true);
+        let tasks = self.tasks.lock().unwrap().take();
+        if let Some(mut t) = tasks {
+            t.shutdown().await;
+        }
+    }
+}
+
+fn ws_answer(
+    mut req: Request<Incoming>,
+    name: Arc<str>,
+    mut killed: tokio::sync::watch::Receiver<bool>,
+) -> Response<Full<Bytes>> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder()
+            .header("x-backend", &*name)
+            .body(Full::new(Bytes::from(name.to_string())))
+            .unwrap();
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let echo_name = name.clone();
+    tokio::spawn(async move {
+        let name = echo_name;
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        loop {
+            let msg = tokio::select! {
+                m = ws.next() => m,
+                _ = killed.wait_for(|k| *k) => break, // the server dies: the socket drops
+            };
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if ws
+                        .send(Message::text(format!("{name}: {t}")))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header(
+            "sec-websocket-accept",
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .header("x-backend", &*name)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+async fn ws_connect(addr: SocketAddr, cookie: &str) -> Result<WebSocketStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{addr}/chat"),
+    )
+    .map_err(|e| e.to_string())?;
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(resp.status(), 101);
+    Ok(ws)
+}
+
+async fn ws_roundtrip(ws: &mut WebSocketStream<TcpStream>, text: &str) -> Option<String> {
+    ws.send(Message::text(text.to_string())).await.ok()?;
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => Some(t.to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn websocket_is_pinned_and_fails_over_on_reconnect() {
+    let (w1, w2, w3) = (
+        WsBackend::spawn("app1").await,
+        WsBackend::spawn("app2").await,
+        WsBackend::spawn("app3").await,
+    );
+    let mut toml = String::from("[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\nretries = 2\n[upstream.shop.cookie]\nsecret = \"s\"\n");
+    for (i, w) in [&w1, &w2, &w3].iter().enumerate() {
+        let replica = ["app2", "app3", "app1"][i];
+        toml.push_str(&format!(
+            "[[upstream.shop.backend]]\nname = \"{}\"\naddr = \"{}\"\nreplica = \"{replica}\"\n",
+            w.name, w.addr
+        ));
+    }
+    let lb = TestLb::start(&toml).await;
+    let mut client = lb.client();
+    let first = client.get("/").await;
+    let pinned = first.backend().to_string();
+    let cookie = format!("limpet={}", client.cookie.clone().unwrap());
+
+    let mut ws = ws_connect(lb.addr, &cookie).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            ws_roundtrip(&mut ws, &format!("hello {i}")).await.unwrap(),
+            format!("{pinned}: hello {i}")
+        );
+    }
+
+    // Kill the pinned backend: the socket closes ...
+    let backends = [&w1, &w2, &w3];
+    let dead = backends.iter().position(|w| w.name == pinned).unwrap();
+    backends[dead].stop().await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the client's socket must close when the backend dies"
+    );
+
+    // ... and the reconnect lands on the replica.
+    let replica = backends[(dead + 1) % 3].name.clone();
+    let mut ws = ws_connect(lb.addr, &cookie).await.unwrap();
+    assert_eq!(
+        ws_roundtrip(&mut ws, "again").await.unwrap(),
+        format!("{replica}: again")
+    );
+    lb.limpet.shutdown().await;
+}
+
+fn app_cookie_config(backends: &[&TestBackend]) -> String {
+    let mut toml = String::from(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.tomcat]\naffinity = \"app-cookie\"\nbalance = \"round-robin\"\nretries = 2\n\n[upstream.tomcat.app_cookie]\nname = \"JSESSIONID\"\nseparator = \".\"\n",
+    );
+    for (i, b) in backends.iter().enumerate() {
+        let replica = &backends[(i + 1) % backends.len()].name;
+        toml.push_str(&format!(
+            "\n[[upstream.tomcat.backend]]\nname = \"{}\"\naddr = \"{}\"\nreplica = \"{}\"\nroute = \"jvm{}\"\n",
+            b.name,
+            b.addr,
+            replica,
+            i + 1
+        ));
+    }
+    toml
+}
+
+#[tokio::test]
+async fn app_cookie_routes_by_the_session_suffix() {
+    let (a, b, c) = three().await;
+    let lb = TestLb::start(&app_cookie_config(&[&a, &b, &c])).await;
+    let mut client = lb.client();
+
+    // The route suffix picks the backend, every time, and limpet sets no cookie.
+    client
+        .headers
+        .insert("cookie", "JSESSIONID=8F3AC2.jvm2".parse().unwrap());
+    for _ in 0..20 {
+        let r = client.get("/cart").await;
+        assert_eq!(r.backend(), "app2");
+        assert!(r.headers.get("set-cookie").is_none());
+        assert_eq!(
+            r.header("x-seen-cookie"),
+            Some("JSESSIONID=8F3AC2.jvm2"),
+            "the app's cookie passes untouched"
+        );
+    }
+
+    // ;jsessionid= in the path works too.
+    let mut plain = lb.client();
+    for _ in 0..5 {
+        assert_eq!(
+            plain.get("/cart;jsessionid=abc.jvm3?x=1").await.backend(),
+            "app3"
+        );
+    }
+
+    // Unknown route or no cookie: balanced (round-robin visits every backend).
+    let mut seen = std::collections::HashSet::new();
+    let mut unknown = lb.client();
+    unknown
+        .headers
+        .insert("cookie", "JSESSIONID=abc.nosuch".parse().unwrap());
+    for _ in 0..6 {
+        seen.insert(unknown.get("/").await.backend().to_string());
+        seen.insert(plain.get("/").await.backend().to_string());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // The route's backend is down: its replica takes over, told by the failover header.
+    b.stop().await;
+    for _ in 0..5 {
+        let r = client.get("/cart").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), "app3");
+        assert_eq!(r.header("x-seen-failover-from"), Some("app2"));
+        assert!(r.headers.get("set-cookie").is_none());
+    }
+    lb.limpet.shutdown().await;
+}
+
+#[tokio::test]
+async fn certificates_are_re_read_on_reload() {
+    let dir = temp_dir("reload");
+    let old = make_cert(&dir, "site", &["localhost"]);
+    let (a, b, c) = three().await;
+    let toml = https_config(&[&a, &b, &c], &[&old], "");
+    let lb = TestLb::start(&toml).await;
+    let addr = lb.limpet.https_addrs[0];
+    let presented = |s: &tokio_rustls::client::TlsStream<TcpStream>| {
+        s.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    let s = tls_connect(addr, &[&old], "localhost", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), old.der);
+
+    // A renewed certificate written over the same files is served after a reload.
+    let new = make_cert(&dir, "site", &["localhost"]);
+    lb.limpet
+        .apply(limpet::Config::parse(&toml, "test.toml"))
+        .expect("reload");
+    let s = tls_connect(addr, &[&new], "localhost", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), new.der);
+
+    // A broken key file fails the reload and the renewed certificate keeps serving.
+    std::fs::write(&new.key_path, "not a key").unwrap();
+    let err = lb
+        .limpet
+        .apply(limpet::Config::parse(&toml, "test.toml"))
+        .unwrap_err();
+    assert!(err.to_string().contains("tls.certs[0]"), "{err}");
+    let s = tls_connect(addr, &[&new], "localhost", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), new.der);
+    lb.limpet.shutdown().await;
+}
