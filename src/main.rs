@@ -88,6 +88,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         for addr in &limpet.http_addrs {
             tracing::info!("listening on http://{addr}");
         }
+        for addr in &limpet.https_addrs {
+            tracing::info!("listening on https://{addr}");
+        }
         if let Some(addr) = limpet.admin_addr {
             tracing::info!("admin on http://{addr}");
         }
