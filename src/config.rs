@@ -297,7 +297,10 @@ impl Config {
         let raw: raw::File = toml::from_str(text).map_err(|e| {
             let span = e.span();
             let key = span.as_ref().and_then(|s| locate::key_at(text, s.start));
-            located(span, key, e.message().trim().to_string())
+            // toml's messages may span lines ("invalid array\nexpected `]`"): keep
+            // the error on one line.
+            let message = e.message().trim().lines().collect::<Vec<_>>().join(": ");
+            located(span, key, message)
         })?;
         validate(raw, text).map_err(|e| {
             let span = locate::span_of(text, &e.key);
@@ -796,6 +799,11 @@ fn resolve_addr(text: &str, key: &str) -> Result<SocketAddr, Invalid> {
     };
     match text.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        Some((host, port))
+            if !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            return Err(bad("the port must be 0 to 65535".to_string()))
+        }
         _ => return Err(bad("expected host:port".to_string())),
     }
     let mut addrs = text.to_socket_addrs().map_err(|e| bad(e.to_string()))?;
