@@ -329,7 +329,7 @@ pub struct Process {
 
 impl Process {
     /// Starts `limpet run --config FILE` on `toml` and waits until it listens.
-    pub fn start(toml: &str) -> Process {
+    pub async fn start(toml: &str) -> Process {
         let dir = TempDir::new("bin");
         let config = dir.write("limpet.toml", toml);
         let mut child = Command::new(env!("CARGO_BIN_EXE_limpet"))
@@ -380,7 +380,7 @@ impl Process {
                 "limpet did not start: {:#?}",
                 process.logs.lock().unwrap()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -420,7 +420,7 @@ impl Process {
     }
 
     /// Waits for the process to exit, at most `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -429,7 +429,7 @@ impl Process {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
