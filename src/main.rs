@@ -78,10 +78,18 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
-    }
+    // One worker: a current-thread runtime, which spares the work-stealing
+    // machinery (the way HAProxy and nginx run one event loop per thread).
+    let mut builder = match config.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         let limpet = Limpet::start(config).await?;
