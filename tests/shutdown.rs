@@ -1,0 +1,125 @@
+//! SPEC section 8, shutdown: on SIGTERM/SIGINT the real binary stops accepting,
+//! lets requests in flight finish up to `shutdown_grace`, then exits 0.
+
+mod common;
+mod ops;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ops::*;
+
+fn config(backend: &TestBackend, grace: &str) -> String {
+    format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[timeouts]\nshutdown_grace = \"{grace}\"\n\n\
+         [upstream.shop]\n\n[[upstream.shop.backend]]\nname = \"{}\"\naddr = \"{}\"\n{ADMIN}",
+        backend.name, backend.addr
+    )
+}
+
+/// True once `addr` refuses TCP connections.
+async fn refuses(addr: std::net::SocketAddr) -> bool {
+    matches!(
+        tokio::net::TcpStream::connect(addr).await,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_refuses_new_connections_and_exits_0() {
+    let backend = TestBackend::spawn("app1").await;
+    let mut process = Process::start(&config(&backend, "10s")).await;
+    let http = process.http;
+    let admin_addr = process.admin.unwrap();
+
+    // An idle keep-alive connection must not hold shutdown up.
+    let mut idle = Client::new(http);
+    assert_eq!(idle.get("/").await.status, 200);
+
+    let mut slow = Client::new(http);
+    let in_flight = tokio::spawn(async move {
+        let r = slow.get("/slow?ms=1500").await;
+        (r, Instant::now())
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async { backend.hits() >= 2 }).await,
+        "the slow request reached the backend"
+    );
+
+    let signalled = Instant::now();
+    process.signal("TERM");
+    assert!(
+        eventually(Duration::from_millis(1000), || refuses(http)).await,
+        "new connections are refused while the slow request is still in flight"
+    );
+    assert!(!in_flight.is_finished());
+    assert!(eventually(Duration::from_secs(1), || refuses(admin_addr)).await);
+
+    let (reply, answered) = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "app1", "the request in flight completed");
+    let status = process
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exited");
+    let exited = Instant::now();
+    assert!(status.success(), "{status:?}");
+    assert!(exited >= answered);
+    let took = exited - signalled;
+    assert!(
+        took < Duration::from_secs(4),
+        "exits once the request is done, not after the whole grace: {took:?}"
+    );
+    assert!(
+        process
+            .messages()
+            .iter()
+            .any(|m| m.starts_with("shutting down")),
+        "{:#?}",
+        process.messages()
+    );
+}
+
+#[tokio::test]
+async fn a_request_longer_than_the_grace_is_cut_and_the_process_still_exits_0() {
+    let backend = TestBackend::spawn("app1").await;
+    let mut process = Process::start(&config(&backend, "500ms")).await;
+    let mut slow = Client::new(process.http);
+    let in_flight = tokio::spawn(async move {
+        slow.try_request("GET", "/slow?ms=20000", Default::default())
+            .await
+    });
+    assert!(eventually(Duration::from_secs(5), || async { backend.hits() >= 1 }).await);
+
+    let signalled = Instant::now();
+    process.signal("TERM");
+    let status = process
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exited");
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "exits when shutdown_grace is over: {took:?}"
+    );
+    let reply = in_flight.await.unwrap();
+    assert!(reply.is_err(), "the cut request fails: {reply:?}");
+}
+
+#[tokio::test]
+async fn sigint_shuts_down_like_sigterm() {
+    let backend = TestBackend::spawn("app1").await;
+    let mut process = Process::start(&config(&backend, "10s")).await;
+    let mut client = Client::new(process.http);
+    assert_eq!(client.get("/").await.status, 200);
+    let signalled = Instant::now();
+    process.signal("INT");
+    let status = process
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exited");
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(3));
+    assert!(refuses(process.http).await);
+}
