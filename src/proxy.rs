@@ -176,13 +176,12 @@ impl Proxy {
         trace: &mut Trace,
     ) -> Result<(Response<StreamedBody>, Decision), ProxyError> {
         // A bodiless idempotent request can be replayed after it was sent.
-        let replay = (is_idempotent(req.method())
-            && req.body().is_end_stream()
-            && upstream.config.retries > 0)
-            .then(|| clone_head(&req));
+        let replay =
+            (is_idempotent(req.method()) && req.body().is_end_stream()).then(|| clone_head(&req));
         let mut req: Request<UpstreamBody> = req.map(Either::Left);
         let mut tried: Vec<usize> = Vec::new();
         let mut retries_left = upstream.config.retries;
+        let mut stale_retried = false;
         loop {
             let backend = &upstream.backends[decision.backend];
             trace.backend = Some(backend.name.clone());
@@ -222,6 +221,20 @@ impl Proxy {
                         crate::health::passive_failure(upstream, decision.backend, &cause);
                     }
                     match &replay {
+                        // A pooled keep-alive connection the backend closed as we sent
+                        // on it says nothing about the backend: once per request, send
+                        // again to the same backend on a new connection rather than
+                        // fail over (which would move the session to the replica).
+                        Some(head) if reused && !stale_retried => {
+                            stale_retried = true;
+                            backend.state.pool.clear();
+                            self.metrics
+                                .retries
+                                .with_label_values(&[&upstream.name, &backend.name])
+                                .inc();
+                            req = rebuild(head);
+                            continue;
+                        }
                         Some(head) if retries_left > 0 => rebuild(head),
                         _ => return Err(ProxyError::BadGateway(cause)),
                     }

@@ -270,3 +270,73 @@ async fn a_post_with_a_body_to_a_dead_pinned_backend_is_retried() {
         assert!(r.set_cookie("limpet").is_some(), "client {i}");
     }
 }
+
+/// A backend named `app1` that answers the first request of each connection with
+/// keep-alive and closes the connection, unanswered, when a second request arrives
+/// on it: the race of a backend closing an idle keep-alive connection just as a
+/// request is sent on it.
+async fn closes_reused_connections() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut answered = 0;
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        if answered == 1 {
+                            return; // closes, unanswered
+                        }
+                        answered += 1;
+                        let reply =
+                            "HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-backend: app1\r\n\r\napp1";
+                        if stream.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_the_backend_closed_is_not_a_failover() {
+    let app1 = closes_reused_connections().await;
+    let app2 = TestBackend::spawn("app2").await;
+    let toml = format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\n\n\
+         [upstream.shop.cookie]\nsecret = \"test-secret\"\n\n\
+         [[upstream.shop.backend]]\nname = \"app1\"\naddr = \"{app1}\"\nreplica = \"app2\"\n\n\
+         [[upstream.shop.backend]]\nname = \"app2\"\naddr = \"{}\"\nreplica = \"app1\"\n",
+        app2.addr
+    );
+    let lb = TestLb::start(&toml).await;
+    let mut client = client_pinned_to(&lb, "app1").await;
+    for i in 0..10 {
+        let r = client.get("/").await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(
+            r.backend(),
+            "app1",
+            "request {i}: the session stays on app1"
+        );
+        assert!(
+            r.set_cookie("limpet").is_none(),
+            "request {i}: not re-pinned"
+        );
+    }
+    assert_eq!(lb.backend_state("shop", "app1"), "up");
+}
