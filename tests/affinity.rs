@@ -422,3 +422,113 @@ async fn x_forwarded_for_counts_only_from_a_trusted_peer() {
         assert_eq!(r.backend(), map[ip], "{ip}");
     }
 }
+
+#[tokio::test]
+async fn the_affinity_cookie_has_the_configured_attributes() {
+    let [a, b, c] = three().await;
+    let lb = TestLb::start(&ring_config(&[&a, &b, &c], "")).await;
+    let r = lb.client().get("/").await;
+    let set = r.header("set-cookie").unwrap().to_string();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    assert!(attrs[0].starts_with("limpet="), "{set}");
+    assert!(
+        !attrs[0].contains("app"),
+        "the value hides the backend: {set}"
+    );
+    for want in ["Path=/", "HttpOnly", "SameSite=Lax"] {
+        assert!(attrs.contains(&want), "{want} in {set}");
+    }
+    assert!(
+        !set.contains("Secure"),
+        "auto: not Secure over plain HTTP: {set}"
+    );
+    assert!(!set.contains("Max-Age"), "a browser-session cookie: {set}");
+
+    let lb = TestLb::start(&config(
+        &[&a, &b, &c],
+        "",
+        "name = \"route\"\nsecret = \"s\"\npath = \"/shop\"\nmax_age = \"8h\"\nsecure = true\nhttp_only = false\nsame_site = \"strict\"",
+    ))
+    .await;
+    let r = lb.client().get("/").await;
+    let set = r.header("set-cookie").unwrap().to_string();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    assert!(attrs[0].starts_with("route="), "{set}");
+    for want in ["Path=/shop", "Secure", "SameSite=Strict", "Max-Age=28800"] {
+        assert!(attrs.contains(&want), "{want} in {set}");
+    }
+    assert!(!attrs.contains(&"HttpOnly"), "{set}");
+    // And it pins under its own name.
+    let mut client = lb.client();
+    client.cookie_name = "route".into();
+    let first = client.get("/").await.backend().to_string();
+    for _ in 0..10 {
+        let r = client.get("/").await;
+        assert_eq!(r.backend(), first);
+        assert!(r.set_cookie("route").is_none());
+    }
+}
+
+#[tokio::test]
+async fn app_cookie_routes_by_the_apps_session_suffix() {
+    let [a, b, c] = three().await;
+    let toml = format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\naffinity = \"app-cookie\"\n\
+         balance = \"round-robin\"\n\n[upstream.shop.health]\ninterval = \"100ms\"\nrise = 1\nfall = 1\n\n\
+         [[upstream.shop.backend]]\nname = \"app1\"\naddr = \"{}\"\nroute = \"jvm1\"\nreplica = \"app2\"\n\n\
+         [[upstream.shop.backend]]\nname = \"app2\"\naddr = \"{}\"\nreplica = \"app3\"\n\n\
+         [[upstream.shop.backend]]\nname = \"app3\"\naddr = \"{}\"\nreplica = \"app1\"\n",
+        a.addr, b.addr, c.addr
+    );
+    let lb = TestLb::start(&toml).await;
+    let with_cookie = |value: &str| {
+        let mut client = lb.client();
+        client.headers.insert(
+            "cookie",
+            format!("theme=dark; JSESSIONID={value}").parse().unwrap(),
+        );
+        client
+    };
+    for (value, backend) in [
+        ("8F3AC2.jvm1", "app1"),
+        ("8F3AC2.app2", "app2"),
+        ("a.b.app3", "app3"),
+    ] {
+        let mut client = with_cookie(value);
+        for _ in 0..5 {
+            let r = client.get("/").await;
+            assert_eq!(r.backend(), backend, "{value}");
+            assert!(
+                r.headers.get("set-cookie").is_none(),
+                "limpet sets no cookie"
+            );
+            let seen = format!("theme=dark; JSESSIONID={value}");
+            assert_eq!(r.header("x-seen-cookie"), Some(seen.as_str()));
+        }
+    }
+    // The route in a ;jsessionid= path parameter.
+    let r = lb.client().get("/cart;jsessionid=77AB.app3?item=1").await;
+    assert_eq!(r.backend(), "app3");
+    // No cookie, or an unknown route: balanced over every backend.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..9 {
+        let r = if i % 2 == 0 {
+            lb.client().get("/").await
+        } else {
+            with_cookie("8F3AC2.app9").get("/").await
+        };
+        assert_eq!(r.status, 200);
+        seen.insert(r.backend().to_string());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // The route's backend is dead: its replica, told so, and no cookie from limpet.
+    a.stop().await;
+    let mut client = with_cookie("8F3AC2.jvm1");
+    for _ in 0..3 {
+        let r = client.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), "app2");
+        assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+        assert!(r.headers.get("set-cookie").is_none());
+    }
+}

@@ -340,3 +340,83 @@ async fn a_keep_alive_connection_the_backend_closed_is_not_a_failover() {
     }
     assert_eq!(lb.backend_state("shop", "app1"), "up");
 }
+
+fn set_operator(lb: &TestLb, backend: &str, op: limpet::backend::Operator) {
+    let snap = lb.limpet.state.load();
+    let up = snap.upstream("shop").unwrap();
+    let b = up.backends.iter().find(|b| &*b.name == backend).unwrap();
+    b.state.set_operator(op);
+}
+
+#[tokio::test]
+async fn draining_keeps_pinned_clients_and_maintenance_fails_them_over() {
+    use limpet::backend::Operator;
+    let [a, b, c] = three().await;
+    let lb = TestLb::start(&ring_config(&[&a, &b, &c], "balance = \"round-robin\"")).await;
+    let mut on_app1 = client_pinned_to(&lb, "app1").await;
+
+    set_operator(&lb, "app1", Operator::Draining);
+    assert_eq!(lb.backend_state("shop", "app1"), "draining");
+    for _ in 0..5 {
+        let r = on_app1.get("/").await;
+        assert_eq!(r.backend(), "app1", "a draining backend keeps its clients");
+        assert!(r.set_cookie("limpet").is_none());
+    }
+    for _ in 0..30 {
+        let r = lb.client().get("/").await;
+        assert_eq!(r.status, 200);
+        assert_ne!(
+            r.backend(),
+            "app1",
+            "a draining backend takes no new session"
+        );
+    }
+
+    set_operator(&lb, "app1", Operator::Maintenance);
+    assert_eq!(lb.backend_state("shop", "app1"), "maintenance");
+    let r = on_app1.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.backend(), "app2", "maintenance: its clients fail over");
+    assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+    assert!(r.set_cookie("limpet").is_some());
+    for _ in 0..30 {
+        assert_ne!(lb.client().get("/").await.backend(), "app1");
+    }
+
+    set_operator(&lb, "app1", Operator::Ready);
+    let mut seen_app1 = false;
+    for _ in 0..30 {
+        seen_app1 |= lb.client().get("/").await.backend() == "app1";
+    }
+    assert!(seen_app1, "ready again: app1 takes new sessions");
+    // The moved client stays on app2.
+    assert_eq!(on_app1.get("/").await.backend(), "app2");
+}
+
+#[tokio::test]
+async fn ip_hash_clients_fail_over_to_the_replica_without_a_cookie() {
+    let [a, b, c] = three().await;
+    let mut toml = ring_config(&[&a, &b, &c], "affinity = \"ip-hash\"");
+    toml.push_str(FAST_HEALTH);
+    let lb = TestLb::start(&toml).await;
+    let mut client = lb.client();
+    let home = client.get("/").await.backend().to_string();
+    let replica = match home.as_str() {
+        "app1" => "app2",
+        "app2" => "app3",
+        _ => "app1",
+    };
+    let home_backend = [&a, &b, &c].into_iter().find(|x| x.name == home).unwrap();
+    home_backend.stop().await;
+    for _ in 0..5 {
+        let r = client.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), replica);
+        assert_eq!(r.header("x-seen-failover-from"), Some(home.as_str()));
+        assert!(r.headers.get("set-cookie").is_none());
+    }
+    // Nothing remembers the move: back home once the backend is up.
+    home_backend.restart().await;
+    lb.wait_backend_state("shop", &home, "up", WAIT).await;
+    assert_eq!(client.get("/").await.backend(), home);
+}
