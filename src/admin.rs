@@ -186,8 +186,8 @@ impl Admin {
             }
         };
         match result {
+            // The Reloader logs the success itself.
             Ok(config) => {
-                tracing::info!(checksum = %config.checksum, "POST /reload: configuration reloaded");
                 let path = config
                     .path
                     .as_ref()
