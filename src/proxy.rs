@@ -358,12 +358,19 @@ fn rewrite_request(
     } else if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
         crate::affinity::strip_cookie(headers, "");
     }
-    if let Some(host) = host {
-        if let Ok(v) = HeaderValue::from_str(&host) {
+    match host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        Some(v) => {
             if !headers.contains_key(header::HOST) {
                 headers.insert(header::HOST, v.clone());
             }
             headers.insert(X_FORWARDED_HOST, v);
+        }
+        None => {
+            // An HTTP/1.0 request without Host: the client's X-Forwarded-Host must
+            // not pass, and HTTP/1.1 to the backend needs a Host, empty when the
+            // target has no authority (RFC 9112, section 3.2).
+            headers.remove(X_FORWARDED_HOST);
+            headers.insert(header::HOST, HeaderValue::from_static(""));
         }
     }
     append_forwarded_for(headers, conn.peer.ip());

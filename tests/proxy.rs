@@ -140,9 +140,18 @@ async fn malformed_requests_get_400() {
         );
     }
     assert_eq!(a.hits(), 0);
-    // HTTP/1.0 may omit Host.
-    let (status, _) = raw_status_of(&lb, b"GET / HTTP/1.0\r\n\r\n").await;
-    assert_eq!(status, 200);
+    // HTTP/1.0 may omit Host; the backend gets an empty one (it speaks HTTP/1.1)
+    // and no X-Forwarded-Host from the client.
+    let (status, text) = raw_status_of(
+        &lb,
+        b"GET /headers HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(body.lines().any(|l| l == "host: "), "{body}");
+    assert!(!body.contains("x-forwarded-host"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
 }
 
 #[tokio::test]
