@@ -103,8 +103,11 @@ fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!("admin on http://{addr}");
         }
         wait_for_stop(&limpet).await?;
-        tracing::info!("shutting down: no new connections, waiting for requests in flight");
-        limpet.shutdown().await;
+        tracing::info!("shutting down: no new connections, waiting for requests in flight (a second signal exits at once)");
+        tokio::select! {
+            _ = limpet.shutdown() => {}
+            _ = second_signal() => tracing::warn!("second signal: exiting without waiting"),
+        }
         tracing::info!("stopped");
         Ok(())
     })
@@ -120,11 +123,33 @@ async fn wait_for_stop(limpet: &Limpet) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match limpet.reload() {
-                Ok(c) => tracing::info!(checksum = %c.checksum, "SIGHUP: configuration reloaded"),
-                Err(e) => tracing::error!("SIGHUP: reload failed, the old configuration keeps serving: {e}"),
-            },
+            _ = hup.recv() => {
+                // Reading the file and resolving names block: keep them off the runtime.
+                let reloader = limpet.reloader.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(c)) => tracing::info!(checksum = %c.checksum, "SIGHUP: configuration reloaded"),
+                    Ok(Err(e)) => tracing::error!("SIGHUP: reload failed, the old configuration keeps serving: {e}"),
+                    Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
+                }
+            }
         }
+    }
+}
+
+/// A second SIGTERM or SIGINT during shutdown.
+async fn second_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
     }
 }
 
