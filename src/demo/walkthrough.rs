@@ -35,6 +35,8 @@ pub struct Demo {
     pub limpet: Limpet,
     /// The upstream the app servers form (the config's only one).
     pub upstream: String,
+    /// The config's ports were taken, so limpet listens on free ones.
+    pub ports_taken: bool,
 }
 
 impl Demo {
@@ -62,11 +64,11 @@ impl Demo {
         if ports == Ports::Ephemeral {
             ephemeral(&mut config);
         }
-        let limpet = match Limpet::start(config.clone()).await {
-            Ok(limpet) => limpet,
+        let (limpet, ports_taken) = match Limpet::start(config.clone()).await {
+            Ok(limpet) => (limpet, false),
             Err(crate::app::StartError::Bind { .. }) if ports == Ports::FromConfig => {
                 ephemeral(&mut config);
-                Limpet::start(config).await?
+                (Limpet::start(config).await?, true)
             }
             Err(e) => return Err(e.into()),
         };
@@ -74,6 +76,7 @@ impl Demo {
             cluster,
             limpet,
             upstream,
+            ports_taken,
         })
     }
 
@@ -405,6 +408,12 @@ pub async fn run<W: Write>(
         "  limpet {}  affinity = \"cookie\", failover = \"replica\"",
         demo.url()
     )?;
+    if demo.ports_taken {
+        writeln!(
+            out,
+            "  (the ports of {CONFIG_NAME} were taken, so limpet listens on free ones)"
+        )?;
+    }
 
     let report = walkthrough(&demo, None, out).await?;
 
