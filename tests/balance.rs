@@ -3,6 +3,7 @@
 
 mod common;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
 
@@ -123,4 +124,49 @@ async fn a_backend_added_by_reload_gets_its_share_not_every_new_session() {
         .expect("reload");
     let counts = new_clients(&lb, 300).await;
     assert_shares(&counts, &NAMES, &[1, 1, 1], 300);
+}
+
+fn in_flight(lb: &TestLb, backend: &str) -> usize {
+    let snap = lb.limpet.state.load();
+    let up = snap.upstream("shop").unwrap();
+    let b = up.backends.iter().find(|b| &*b.name == backend).unwrap();
+    b.state.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn least_requests_avoids_a_backend_with_requests_in_flight() {
+    let [a, b, c] = three().await;
+    let lb = TestLb::start(&config(&[&a, &b, &c], &[1, 1, 1], "least-requests")).await;
+    // Five clients pinned to app1 (while nothing is in flight)...
+    let mut pinned = Vec::new();
+    while pinned.len() < 5 {
+        let mut client = lb.client();
+        if client.get("/").await.backend() == "app1" {
+            pinned.push(client);
+        }
+    }
+    // ... each with a slow request in flight.
+    let slow: Vec<_> = pinned
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move { client.get("/slow?ms=3000").await.backend().to_string() })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            in_flight(&lb, "app1") == 5
+        })
+        .await,
+        "in flight: {}",
+        in_flight(&lb, "app1")
+    );
+    let counts = new_clients(&lb, 60).await;
+    assert_eq!(counts.get("app1"), None, "{counts:?}");
+    for task in slow {
+        assert_eq!(task.await.unwrap(), "app1");
+    }
+    // Once the responses have streamed, the count falls and app1 is chosen again.
+    assert_eq!(in_flight(&lb, "app1"), 0);
+    let counts = new_clients(&lb, 60).await;
+    assert_eq!(counts.get("app1"), Some(&20), "{counts:?}");
 }
