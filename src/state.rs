@@ -45,13 +45,16 @@ impl Snapshot {
         let router = Router::new(&config.routes, |name| {
             upstreams.iter().position(|u| &*u.name == name)
         });
-        let tls = config.tls.as_ref().and_then(|t| match crate::tls::server_config(&t.keys) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::error!("TLS configuration unusable: {e}");
-                None
-            }
-        });
+        let tls = config
+            .tls
+            .as_ref()
+            .and_then(|t| match crate::tls::server_config(&t.keys) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!("TLS configuration unusable: {e}");
+                    None
+                }
+            });
         Snapshot {
             config: Arc::new(config),
             router,
