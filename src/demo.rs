@@ -19,11 +19,15 @@
 //! the session) it promotes the copy to primary and replicates it to its own
 //! replica, so the chain goes on. [`Cluster::kill`] closes a server's listener and
 //! connections and forgets its memory; [`Cluster::revive`] listens on the same port
-//! again, empty. [`walkthrough`] narrates limpet in front of a cluster.
+//! again, empty. [`walkthrough`] narrates limpet in front of a cluster;
+//! [`Browser`] (in `client.rs`) is the small HTTP client both use.
 
+mod client;
 pub mod walkthrough;
 
-use std::collections::{BTreeMap, HashMap};
+pub use client::{fetch, Browser, Reply};
+
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -36,7 +40,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::proxy::FAILOVER_FROM;
@@ -45,8 +49,6 @@ use crate::proxy::FAILOVER_FROM;
 pub const SESSION_COOKIE: &str = "DEMOSESSION";
 /// Request bodies larger than this are refused.
 const MAX_BODY: usize = 64 * 1024;
-/// A client request (or a replication) that takes longer than this fails.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const PAGE: &str = include_str!("demo/page.html");
 
 #[derive(Debug, thiserror::Error)]
@@ -472,7 +474,7 @@ async fn replicate(cluster: &Cluster, index: usize, session: &Session) {
     let target = &cluster.0.nodes[r];
     let result = async {
         let body = serde_json::to_vec(session).map_err(|e| DemoError::Unexpected(e.to_string()))?;
-        let req = request(
+        let req = client::request(
             target.addr,
             Method::PUT,
             &format!("/_replicate/{}", session.id),
@@ -544,144 +546,5 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
             resp
         }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
-    }
-}
-
-/// A response, its body read whole.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, DemoError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            DemoError::Unexpected(format!(
-                "{} {e}: {}",
-                self.status,
-                String::from_utf8_lossy(&self.body).trim()
-            ))
-        })
-    }
-
-    /// The value of the `Set-Cookie` for cookie `name`, if this reply sets it.
-    pub fn set_cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|v| v.split(';').next()?.split_once('='))
-            .find_map(|(n, v)| (n.trim() == name).then_some(v.trim()))
-    }
-}
-
-fn request(addr: SocketAddr, method: Method, path: &str) -> http::request::Builder {
-    Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, addr.to_string())
-}
-
-/// One HTTP/1.1 request on a fresh connection to `addr`, bounded by [`FETCH_TIMEOUT`].
-pub async fn fetch(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Reply, DemoError> {
-    let exchange = async {
-        let stream = TcpStream::connect(addr).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let (parts, body) = sender.send_request(req).await?.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
-    };
-    tokio::time::timeout(FETCH_TIMEOUT, exchange)
-        .await
-        .map_err(|_| DemoError::Timeout(FETCH_TIMEOUT))?
-}
-
-/// A client with a cookie jar, like a browser tab.
-#[derive(Debug, Clone)]
-pub struct Browser {
-    pub addr: SocketAddr,
-    /// Cookie name -> value, as set by the responses so far.
-    pub jar: BTreeMap<String, String>,
-}
-
-impl Browser {
-    pub fn new(addr: SocketAddr) -> Browser {
-        Browser {
-            addr,
-            jar: BTreeMap::new(),
-        }
-    }
-
-    /// Sends a request (with a JSON body if given) and keeps the cookies it sets.
-    pub async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<Reply, DemoError> {
-        let mut req = request(self.addr, method, path);
-        if !self.jar.is_empty() {
-            let cookies: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            req = req.header(header::COOKIE, cookies.join("; "));
-        }
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let reply = fetch(self.addr, req.body(Full::new(body))?).await?;
-        for v in reply.headers.get_all(header::SET_COOKIE) {
-            if let Some((name, value)) = v
-                .to_str()
-                .ok()
-                .and_then(|v| v.split(';').next()?.split_once('='))
-            {
-                self.jar
-                    .insert(name.trim().to_owned(), value.trim().to_owned());
-            }
-        }
-        Ok(reply)
-    }
-
-    /// `GET /cart`.
-    pub async fn cart(&mut self) -> Result<(CartView, Reply), DemoError> {
-        let reply = self.send(Method::GET, "/cart", None).await?;
-        Ok((reply.json()?, reply))
-    }
-
-    /// `POST /login`.
-    pub async fn login(&mut self, name: &str) -> Result<(CartView, Reply), DemoError> {
-        let reply = self
-            .send(
-                Method::POST,
-                "/login",
-                Some(serde_json::json!({ "name": name })),
-            )
-            .await?;
-        Ok((reply.json()?, reply))
-    }
-
-    /// `POST /cart`.
-    pub async fn add(&mut self, item: &str) -> Result<(CartView, Reply), DemoError> {
-        let reply = self
-            .send(
-                Method::POST,
-                "/cart",
-                Some(serde_json::json!({ "item": item })),
-            )
-            .await?;
-        Ok((reply.json()?, reply))
     }
 }
