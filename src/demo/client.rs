@@ -53,7 +53,7 @@ pub(super) fn request(addr: SocketAddr, method: Method, path: &str) -> http::req
         .header(header::HOST, addr.to_string())
 }
 
-/// One HTTP/1.1 request on a fresh connection to `addr`, bounded by [`FETCH_TIMEOUT`].
+/// One HTTP/1.1 request on a fresh connection to `addr`, bounded by 5 seconds.
 pub async fn fetch(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Reply, DemoError> {
     let exchange = async {
         let stream = TcpStream::connect(addr).await?;
