@@ -40,7 +40,7 @@ impl Snapshot {
         let upstreams: Vec<Upstream> = config
             .upstreams
             .iter()
-            .map(|u| Upstream::build(u, &config, previous.and_then(|p| p.upstream(&u.name))))
+            .map(|u| Upstream::build(u, previous.and_then(|p| p.upstream(&u.name))))
             .collect();
         let router = Router::new(&config.routes, |name| {
             upstreams.iter().position(|u| &*u.name == name)
@@ -136,7 +136,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn build(config: &UpstreamConfig, _whole: &Config, previous: Option<&Upstream>) -> Upstream {
+    fn build(config: &UpstreamConfig, previous: Option<&Upstream>) -> Upstream {
         let index: AHashMap<&str, usize> = config
             .backends
             .iter()

@@ -1,0 +1,162 @@
+//! The file as serde sees it: every key optional where the spec has a default,
+//! unknown keys rejected. [`super::validate`] turns it into a [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{Affinity, Balance, Failover, SameSite};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub listen: Listen,
+    pub tls: Option<Tls>,
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub route: Vec<Route>,
+    #[serde(default)]
+    pub upstream: BTreeMap<String, Upstream>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default)]
+    pub http: Vec<String>,
+    #[serde(default)]
+    pub https: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub certs: Vec<CertPair>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: String,
+    pub token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    pub client_header: Option<String>,
+    pub client_idle: Option<String>,
+    pub upstream_connect: Option<String>,
+    pub upstream_response: Option<String>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub affinity: Option<Affinity>,
+    pub balance: Option<Balance>,
+    pub failover: Option<Failover>,
+    pub retries: Option<u32>,
+    pub cookie: Option<Cookie>,
+    pub ip_hash: Option<IpHash>,
+    pub app_cookie: Option<AppCookie>,
+    pub health: Option<Health>,
+    #[serde(default)]
+    pub backend: Vec<Backend>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum BoolOrAuto {
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Cookie {
+    pub name: Option<String>,
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub previous_secrets: Vec<String>,
+    pub path: Option<String>,
+    pub max_age: Option<String>,
+    pub secure: Option<BoolOrAuto>,
+    pub http_only: Option<bool>,
+    pub same_site: Option<SameSite>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IpHash {
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AppCookie {
+    pub name: Option<String>,
+    pub separator: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub expect: Option<String>,
+    pub passive_fall: Option<u32>,
+    pub slow_start: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub name: String,
+    pub addr: String,
+    pub replica: Option<String>,
+    pub weight: Option<u32>,
+    pub route: Option<String>,
+}

@@ -1,0 +1,486 @@
+//! Validation: turns the raw file into a [`Config`], parsing durations, reading
+//! secrets and certificates, resolving addresses, and checking every rule of SPEC
+//! section 2. Errors carry the dotted key they are about.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::*;
+
+/// A validation error before it is given a position: the key's dotted path and why.
+pub(super) struct Invalid {
+    pub(super) key: String,
+    pub(super) message: String,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
+    let mut warnings = Vec::new();
+    let listen = Listen {
+        http: raw
+            .listen
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, a)| parse_listen_addr(a, &format!("listen.http[{i}]")))
+            .collect::<Result<_, _>>()?,
+        https: raw
+            .listen
+            .https
+            .iter()
+            .enumerate()
+            .map(|(i, a)| parse_listen_addr(a, &format!("listen.https[{i}]")))
+            .collect::<Result<_, _>>()?,
+    };
+    if listen.http.is_empty() && listen.https.is_empty() {
+        return Err(invalid(
+            "listen",
+            "no listener: give at least one address in listen.http or listen.https",
+        ));
+    }
+    if !listen.https.is_empty() && raw.tls.is_none() {
+        return Err(invalid(
+            "listen.https",
+            "https listeners need a [tls] table with certs",
+        ));
+    }
+    let tls = raw.tls.map(validate_tls).transpose()?;
+    let admin = raw
+        .admin
+        .map(|a| -> Result<AdminConfig, Invalid> {
+            Ok(AdminConfig {
+                listen: parse_listen_addr(&a.listen, "admin.listen")?,
+                token: a
+                    .token
+                    .map(|t| resolve_secret(&t, "admin.token"))
+                    .transpose()?
+                    .map(|t| String::from_utf8_lossy(&t).into_owned()),
+            })
+        })
+        .transpose()?;
+    let t = raw.timeouts;
+    let timeouts = Timeouts {
+        client_header: duration(
+            t.client_header,
+            DEFAULT_CLIENT_HEADER,
+            "timeouts.client_header",
+        )?,
+        client_idle: duration(t.client_idle, DEFAULT_CLIENT_IDLE, "timeouts.client_idle")?,
+        upstream_connect: duration(
+            t.upstream_connect,
+            DEFAULT_UPSTREAM_CONNECT,
+            "timeouts.upstream_connect",
+        )?,
+        upstream_response: duration(
+            t.upstream_response,
+            DEFAULT_UPSTREAM_RESPONSE,
+            "timeouts.upstream_response",
+        )?,
+        shutdown_grace: duration(
+            t.shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE,
+            "timeouts.shutdown_grace",
+        )?,
+    };
+    for (key, d) in [
+        ("timeouts.client_header", timeouts.client_header),
+        ("timeouts.client_idle", timeouts.client_idle),
+        ("timeouts.upstream_connect", timeouts.upstream_connect),
+        ("timeouts.upstream_response", timeouts.upstream_response),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(key, "must be longer than 0s"));
+        }
+    }
+    let limits = Limits {
+        max_connections: raw
+            .limits
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        max_header_bytes: raw
+            .limits
+            .max_header_bytes
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+    };
+    if limits.max_connections == 0 {
+        return Err(invalid("limits.max_connections", "must be at least 1"));
+    }
+    if limits.max_header_bytes < MIN_MAX_HEADER_BYTES {
+        return Err(invalid(
+            "limits.max_header_bytes",
+            format!("must be at least {MIN_MAX_HEADER_BYTES}"),
+        ));
+    }
+    let runtime = Runtime {
+        worker_threads: raw.runtime.worker_threads.unwrap_or(0),
+    };
+
+    let mut upstreams = Vec::new();
+    for (name, up) in raw.upstream {
+        upstreams.push(validate_upstream(&name, up, &mut warnings)?);
+    }
+    let routes = validate_routes(raw.route, &upstreams)?;
+    let checksum = format!(
+        "sha256:{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+    );
+    Ok(Config {
+        path: None,
+        checksum,
+        listen,
+        tls,
+        admin,
+        timeouts,
+        limits,
+        runtime,
+        routes,
+        upstreams,
+        warnings,
+    })
+}
+
+fn validate_tls(tls: raw::Tls) -> Result<TlsConfig, Invalid> {
+    if tls.certs.is_empty() {
+        return Err(invalid("tls.certs", "give at least one { cert, key } pair"));
+    }
+    let mut certs = Vec::new();
+    let mut keys = Vec::new();
+    for (i, pair) in tls.certs.into_iter().enumerate() {
+        for (what, path) in [("cert", &pair.cert), ("key", &pair.key)] {
+            std::fs::File::open(path).map_err(|e| {
+                invalid(
+                    format!("tls.certs[{i}].{what}"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+        }
+        let key = crate::tls::load_cert_pair(&pair.cert, &pair.key)
+            .map_err(|m| invalid(format!("tls.certs[{i}]"), m))?;
+        keys.push(key);
+        certs.push(CertPair {
+            cert: pair.cert,
+            key: pair.key,
+        });
+    }
+    Ok(TlsConfig { certs, keys })
+}
+
+fn validate_routes(
+    routes: Vec<raw::Route>,
+    upstreams: &[UpstreamConfig],
+) -> Result<Vec<Route>, Invalid> {
+    if upstreams.is_empty() {
+        return Err(invalid(
+            "upstream",
+            "no upstream: define at least one [upstream.NAME]",
+        ));
+    }
+    if routes.is_empty() && upstreams.len() > 1 {
+        return Err(invalid(
+            "upstream",
+            "several upstreams but no [[route]]: add routes saying which requests go where",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, r) in routes.into_iter().enumerate() {
+        if !upstreams.iter().any(|u| u.name == r.upstream) {
+            return Err(invalid(
+                format!("route[{i}].upstream"),
+                format!("unknown upstream \"{}\"", r.upstream),
+            ));
+        }
+        let host = r.host.map(|h| h.to_ascii_lowercase());
+        if let Some(h) = &host {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(' ') {
+                return Err(invalid(
+                    format!("route[{i}].host"),
+                    format!("\"{h}\" is not a host name or a \"*.domain\" wildcard"),
+                ));
+            }
+        }
+        if let Some(p) = &r.path_prefix {
+            if !p.starts_with('/') {
+                return Err(invalid(
+                    format!("route[{i}].path_prefix"),
+                    format!("\"{p}\" must start with /"),
+                ));
+            }
+        }
+        out.push(Route {
+            host,
+            path_prefix: r.path_prefix,
+            upstream: r.upstream,
+        });
+    }
+    Ok(out)
+}
+
+fn validate_upstream(
+    name: &str,
+    up: raw::Upstream,
+    warnings: &mut Vec<String>,
+) -> Result<UpstreamConfig, Invalid> {
+    let key = |k: &str| format!("upstream.{name}.{k}");
+    if up.backend.is_empty() {
+        return Err(invalid(
+            format!("upstream.{name}"),
+            "no backends: add at least one [[upstream.NAME.backend]]",
+        ));
+    }
+    let affinity = up.affinity.unwrap_or(Affinity::Cookie);
+    let mut seen = HashSet::new();
+    let mut routes = HashSet::new();
+    let mut backends = Vec::new();
+    for (i, b) in up.backend.iter().enumerate() {
+        let bkey = |k: &str| format!("upstream.{name}.backend[{i}].{k}");
+        if b.name.is_empty() {
+            return Err(invalid(bkey("name"), "must not be empty"));
+        }
+        if !seen.insert(b.name.as_str()) {
+            return Err(invalid(
+                bkey("name"),
+                format!("duplicate backend name \"{}\"", b.name),
+            ));
+        }
+        let route = b.route.clone().unwrap_or_else(|| b.name.clone());
+        if affinity == Affinity::AppCookie && !routes.insert(route.clone()) {
+            return Err(invalid(
+                bkey("route"),
+                format!("route \"{route}\" is used by two backends"),
+            ));
+        }
+        let weight = b.weight.unwrap_or(1);
+        if weight == 0 || weight > MAX_WEIGHT {
+            return Err(invalid(
+                bkey("weight"),
+                format!(
+                    "must be between 1 and {MAX_WEIGHT} (drain a backend to stop new sessions)"
+                ),
+            ));
+        }
+        backends.push(BackendConfig {
+            name: b.name.clone(),
+            addr_text: b.addr.clone(),
+            addr: resolve_addr(&b.addr, &bkey("addr"))?,
+            replica: b.replica.clone(),
+            weight,
+            route,
+        });
+    }
+    for (i, b) in backends.iter().enumerate() {
+        if let Some(r) = &b.replica {
+            if r == &b.name {
+                return Err(invalid(
+                    format!("upstream.{name}.backend[{i}].replica"),
+                    format!("backend \"{r}\" cannot be its own replica"),
+                ));
+            }
+            if !seen.contains(r.as_str()) {
+                return Err(invalid(
+                    format!("upstream.{name}.backend[{i}].replica"),
+                    format!("unknown backend \"{r}\" in upstream \"{name}\""),
+                ));
+            }
+        }
+    }
+
+    let c = up.cookie.unwrap_or_default();
+    let cookie_name = c.name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_string());
+    if cookie_name.is_empty() || !cookie_name.bytes().all(is_token_byte) {
+        return Err(invalid(
+            key("cookie.name"),
+            format!("\"{cookie_name}\" is not a valid cookie name"),
+        ));
+    }
+    let secret = c
+        .secret
+        .map(|s| resolve_secret(&s, &key("cookie.secret")))
+        .transpose()?;
+    if affinity == Affinity::Cookie && secret.is_none() {
+        warnings.push(format!(
+            "upstream.{name}.cookie.secret is not set: using a random secret, so pins differ across instances and restarts"
+        ));
+    }
+    let previous_secrets = c
+        .previous_secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| resolve_secret(s, &key(&format!("cookie.previous_secrets[{i}]"))))
+        .collect::<Result<_, _>>()?;
+    let secure = match c.secure {
+        None => Secure::Auto,
+        Some(raw::BoolOrAuto::Bool(true)) => Secure::Always,
+        Some(raw::BoolOrAuto::Bool(false)) => Secure::Never,
+        Some(raw::BoolOrAuto::Text(t)) if t == "auto" => Secure::Auto,
+        Some(raw::BoolOrAuto::Text(t)) => {
+            return Err(invalid(
+                key("cookie.secure"),
+                format!("\"{t}\" is not true, false or \"auto\""),
+            ))
+        }
+    };
+    let cookie = CookieConfig {
+        name: cookie_name,
+        secret,
+        previous_secrets,
+        path: c.path.unwrap_or_else(|| "/".to_string()),
+        max_age: duration(c.max_age, Duration::ZERO, &key("cookie.max_age"))?,
+        secure,
+        http_only: c.http_only.unwrap_or(true),
+        same_site: c.same_site.unwrap_or(SameSite::Lax),
+    };
+    if cookie.same_site == SameSite::None && secure == Secure::Never {
+        warnings.push(format!(
+            "upstream.{name}.cookie: same_site = \"none\" without secure is rejected by browsers"
+        ));
+    }
+
+    let ip_hash = IpHashConfig {
+        trusted_proxies: up.ip_hash.map(|i| i.trusted_proxies).unwrap_or_default(),
+    };
+    let a = up.app_cookie.unwrap_or_default();
+    let app_cookie = AppCookieConfig {
+        name: a.name.unwrap_or_else(|| "JSESSIONID".to_string()),
+        separator: a.separator.unwrap_or_else(|| ".".to_string()),
+    };
+    if app_cookie.separator.is_empty() {
+        return Err(invalid(key("app_cookie.separator"), "must not be empty"));
+    }
+
+    let h = up.health.unwrap_or_default();
+    let health = HealthConfig {
+        path: h.path.unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_string()),
+        interval: duration(h.interval, DEFAULT_HEALTH_INTERVAL, &key("health.interval"))?,
+        timeout: duration(h.timeout, DEFAULT_HEALTH_TIMEOUT, &key("health.timeout"))?,
+        rise: h.rise.unwrap_or(DEFAULT_RISE),
+        fall: h.fall.unwrap_or(DEFAULT_FALL),
+        expect: parse_expect(h.expect.as_deref().unwrap_or("200-399"))
+            .map_err(|m| invalid(key("health.expect"), m))?,
+        passive_fall: h.passive_fall.unwrap_or(DEFAULT_PASSIVE_FALL),
+        slow_start: duration(h.slow_start, DEFAULT_SLOW_START, &key("health.slow_start"))?,
+    };
+    if !health.path.starts_with('/') {
+        return Err(invalid(key("health.path"), "must start with /"));
+    }
+    for (k, v) in [
+        ("rise", health.rise),
+        ("fall", health.fall),
+        ("passive_fall", health.passive_fall),
+    ] {
+        if v == 0 {
+            return Err(invalid(key(&format!("health.{k}")), "must be at least 1"));
+        }
+    }
+    if health.interval.is_zero() || health.timeout.is_zero() {
+        return Err(invalid(
+            key("health.interval"),
+            "interval and timeout must be longer than 0s",
+        ));
+    }
+
+    Ok(UpstreamConfig {
+        name: name.to_string(),
+        affinity,
+        balance: up.balance.unwrap_or(Balance::LeastRequests),
+        failover: up.failover.unwrap_or(Failover::Replica),
+        retries: up.retries.unwrap_or(DEFAULT_RETRIES),
+        cookie,
+        ip_hash,
+        app_cookie,
+        health,
+        backends,
+    })
+}
+
+/// `"200-399"`, `"200"`, or a comma-separated list of both.
+fn parse_expect(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let bad = || format!("\"{text}\" is not a status or range like \"200-399\"");
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(bad());
+        }
+        out.push((lo, hi));
+    }
+    Ok(out)
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn duration(text: Option<String>, default: Duration, key: &str) -> Result<Duration, Invalid> {
+    match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+            invalid(
+                key,
+                format!("\"{t}\" is not a duration like \"500ms\", \"2s\" or \"1m\" ({e})"),
+            )
+        }),
+    }
+}
+
+fn parse_listen_addr(text: &str, key: &str) -> Result<SocketAddr, Invalid> {
+    resolve_addr(text, key)
+}
+
+/// `host:port`; a host name is resolved now (at load and at reload).
+fn resolve_addr(text: &str, key: &str) -> Result<SocketAddr, Invalid> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad = |why: String| {
+        invalid(
+            key,
+            format!("\"{text}\" is not a usable host:port address ({why})"),
+        )
+    };
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        Some((host, port))
+            if !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            return Err(bad("the port must be 0 to 65535".to_string()))
+        }
+        _ => return Err(bad("expected host:port".to_string())),
+    }
+    let mut addrs = text.to_socket_addrs().map_err(|e| bad(e.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| bad("the name resolved to no address".to_string()))
+}
+
+/// A literal, `env:VAR` or `file:PATH`.
+fn resolve_secret(text: &str, key: &str) -> Result<Vec<u8>, Invalid> {
+    let value = if let Some(var) = text.strip_prefix("env:") {
+        std::env::var(var)
+            .map_err(|_| invalid(key, format!("environment variable {var} is not set")))?
+    } else if let Some(path) = text.strip_prefix("file:") {
+        let content = std::fs::read_to_string(path)
+            .map_err(|e| invalid(key, format!("cannot read secret file {path}: {e}")))?;
+        content.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        text.to_string()
+    };
+    if value.is_empty() {
+        return Err(invalid(key, "the secret is empty"));
+    }
+    Ok(value.into_bytes())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
