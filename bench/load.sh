@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# limpet against HAProxy and nginx on this machine: keep-alive load through each
+# proxy (sticky cookie sent back), then N idle keep-alive connections per proxy.
+#
+#   bench/load.sh [ROUNDS]
+#
+# Environment (all optional):
+#   ROUNDS=3          rounds; each round runs every variant once, order rotated
+#   DURATION=10s      wrk -d per measured run (a 2 s warm-up precedes each)
+#   CONNS=50          wrk -c (keep-alive connections)
+#   IDLE_CONNS=10000  connections held open in the idle scenario (0 skips it)
+#   VARIANTS="..."    subset of: direct haproxy nginx limpet-cookie
+#                     limpet-cookie-warn limpet-iphash limpet-iphash-warn
+#   IDLE_VARIANTS="haproxy nginx limpet-cookie"
+#   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
+#   OUT=file          also copy the result lines (JSON) there
+#
+# Each proxy runs alone on CPU 0 (taskset -c 0); wrk, the idle client and the
+# backends (one nginx worker serving three ports with a fixed 3-byte body) share
+# CPU 1. Everything listens on 127.0.0.1:18081-18093. Every process started here
+# is stopped by PID on exit; temporary files live in a mktemp -d directory.
+set -euo pipefail
+
+ROUNDS=${1:-${ROUNDS:-3}}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+VARIANTS=${VARIANTS:-"direct haproxy nginx limpet-cookie limpet-cookie-warn limpet-iphash limpet-iphash-warn"}
+IDLE_VARIANTS=${IDLE_VARIANTS:-"haproxy nginx limpet-cookie"}
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+PROXY_CPU=0
+LOAD_CPU=1
+
+BACKEND_PORTS=(18081 18082 18083)
+HAPROXY_PORT=18090
+NGINX_PORT=18091
+LIMPET_COOKIE_PORT=18092
+LIMPET_IPHASH_PORT=18093
+
+need() {
+    local missing=()
+    for tool in haproxy nginx wrk; do
+        command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]}" >&2
+        apt-get update && apt-get install -y haproxy nginx wrk
+    fi
+    for tool in taskset curl python3; do
+        command -v "$tool" >/dev/null 2>&1 || { echo "load.sh needs $tool" >&2; exit 1; }
+    done
+}
+need
+export PATH="$PATH:/usr/sbin"
+
+# 10,000 idle connections need as many descriptors in the client and the proxy.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+DIR=$(mktemp -d /tmp/limpet-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+RESULTS="$DIR/results.jsonl"
+: >"$RESULTS"
+
+if [ -z "${LIMPET:-}" ]; then
+    (cd "$ROOT" && cargo build --release --quiet --bin limpet)
+    LIMPET="$ROOT/target/release/limpet"
+fi
+
+wait_port() {
+    local port=$1
+    for _ in $(seq 100); do
+        if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "nothing answers on 127.0.0.1:$port" >&2
+    return 1
+}
+
+stop() {
+    local pid=$1
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local kept=()
+    for p in "${PIDS[@]}"; do
+        [ "$p" = "$pid" ] || kept+=("$p")
+    done
+    PIDS=("${kept[@]}")
+}
+
+# --- configurations -----------------------------------------------------------
+
+mkdir -p "$DIR/backends/logs" "$DIR/nginx-lb/logs"
+cat >"$DIR/backends/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $DIR/backends/nginx.pid;
+error_log $DIR/backends/error.log warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 16000; }
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:${BACKEND_PORTS[0]} reuseport;
+        listen 127.0.0.1:${BACKEND_PORTS[1]} reuseport;
+        listen 127.0.0.1:${BACKEND_PORTS[2]} reuseport;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+
+cat >"$DIR/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 12000
+    # The hard descriptor limit here is 20000, below the 2 x maxconn HAProxy asks for;
+    # the idle scenario needs 10,000 client connections and a few upstream ones.
+    no strict-limits
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 30s
+    timeout http-keep-alive 60s
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend be
+backend be
+    balance roundrobin
+    cookie SERVERID insert indirect nocache
+    server app1 127.0.0.1:${BACKEND_PORTS[0]} cookie app1 check inter 2s
+    server app2 127.0.0.1:${BACKEND_PORTS[1]} cookie app2 check inter 2s
+    server app3 127.0.0.1:${BACKEND_PORTS[2]} cookie app3 check inter 2s
+EOF
+
+cat >"$DIR/nginx-lb/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $DIR/nginx-lb/nginx.pid;
+error_log $DIR/nginx-lb/error.log warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 16000; }
+http {
+    access_log off;
+    keepalive_timeout 60s;
+    keepalive_requests 100000000;
+    upstream be {
+        ip_hash;
+        server 127.0.0.1:${BACKEND_PORTS[0]};
+        server 127.0.0.1:${BACKEND_PORTS[1]};
+        server 127.0.0.1:${BACKEND_PORTS[2]};
+        keepalive 64;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+limpet_config() {
+    local port=$1 affinity=$2
+    cat <<EOF
+[listen]
+http = ["127.0.0.1:$port"]
+
+[limits]
+max_connections = 15000
+
+[runtime]
+worker_threads = 1
+
+[upstream.app]
+affinity = "$affinity"
+
+[upstream.app.cookie]
+secret = "bench-secret-bench-secret-bench-secret"
+
+[[upstream.app.backend]]
+name = "app1"
+addr = "127.0.0.1:${BACKEND_PORTS[0]}"
+replica = "app2"
+
+[[upstream.app.backend]]
+name = "app2"
+addr = "127.0.0.1:${BACKEND_PORTS[1]}"
+replica = "app3"
+
+[[upstream.app.backend]]
+name = "app3"
+addr = "127.0.0.1:${BACKEND_PORTS[2]}"
+replica = "app1"
+EOF
+}
+limpet_config $LIMPET_COOKIE_PORT cookie >"$DIR/limpet-cookie.toml"
+limpet_config $LIMPET_IPHASH_PORT ip-hash >"$DIR/limpet-iphash.toml"
+"$LIMPET" check --config "$DIR/limpet-cookie.toml" >/dev/null
+"$LIMPET" check --config "$DIR/limpet-iphash.toml" >/dev/null
+
+# --- processes ----------------------------------------------------------------
+
+taskset -c $LOAD_CPU nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" &
+PIDS+=($!)
+for p in "${BACKEND_PORTS[@]}"; do wait_port "$p"; done
+
+# Starts a variant's proxy on CPU 0; sets PROXY_PID and PORT (PROXY_PID empty for direct).
+start_proxy() {
+    local name=$1
+    PROXY_PID=""
+    case $name in
+    direct)
+        PORT=${BACKEND_PORTS[0]}
+        return 0
+        ;;
+    haproxy)
+        PORT=$HAPROXY_PORT
+        taskset -c $PROXY_CPU haproxy -db -f "$DIR/haproxy.cfg" 2>"$DIR/haproxy.log" &
+        ;;
+    nginx)
+        PORT=$NGINX_PORT
+        taskset -c $PROXY_CPU nginx -p "$DIR/nginx-lb" -c "$DIR/nginx-lb/nginx.conf" &
+        ;;
+    limpet-cookie | limpet-cookie-warn)
+        PORT=$LIMPET_COOKIE_PORT
+        if [ "$name" = limpet-cookie-warn ]; then log=warn; else log=""; fi
+        # RUST_LOG unset is limpet's default (info, access log on); the log goes
+        # to a file as it would to journald or a container log.
+        env -u RUST_LOG ${log:+RUST_LOG=$log} taskset -c $PROXY_CPU \
+            "$LIMPET" run --config "$DIR/limpet-cookie.toml" 2>"$DIR/limpet.log" &
+        ;;
+    limpet-iphash | limpet-iphash-warn)
+        PORT=$LIMPET_IPHASH_PORT
+        if [ "$name" = limpet-iphash-warn ]; then log=warn; else log=""; fi
+        env -u RUST_LOG ${log:+RUST_LOG=$log} taskset -c $PROXY_CPU \
+            "$LIMPET" run --config "$DIR/limpet-iphash.toml" 2>"$DIR/limpet.log" &
+        ;;
+    *)
+        echo "unknown variant $name" >&2
+        exit 2
+        ;;
+    esac
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    wait_port "$PORT"
+}
+
+# The affinity cookie a first request gets (empty for ip-hash and direct).
+fetch_cookie() {
+    curl -s -D - -o /dev/null "http://127.0.0.1:$1/" |
+        awk 'tolower($1) == "set-cookie:" { sub(/\r$/, ""); split($2, a, ";"); print a[1]; exit }'
+}
+
+stop_proxy() {
+    if [ -n "$PROXY_PID" ]; then stop "$PROXY_PID"; fi
+    rm -f "$DIR/limpet.log"
+}
+
+vmhwm() {
+    awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
+}
+
+run_load() {
+    local name=$1 round=$2
+    start_proxy "$name"
+    local cookie
+    cookie=$(fetch_cookie "$PORT")
+    local header=()
+    if [ -n "$cookie" ]; then header=(-H "Cookie: $cookie"); fi
+    taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "${header[@]}" "http://127.0.0.1:$PORT/" >/dev/null
+    local out
+    out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"$DURATION" --latency \
+        -s "$HERE/wrk-summary.lua" "${header[@]}" "http://127.0.0.1:$PORT/")
+    local json hwm=null
+    json=$(sed -n 's/^WRK_JSON //p' <<<"$out")
+    if [ -n "$PROXY_PID" ]; then hwm=$(vmhwm "$PROXY_PID"); fi
+    stop_proxy
+    printf '{"kind":"load","name":"%s","round":%d,"cookie":"%s","hwm_kb":%s,"wrk":%s}\n' \
+        "$name" "$round" "${cookie:+yes}" "$hwm" "$json" >>"$RESULTS"
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); w=r["wrk"]; print("  %-20s round %d: %8.0f req/s  p50 %5d us  p99 %6d us  errors %d" % (r["name"], r["round"], w["requests"]/(w["duration_us"]/1e6), w["p50_us"], w["p99_us"], w["status"]+w["connect"]+w["read"]+w["write"]+w["timeout"]))' \
+        "$(tail -n1 "$RESULTS")" >&2
+}
+
+run_idle() {
+    local name=$1
+    start_proxy "$name"
+    local cookie
+    cookie=$(fetch_cookie "$PORT")
+    local line
+    line=$(taskset -c $LOAD_CPU python3 "$HERE/idle_conns.py" --port "$PORT" --pid "$PROXY_PID" \
+        --n "$IDLE_CONNS" --cookie "$cookie" | sed -n 's/^IDLE_JSON //p')
+    stop_proxy
+    printf '{"kind":"idle","name":"%s",%s\n' "$name" "${line#\{}" >>"$RESULTS"
+    echo "  $name idle: $line" >&2
+}
+
+echo "limpet bench: $ROUNDS rounds of $DURATION, $CONNS connections; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+read -r -a variants <<<"$VARIANTS"
+for round in $(seq "$ROUNDS"); do
+    # Rotate the order so that no variant always runs first or last.
+    n=${#variants[@]}
+    shift_by=$(((round - 1) % n))
+    for i in $(seq 0 $((n - 1))); do
+        run_load "${variants[$(((i + shift_by) % n))]}" "$round"
+    done
+done
+
+if [ "$IDLE_CONNS" -gt 0 ]; then
+    for name in $IDLE_VARIANTS; do
+        run_idle "$name"
+    done
+fi
+
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+if [ -n "${OUT:-}" ]; then cp "$RESULTS" "$OUT"; fi
+python3 "$HERE/report.py" "$RESULTS"
