@@ -38,6 +38,9 @@ pub async fn serve(
         .unwrap_or_default()
         .into();
     let graceful = GracefulShutdown::new();
+    // Shared by every connection and request of this listener: a request clones a
+    // pointer, not the Proxy (whose Metrics alone hold a dozen reference counts).
+    let proxy = Arc::new(proxy);
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -62,7 +65,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gauge = ConnectionGauge::open(&proxy.metrics, &name);
         let watcher = graceful.watcher();
-        let proxy = proxy.clone();
+        let proxy = Arc::clone(&proxy);
         tokio::spawn(async move {
             let conn_info = ConnInfo { peer, tls };
             let result = if tls {
@@ -115,7 +118,7 @@ async fn handshake(proxy: &Proxy, stream: TcpStream) -> Option<TlsStream<TcpStre
 
 /// Serves HTTP/1.1 or HTTP/2 (by ALPN or prior knowledge) on one client connection.
 async fn serve_connection<I>(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     stream: I,
     conn_info: ConnInfo,
     watcher: Watcher,
@@ -131,9 +134,9 @@ where
         timeouts.client_header,
         timeouts.client_idle,
     );
-    let proxy = proxy.clone();
+    let proxy = Arc::clone(proxy);
     let service = service_fn(move |req| {
-        let proxy = proxy.clone();
+        let proxy = Arc::clone(&proxy);
         let conn_info = conn_info.clone();
         let activity = activity.clone();
         async move {
