@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -44,11 +43,12 @@ pub struct Proxy {
     pub metrics: Metrics,
 }
 
-/// What the access log and the metrics say about a request.
+/// What the access log and the metrics say about a request: indices into the
+/// request's snapshot.
 #[derive(Default)]
 struct Trace {
-    upstream: Option<Arc<str>>,
-    backend: Option<Arc<str>>,
+    upstream: Option<usize>,
+    backend: Option<usize>,
     outcome: Option<Outcome>,
 }
 
@@ -60,12 +60,15 @@ impl Proxy {
     /// Answers one client request; never fails.
     pub async fn call(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
-        let method = req.method().clone();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default();
+        // Copied for the access log only when it is on.
+        let access = tracing::enabled!(target: "limpet::access", tracing::Level::INFO).then(|| {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            (req.method().clone(), path)
+        });
         let snap = self.state.load_full();
         let mut trace = Trace::default();
         let response = match self.handle(&snap, req, conn, &mut trace).await {
@@ -78,35 +81,41 @@ impl Proxy {
             }
         };
         let status = response.status().as_u16();
-        let upstream = trace.upstream.as_deref().unwrap_or("");
-        let backend = trace.backend.as_deref().unwrap_or("");
+        let up = trace.upstream.map(|u| &snap.upstreams[u]);
+        let upstream = up.map(|u| &*u.name).unwrap_or("");
+        let backend = match (up, trace.backend) {
+            (Some(u), Some(b)) => Some((b, &*u.backends[b].name)),
+            _ => None,
+        };
         let elapsed = started.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[upstream, backend, code_class(status)])
-            .inc();
-        if let Some(outcome) = trace.outcome {
-            self.metrics
-                .affinity
-                .with_label_values(&[upstream, outcome.as_str()])
-                .inc();
+        match (up, backend) {
+            (Some(u), Some(b)) => {
+                u.series.requests(&self.metrics, upstream, b, status).inc();
+                u.series
+                    .duration(&self.metrics, upstream, b)
+                    .observe(elapsed.as_secs_f64());
+            }
+            _ => self
+                .metrics
+                .requests
+                .with_label_values(&[upstream, "", code_class(status)])
+                .inc(),
         }
-        if trace.backend.is_some() {
-            self.metrics
-                .duration
-                .with_label_values(&[upstream, backend])
-                .observe(elapsed.as_secs_f64());
+        if let (Some(u), Some(outcome)) = (up, trace.outcome) {
+            u.series.affinity(&self.metrics, upstream, outcome).inc();
         }
-        tracing::info!(
-            target: "limpet::access",
-            method = %method,
-            path = %path,
-            status,
-            upstream,
-            backend,
-            affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-        );
+        if let Some((method, path)) = access {
+            tracing::info!(
+                target: "limpet::access",
+                method = %method,
+                path = %path,
+                status,
+                upstream,
+                backend = backend.map(|b| b.1).unwrap_or(""),
+                affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+            );
+        }
         response
     }
 
@@ -124,7 +133,7 @@ impl Proxy {
             .route(host.as_deref(), path)
             .ok_or(ProxyError::NoRoute)?;
         let upstream = &snap.upstreams[upstream_index];
-        trace.upstream = Some(upstream.name.clone());
+        trace.upstream = Some(upstream_index);
 
         let pin = upstream.read_pin(req.headers(), path, conn.peer.ip());
         let decision = upstream.choose(pin);
@@ -184,7 +193,7 @@ impl Proxy {
         let mut stale_retried = false;
         loop {
             let backend = &upstream.backends[decision.backend];
-            trace.backend = Some(backend.name.clone());
+            trace.backend = Some(decision.backend);
             set_failover_header(req.headers_mut(), upstream, &decision);
             let in_flight = InFlight::start(&backend.state);
             let failure = match upstream::send(

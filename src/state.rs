@@ -19,6 +19,7 @@ use crate::affinity::{self, CookieCodec};
 use crate::backend::{Backend, BackendState};
 use crate::balancer::{self, Balancer};
 use crate::config::{Affinity, Config, Failover, UpstreamConfig};
+use crate::metrics::UpstreamSeries;
 use crate::router::Router;
 
 /// The live configuration, swapped atomically on reload.
@@ -133,6 +134,8 @@ pub struct Upstream {
     /// Present when `affinity = "cookie"`.
     pub cookie: Option<CookieCodec>,
     balancer: Balancer,
+    /// The metric series this upstream's requests write (see [`UpstreamSeries`]).
+    pub series: UpstreamSeries,
 }
 
 impl Upstream {
@@ -183,6 +186,7 @@ impl Upstream {
                 .enumerate()
                 .map(|(i, b)| (b.route.clone(), i))
                 .collect(),
+            series: UpstreamSeries::new(backends.len()),
             balancer: Balancer::new(config.balance, &backends, config.health.slow_start),
             cookie,
             backends,
