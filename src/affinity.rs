@@ -191,23 +191,30 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     if fields == 1 && !headers.get(COOKIE).is_some_and(mentions) {
         return;
     }
-    let mut kept = Vec::new();
+    // The kept pairs joined with "; ", built in one buffer that becomes the value.
+    let mut kept = String::new();
+    let mut keep = |pair: &str| {
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
+    };
     for value in headers.get_all(COOKIE) {
         let Ok(text) = value.to_str() else {
             // Not text: pass it on untouched rather than lose it.
-            kept.push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+            keep(&String::from_utf8_lossy(value.as_bytes()));
             continue;
         };
         for pair in text.split(';') {
             let pair = pair.trim_start();
             if !pair.is_empty() && !is_named(pair, name) {
-                kept.push(pair.to_string());
+                keep(pair);
             }
         }
     }
     headers.remove(COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
             headers.insert(COOKIE, v);
         }
     }

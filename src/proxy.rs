@@ -130,7 +130,7 @@ impl Proxy {
         let path = req.uri().path();
         let upstream_index = snap
             .router
-            .route(host.as_deref(), path)
+            .route(host.as_ref().and_then(|h| h.to_str().ok()), path)
             .ok_or(ProxyError::NoRoute)?;
         let upstream = &snap.upstreams[upstream_index];
         trace.upstream = Some(upstream_index);
@@ -294,16 +294,17 @@ fn tunnel(client: OnUpgrade, backend: OnUpgrade) {
 }
 
 /// The request's host: the `Host` header, or the authority of an HTTP/2 request.
-/// HTTP/1.1 requires a Host header.
-fn request_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+/// HTTP/1.1 requires a Host header. Kept as a header value (the Host header's is
+/// shared, not copied); it is text.
+fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
     if let Some(h) = req.headers().get(header::HOST) {
-        let h = h
-            .to_str()
+        h.to_str()
             .map_err(|_| ProxyError::BadRequest("Host is not text"))?;
-        return Ok(Some(h.to_owned()));
+        return Ok(Some(h.clone()));
     }
     if let Some(a) = req.uri().authority() {
-        return Ok(Some(a.as_str().to_owned()));
+        // An authority is a valid header value (visible ASCII).
+        return Ok(HeaderValue::from_str(a.as_str()).ok());
     }
     if req.version() == Version::HTTP_11 {
         return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
@@ -346,18 +347,22 @@ fn rebuild(head: &Head) -> Request<UpstreamBody> {
 fn rewrite_request(
     mut req: Request<Incoming>,
     upstream: &Upstream,
-    host: Option<String>,
+    host: Option<HeaderValue>,
     conn: &ConnInfo,
 ) -> Result<Request<Incoming>, ProxyError> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let origin: Uri = path
-        .parse()
-        .map_err(|_| ProxyError::BadRequest("bad request target"))?;
-    *req.uri_mut() = origin;
+    // An origin-form target (what HTTP/1.1 clients send) is already what the
+    // backend gets; an absolute-form or HTTP/2 one is cut to its path and query.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let origin: Uri = path
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("bad request target"))?;
+        *req.uri_mut() = origin;
+    }
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     remove_hop_by_hop(headers);
@@ -367,7 +372,7 @@ fn rewrite_request(
     } else if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
         crate::affinity::strip_cookie(headers, "");
     }
-    match host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+    match host {
         Some(v) => {
             if !headers.contains_key(header::HOST) {
                 headers.insert(header::HOST, v.clone());
@@ -391,6 +396,7 @@ fn rewrite_request(
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    use std::fmt::Write as _;
     let mut value = String::new();
     for v in headers.get_all(X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -403,14 +409,33 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
     if !value.is_empty() {
         value.push_str(", ");
     }
-    value.push_str(&ip.to_string());
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    let _ = write!(value, "{ip}");
+    // The String's buffer becomes the header value's: one allocation, no copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
+/// The fixed hop-by-hop set (Upgrade is put back on upgrade requests).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Connection and every header it names, and the fixed hop-by-hop set.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of nine removals
+    // (a header Connection names matters only when Connection is there).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -421,17 +446,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }

@@ -124,10 +124,13 @@ pub async fn send(
 ) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), SendError> {
     while let Some(mut sender) = state.pool.take() {
         // A pooled sender turns ready as soon as its connection task has seen the
-        // previous response end; one that fails here is closing.
-        match tokio::time::timeout(connect_timeout, sender.ready()).await {
-            Ok(Ok(())) => {}
-            _ => continue,
+        // previous response end; one that fails here is closing. Usually it is
+        // ready already, and no timer is needed to find out.
+        if !sender.is_ready() {
+            match tokio::time::timeout(connect_timeout, sender.ready()).await {
+                Ok(Ok(())) => {}
+                _ => continue,
+            }
         }
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
             Err(_) => return Err(SendError::Timeout(response_timeout)),
