@@ -25,6 +25,8 @@ const ID_LEN: usize = 8;
 const TAG_LEN: usize = 16;
 const PAYLOAD_LEN: usize = 2 + ID_LEN + 8;
 const VALUE_LEN: usize = PAYLOAD_LEN + TAG_LEN;
+/// The value's length in unpadded base64.
+const TEXT_LEN: usize = (VALUE_LEN * 4).div_ceil(3);
 
 type BackendId = [u8; ID_LEN];
 
@@ -101,7 +103,7 @@ impl CookieCodec {
 
     /// The backend a cookie value names, if limpet issued it for this upstream.
     pub fn decode(&self, text: &str) -> Option<CookiePin> {
-        if text.len() != URL_SAFE_NO_PAD.encode([0u8; VALUE_LEN]).len() {
+        if text.len() != TEXT_LEN {
             return None;
         }
         let mut value = [0u8; VALUE_LEN];
@@ -313,6 +315,12 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn text_len_is_the_encoded_length() {
+        assert_eq!(URL_SAFE_NO_PAD.encode([0u8; VALUE_LEN]).len(), TEXT_LEN);
+        assert_eq!(codec(&[b"s1"]).encode(0).len(), TEXT_LEN);
     }
 
     #[test]

@@ -396,7 +396,6 @@ fn rewrite_request(
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
-    use std::fmt::Write as _;
     let mut value = String::new();
     for v in headers.get_all(X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -409,10 +408,34 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
     if !value.is_empty() {
         value.push_str(", ");
     }
-    let _ = write!(value, "{ip}");
+    push_ip(&mut value, ip);
     // The String's buffer becomes the header value's: one allocation, no copy.
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Appends `ip` as its `Display` would, IPv4 without the formatting machinery.
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
@@ -431,23 +454,35 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Connection and every header it names, and the fixed hop-by-hop set.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of nine removals
-    // (a header Connection names matters only when Connection is there).
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names finds which of the fixed set are there (most
+    // messages carry none, or only Connection); only those are removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Headers named by Connection (HOP_BY_HOP[0]); removed by their text, which
+    // is looked up case-insensitively without allocating a HeaderName.
+    if present & 1 != 0 {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&more) {
+            if let Ok(text) = value.to_str() {
+                for name in text.split(',') {
+                    headers.remove(name.trim());
+                }
+            }
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -505,4 +540,29 @@ fn set_cookie(upstream: &Upstream, value: &str, tls: bool) -> String {
         cookie = cookie.max_age(cookie::time::Duration::seconds(c.max_age.as_secs() as i64));
     }
     cookie.build().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        let ips = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "::ffff:10.0.0.1",
+        ];
+        for text in ips {
+            let ip: std::net::IpAddr = text.parse().unwrap();
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
 }
