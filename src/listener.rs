@@ -69,12 +69,17 @@ pub async fn serve(
         tokio::spawn(async move {
             let conn_info = ConnInfo { peer, tls };
             let result = if tls {
-                match handshake(&proxy, stream).await {
-                    Some(tls_stream) => {
-                        serve_connection(&proxy, tls_stream, conn_info, watcher).await
+                // Boxed: a TLS connection's state is larger, and unboxed it would
+                // set the size of every connection's task, plain ones included.
+                Box::pin(async {
+                    match handshake(&proxy, stream).await {
+                        Some(tls_stream) => {
+                            serve_connection(&proxy, tls_stream, conn_info, watcher).await
+                        }
+                        None => Ok(()),
                     }
-                    None => Ok(()),
-                }
+                })
+                .await
             } else {
                 serve_connection(&proxy, stream, conn_info, watcher).await
             };

@@ -127,7 +127,7 @@ pub async fn send(
         // previous response end; one that fails here is closing. Usually it is
         // ready already, and no timer is needed to find out.
         if !sender.is_ready() {
-            match tokio::time::timeout(connect_timeout, sender.ready()).await {
+            match Box::pin(tokio::time::timeout(connect_timeout, sender.ready())).await {
                 Ok(Ok(())) => {}
                 _ => continue,
             }
@@ -146,7 +146,10 @@ pub async fn send(
             },
         }
     }
-    let mut sender = match connect(state.pool.addr, connect_timeout).await {
+    // Boxed: connecting (TCP connect and the HTTP/1.1 handshake) is the rare path,
+    // and its state would otherwise take room in every request's future (which
+    // hyper keeps allocated for the whole life of a client connection).
+    let mut sender = match Box::pin(connect(state.pool.addr, connect_timeout)).await {
         Ok(s) => s,
         Err(cause) => {
             return Err(SendError::NotSent {
