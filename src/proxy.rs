@@ -4,6 +4,7 @@
 //! [`Proxy::call`] wraps [`Proxy::handle`]: it is the only place where an error
 //! becomes a response, and where metrics and the access log are written.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -58,208 +59,228 @@ impl Proxy {
     }
 
     /// Answers one client request; never fails.
-    pub async fn call(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
-        let started = Instant::now();
-        // Copied for the access log only when it is on.
-        let access = tracing::enabled!(target: "limpet::access", tracing::Level::INFO).then(|| {
-            let path = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
-            (req.method().clone(), path)
-        });
-        let snap = self.state.load_full();
-        let mut trace = Trace::default();
-        let response = match self.handle(&snap, req, conn, &mut trace).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                if err.status().is_server_error() {
-                    tracing::debug!(error = %err, "request failed");
+    ///
+    /// `call`, `handle`, `forward` and `upstream::send` return async blocks rather
+    /// than being async fns: an async fn keeps each argument twice in its future
+    /// (as captured and as a local), and the request is 264 bytes at every level.
+    pub fn call<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+        async move {
+            let started = Instant::now();
+            // Copied for the access log only when it is on.
+            let access =
+                tracing::enabled!(target: "limpet::access", tracing::Level::INFO).then(|| {
+                    let path = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default();
+                    (req.method().clone(), path)
+                });
+            let snap = self.state.load_full();
+            let mut trace = Trace::default();
+            let response = match self.handle(&snap, req, conn, &mut trace).await {
+                Ok(resp) => resp,
+                Err(err) => {
+                    if err.status().is_server_error() {
+                        tracing::debug!(error = %err, "request failed");
+                    }
+                    err.into_response()
                 }
-                err.into_response()
+            };
+            let status = response.status().as_u16();
+            let up = trace.upstream.map(|u| &snap.upstreams[u]);
+            let upstream = up.map(|u| &*u.name).unwrap_or("");
+            let backend = match (up, trace.backend) {
+                (Some(u), Some(b)) => Some((b, &*u.backends[b].name)),
+                _ => None,
+            };
+            let elapsed = started.elapsed();
+            match (up, backend) {
+                (Some(u), Some(b)) => {
+                    u.series.requests(&self.metrics, upstream, b, status).inc();
+                    u.series
+                        .duration(&self.metrics, upstream, b)
+                        .observe(elapsed.as_secs_f64());
+                }
+                _ => self
+                    .metrics
+                    .requests
+                    .with_label_values(&[upstream, "", code_class(status)])
+                    .inc(),
             }
-        };
-        let status = response.status().as_u16();
-        let up = trace.upstream.map(|u| &snap.upstreams[u]);
-        let upstream = up.map(|u| &*u.name).unwrap_or("");
-        let backend = match (up, trace.backend) {
-            (Some(u), Some(b)) => Some((b, &*u.backends[b].name)),
-            _ => None,
-        };
-        let elapsed = started.elapsed();
-        match (up, backend) {
-            (Some(u), Some(b)) => {
-                u.series.requests(&self.metrics, upstream, b, status).inc();
-                u.series
-                    .duration(&self.metrics, upstream, b)
-                    .observe(elapsed.as_secs_f64());
+            if let (Some(u), Some(outcome)) = (up, trace.outcome) {
+                u.series.affinity(&self.metrics, upstream, outcome).inc();
             }
-            _ => self
-                .metrics
-                .requests
-                .with_label_values(&[upstream, "", code_class(status)])
-                .inc(),
+            if let Some((method, path)) = access {
+                tracing::info!(
+                    target: "limpet::access",
+                    method = %method,
+                    path = %path,
+                    status,
+                    upstream,
+                    backend = backend.map(|b| b.1).unwrap_or(""),
+                    affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                );
+            }
+            response
         }
-        if let (Some(u), Some(outcome)) = (up, trace.outcome) {
-            u.series.affinity(&self.metrics, upstream, outcome).inc();
-        }
-        if let Some((method, path)) = access {
-            tracing::info!(
-                target: "limpet::access",
-                method = %method,
-                path = %path,
-                status,
-                upstream,
-                backend = backend.map(|b| b.1).unwrap_or(""),
-                affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-            );
-        }
-        response
     }
 
-    async fn handle(
-        &self,
-        snap: &Snapshot,
-        req: Request<Incoming>,
-        conn: &ConnInfo,
-        trace: &mut Trace,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let host = request_host(&req)?;
-        let path = req.uri().path();
-        let upstream_index = snap
-            .router
-            .route(host.as_ref().and_then(|h| h.to_str().ok()), path)
-            .ok_or(ProxyError::NoRoute)?;
-        let upstream = &snap.upstreams[upstream_index];
-        trace.upstream = Some(upstream_index);
+    fn handle<'a>(
+        &'a self,
+        snap: &'a Snapshot,
+        mut req: Request<Incoming>,
+        conn: &'a ConnInfo,
+        trace: &'a mut Trace,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a {
+        async move {
+            let host = request_host(&req)?;
+            let path = req.uri().path();
+            let upstream_index = snap
+                .router
+                .route(host.as_ref().and_then(|h| h.to_str().ok()), path)
+                .ok_or(ProxyError::NoRoute)?;
+            let upstream = &snap.upstreams[upstream_index];
+            trace.upstream = Some(upstream_index);
 
-        let pin = upstream.read_pin(req.headers(), path, conn.peer.ip());
-        let decision = upstream.choose(pin);
-        trace.outcome = Some(decision.outcome);
-        if decision.outcome == Outcome::Rejected {
-            return Err(
-                if upstream.config.failover == crate::config::Failover::Reject && pin.is_some() {
-                    ProxyError::Rejected
-                } else {
-                    ProxyError::NoBackend
-                },
-            );
-        }
+            let pin = upstream.read_pin(req.headers(), path, conn.peer.ip());
+            let decision = upstream.choose(pin);
+            trace.outcome = Some(decision.outcome);
+            if decision.outcome == Outcome::Rejected {
+                return Err(
+                    if upstream.config.failover == crate::config::Failover::Reject && pin.is_some()
+                    {
+                        ProxyError::Rejected
+                    } else {
+                        ProxyError::NoBackend
+                    },
+                );
+            }
 
-        let mut req = req;
-        let upgrade = take_upgrade(&mut req);
-        let mut req = rewrite_request(req, upstream, host, conn)?;
-        if let Some((protocol, _)) = &upgrade {
-            let headers = req.headers_mut();
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
+            let upgrade = take_upgrade(&mut req);
+            rewrite_request(&mut req, upstream, host, conn)?;
+            if let Some((protocol, _)) = &upgrade {
+                let headers = req.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, protocol.clone());
+            }
+            let (mut resp, decision) = self
+                .forward(
+                    upstream,
+                    decision,
+                    req.map(Either::Left),
+                    snap.config.timeouts,
+                    trace,
+                )
+                .await?;
+            trace.outcome = Some(decision.outcome);
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let backend_protocol = resp.headers().get(header::UPGRADE).cloned();
+            if let (true, Some((_, client))) = (switched, upgrade) {
+                tunnel(client, hyper::upgrade::on(&mut resp));
+            }
+            let mut resp = rewrite_response(resp, upstream, &decision, conn);
+            if let (true, Some(protocol)) = (switched, backend_protocol) {
+                let headers = resp.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, protocol);
+            }
+            Ok(resp)
         }
-        let timeouts = snap.config.timeouts;
-        let (mut resp, decision) = self
-            .forward(upstream, decision, req, timeouts, trace)
-            .await?;
-        trace.outcome = Some(decision.outcome);
-        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let backend_protocol = resp.headers().get(header::UPGRADE).cloned();
-        if let (true, Some((_, client))) = (switched, upgrade) {
-            tunnel(client, hyper::upgrade::on(&mut resp));
-        }
-        let mut resp = rewrite_response(resp, upstream, &decision, conn);
-        if let (true, Some(protocol)) = (switched, backend_protocol) {
-            let headers = resp.headers_mut();
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
-        }
-        Ok(resp)
     }
 
     /// Sends the request to the decided backend; on failure retries per SPEC section 4.
-    async fn forward(
-        &self,
-        upstream: &Upstream,
+    fn forward<'a>(
+        &'a self,
+        upstream: &'a Upstream,
         mut decision: Decision,
-        req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
         timeouts: crate::config::Timeouts,
-        trace: &mut Trace,
-    ) -> Result<(Response<StreamedBody>, Decision), ProxyError> {
-        // A bodiless idempotent request can be replayed after it was sent.
-        let replay =
-            (is_idempotent(req.method()) && req.body().is_end_stream()).then(|| clone_head(&req));
-        let mut req: Request<UpstreamBody> = req.map(Either::Left);
-        let mut tried: Vec<usize> = Vec::new();
-        let mut retries_left = upstream.config.retries;
-        let mut stale_retried = false;
-        loop {
-            let backend = &upstream.backends[decision.backend];
-            trace.backend = Some(decision.backend);
-            set_failover_header(req.headers_mut(), upstream, &decision);
-            let in_flight = InFlight::start(&backend.state);
-            let failure = match upstream::send(
-                &backend.state,
-                req,
-                timeouts.upstream_connect,
-                timeouts.upstream_response,
-            )
-            .await
-            {
-                Ok((resp, lease)) => {
-                    backend.state.passive_failures.store(0, Relaxed);
-                    backend.state.requests.fetch_add(1, Relaxed);
-                    // An upgraded connection becomes a tunnel: never back to the pool.
-                    let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let lease = reusable.then_some(lease);
-                    let resp = resp.map(|body| StreamedBody::new(body, lease, in_flight));
-                    return Ok((resp, decision));
-                }
-                Err(e) => e,
-            };
-            drop(in_flight);
-            let next_req = match failure {
-                SendError::Timeout(after) => return Err(ProxyError::Timeout(after)),
-                SendError::NotSent { request, cause } => {
-                    crate::health::passive_failure(upstream, decision.backend, &cause);
-                    if retries_left == 0 {
-                        return Err(ProxyError::Unreachable(cause));
+        trace: &'a mut Trace,
+    ) -> impl Future<Output = Result<(Response<StreamedBody>, Decision), ProxyError>> + Send + 'a
+    {
+        async move {
+            // A bodiless idempotent request can be replayed after it was sent.
+            let replay = (is_idempotent(req.method()) && req.body().is_end_stream())
+                .then(|| clone_head(&req));
+            let mut tried: Vec<usize> = Vec::new();
+            let mut retries_left = upstream.config.retries;
+            let mut stale_retried = false;
+            loop {
+                let backend = &upstream.backends[decision.backend];
+                trace.backend = Some(decision.backend);
+                set_failover_header(req.headers_mut(), upstream, &decision);
+                let in_flight = InFlight::start(&backend.state);
+                let failure = match upstream::send(
+                    &backend.state,
+                    req,
+                    timeouts.upstream_connect,
+                    timeouts.upstream_response,
+                )
+                .await
+                {
+                    Ok((resp, lease)) => {
+                        backend.state.passive_failures.store(0, Relaxed);
+                        backend.state.requests.fetch_add(1, Relaxed);
+                        // An upgraded connection becomes a tunnel: never back to the pool.
+                        let reusable = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+                        let lease = reusable.then_some(lease);
+                        let resp = resp.map(|body| StreamedBody::new(body, lease, in_flight));
+                        return Ok((resp, decision));
                     }
-                    *request
-                }
-                SendError::NoResponse { cause, reused } => {
-                    if !reused {
+                    Err(e) => e,
+                };
+                drop(in_flight);
+                let next_req = match failure {
+                    SendError::Timeout(after) => return Err(ProxyError::Timeout(after)),
+                    SendError::NotSent { request, cause } => {
                         crate::health::passive_failure(upstream, decision.backend, &cause);
-                    }
-                    match &replay {
-                        // A pooled keep-alive connection the backend closed as we sent
-                        // on it says nothing about the backend: once per request, send
-                        // again to the same backend on a new connection rather than
-                        // fail over (which would move the session to the replica).
-                        Some(head) if reused && !stale_retried => {
-                            stale_retried = true;
-                            backend.state.pool.clear();
-                            self.metrics
-                                .retries
-                                .with_label_values(&[&upstream.name, &backend.name])
-                                .inc();
-                            req = rebuild(head);
-                            continue;
+                        if retries_left == 0 {
+                            return Err(ProxyError::Unreachable(cause));
                         }
-                        Some(head) if retries_left > 0 => rebuild(head),
-                        _ => return Err(ProxyError::BadGateway(cause)),
+                        *request
                     }
+                    SendError::NoResponse { cause, reused } => {
+                        if !reused {
+                            crate::health::passive_failure(upstream, decision.backend, &cause);
+                        }
+                        match &replay {
+                            // A pooled keep-alive connection the backend closed as we sent
+                            // on it says nothing about the backend: once per request, send
+                            // again to the same backend on a new connection rather than
+                            // fail over (which would move the session to the replica).
+                            Some(head) if reused && !stale_retried => {
+                                stale_retried = true;
+                                backend.state.pool.clear();
+                                self.metrics
+                                    .retries
+                                    .with_label_values(&[&upstream.name, &backend.name])
+                                    .inc();
+                                req = rebuild(head);
+                                continue;
+                            }
+                            Some(head) if retries_left > 0 => rebuild(head),
+                            _ => return Err(ProxyError::BadGateway(cause)),
+                        }
+                    }
+                };
+                retries_left -= 1;
+                self.metrics
+                    .retries
+                    .with_label_values(&[&upstream.name, &backend.name])
+                    .inc();
+                tried.push(decision.backend);
+                decision = upstream.after_failure(decision, &tried);
+                if decision.outcome == Outcome::Rejected {
+                    return Err(ProxyError::NoBackend);
                 }
-            };
-            retries_left -= 1;
-            self.metrics
-                .retries
-                .with_label_values(&[&upstream.name, &backend.name])
-                .inc();
-            tried.push(decision.backend);
-            decision = upstream.after_failure(decision, &tried);
-            if decision.outcome == Outcome::Rejected {
-                return Err(ProxyError::NoBackend);
+                req = next_req;
             }
-            req = next_req;
         }
     }
 }
@@ -326,7 +347,7 @@ struct Head {
     headers: HeaderMap,
 }
 
-fn clone_head(req: &Request<Incoming>) -> Head {
+fn clone_head<B>(req: &Request<B>) -> Head {
     Head {
         method: req.method().clone(),
         uri: req.uri().clone(),
@@ -345,11 +366,11 @@ fn rebuild(head: &Head) -> Request<UpstreamBody> {
 /// Turns the client's request into the backend's: origin-form URI, HTTP/1.1, no
 /// hop-by-hop headers, limpet's cookie stripped, X-Forwarded-* set.
 fn rewrite_request(
-    mut req: Request<Incoming>,
+    req: &mut Request<Incoming>,
     upstream: &Upstream,
     host: Option<HeaderValue>,
     conn: &ConnInfo,
-) -> Result<Request<Incoming>, ProxyError> {
+) -> Result<(), ProxyError> {
     // An origin-form target (what HTTP/1.1 clients send) is already what the
     // backend gets; an absolute-form or HTTP/2 one is cut to its path and query.
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
@@ -392,7 +413,7 @@ fn rewrite_request(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    Ok(req)
+    Ok(())
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {

@@ -8,6 +8,7 @@
 //! ([`SendError::NotSent`]) and can be retried on another backend, whatever its
 //! method and body.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -116,61 +117,67 @@ pub enum ConnectError {
 }
 
 /// Sends `req` to the backend of `state`, on a pooled connection if one is idle.
-pub async fn send(
+///
+/// An async block rather than an async fn, which would keep `req` twice in its
+/// future (see `Proxy::call`).
+pub fn send(
     state: &Arc<BackendState>,
     mut req: Request<UpstreamBody>,
     connect_timeout: Duration,
     response_timeout: Duration,
-) -> Result<(Response<Incoming>, SendRequest<UpstreamBody>), SendError> {
-    while let Some(mut sender) = state.pool.take() {
-        // A pooled sender turns ready as soon as its connection task has seen the
-        // previous response end; one that fails here is closing. Usually it is
-        // ready already, and no timer is needed to find out.
-        if !sender.is_ready() {
-            match Box::pin(tokio::time::timeout(connect_timeout, sender.ready())).await {
-                Ok(Ok(())) => {}
-                _ => continue,
+) -> impl Future<Output = Result<(Response<Incoming>, SendRequest<UpstreamBody>), SendError>> + Send + '_
+{
+    async move {
+        while let Some(mut sender) = state.pool.take() {
+            // A pooled sender turns ready as soon as its connection task has seen the
+            // previous response end; one that fails here is closing. Usually it is
+            // ready already, and no timer is needed to find out.
+            if !sender.is_ready() {
+                match Box::pin(tokio::time::timeout(connect_timeout, sender.ready())).await {
+                    Ok(Ok(())) => {}
+                    _ => continue,
+                }
+            }
+            match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
+                Err(_) => return Err(SendError::Timeout(response_timeout)),
+                Ok(Ok(resp)) => return Ok((resp, sender)),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => {
+                        return Err(SendError::NoResponse {
+                            cause: e.into_error(),
+                            reused: true,
+                        })
+                    }
+                },
             }
         }
+        // Boxed: connecting (TCP connect and the HTTP/1.1 handshake) is the rare path,
+        // and its state would otherwise take room in every request's future (which
+        // hyper keeps allocated for the whole life of a client connection).
+        let mut sender = match Box::pin(connect(state.pool.addr, connect_timeout)).await {
+            Ok(s) => s,
+            Err(cause) => {
+                return Err(SendError::NotSent {
+                    request: Box::new(req),
+                    cause,
+                })
+            }
+        };
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
-            Err(_) => return Err(SendError::Timeout(response_timeout)),
-            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Err(_) => Err(SendError::Timeout(response_timeout)),
+            Ok(Ok(resp)) => Ok((resp, sender)),
             Ok(Err(mut e)) => match e.take_message() {
-                Some(back) => req = back,
-                None => {
-                    return Err(SendError::NoResponse {
-                        cause: e.into_error(),
-                        reused: true,
-                    })
-                }
+                Some(back) => Err(SendError::NotSent {
+                    request: Box::new(back),
+                    cause: ConnectError::Handshake(e.into_error()),
+                }),
+                None => Err(SendError::NoResponse {
+                    cause: e.into_error(),
+                    reused: false,
+                }),
             },
         }
-    }
-    // Boxed: connecting (TCP connect and the HTTP/1.1 handshake) is the rare path,
-    // and its state would otherwise take room in every request's future (which
-    // hyper keeps allocated for the whole life of a client connection).
-    let mut sender = match Box::pin(connect(state.pool.addr, connect_timeout)).await {
-        Ok(s) => s,
-        Err(cause) => {
-            return Err(SendError::NotSent {
-                request: Box::new(req),
-                cause,
-            })
-        }
-    };
-    match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
-        Err(_) => Err(SendError::Timeout(response_timeout)),
-        Ok(Ok(resp)) => Ok((resp, sender)),
-        Ok(Err(mut e)) => match e.take_message() {
-            Some(back) => Err(SendError::NotSent {
-                request: Box::new(back),
-                cause: ConnectError::Handshake(e.into_error()),
-            }),
-            None => Err(SendError::NoResponse {
-                cause: e.into_error(),
-                reused: false,
-            }),
-        },
     }
 }
 
