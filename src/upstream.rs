@@ -120,6 +120,8 @@ pub enum ConnectError {
 ///
 /// An async block rather than an async fn, which would keep `req` twice in its
 /// future (see `Proxy::call`).
+// An async block on purpose: see `Proxy::call`.
+#[allow(clippy::manual_async_fn)]
 pub fn send(
     state: &Arc<BackendState>,
     mut req: Request<UpstreamBody>,
