@@ -10,7 +10,9 @@
 //! upstream's cookie never pins. The tag is an HMAC-SHA256 over everything before it.
 //! The version byte and the flags leave room for a learned replica (SPEC section 10).
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
@@ -45,6 +47,38 @@ pub struct CookieCodec {
     upstream: String,
     /// The current secret first, then the previous ones.
     keys: Vec<KeyIds>,
+    /// Unique per codec (never reused): names this codec in [`VERIFIED`].
+    id: u64,
+}
+
+/// Cookie values this thread verified lately, with what they decoded to.
+///
+/// A client sends the same cookie with every request of its session, and
+/// verifying it (an HMAC-SHA256 over the value) costs more than the rest of
+/// choosing the backend. An entry answers only for the codec that verified it
+/// and for byte-identical text, so a hit returns what verifying again would
+/// (decoding depends on nothing else). Only values that verified are kept; a
+/// forged or foreign value is verified, and rejected, every time. A future
+/// check that depends on the time (SPEC section 10, `max_lifetime`) must be
+/// made on every request, outside this cache.
+struct Verified {
+    codec: u64,
+    text: [u8; TEXT_LEN],
+    pin: CookiePin,
+}
+
+const VERIFIED_SLOTS: usize = 64;
+
+thread_local! {
+    static VERIFIED: RefCell<Vec<Option<Verified>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The slot of a cookie text: its last 8 characters are base64 of the tag, as
+/// good as random.
+fn verified_slot(text: &[u8; TEXT_LEN]) -> usize {
+    let mut tail = [0u8; 8];
+    tail.copy_from_slice(&text[TEXT_LEN - 8..]);
+    (crate::balancer::mix64(u64::from_le_bytes(tail)) as usize) % VERIFIED_SLOTS
 }
 
 /// A cookie that verified: the backend it names and whether it must be re-issued.
@@ -78,9 +112,11 @@ impl CookieCodec {
                 KeyIds { key, ids, by_index }
             })
             .collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         CookieCodec {
             upstream: upstream.to_string(),
             keys,
+            id: NEXT_ID.fetch_add(1, Relaxed),
         }
     }
 
@@ -103,13 +139,37 @@ impl CookieCodec {
 
     /// The backend a cookie value names, if limpet issued it for this upstream.
     pub fn decode(&self, text: &str) -> Option<CookiePin> {
-        if text.len() != TEXT_LEN {
-            return None;
+        let text: &[u8; TEXT_LEN] = text.as_bytes().try_into().ok()?;
+        let slot = verified_slot(text);
+        let cached = VERIFIED.with(|v| {
+            v.borrow()
+                .get(slot)
+                .and_then(Option::as_ref)
+                .filter(|e| e.codec == self.id && e.text == *text)
+                .map(|e| e.pin)
+        });
+        if cached.is_some() {
+            return cached;
         }
+        let pin = self.verify(text)?;
+        VERIFIED.with(|v| {
+            let mut v = v.borrow_mut();
+            if v.is_empty() {
+                v.resize_with(VERIFIED_SLOTS, || None);
+            }
+            v[slot] = Some(Verified {
+                codec: self.id,
+                text: *text,
+                pin,
+            });
+        });
+        Some(pin)
+    }
+
+    /// Checks the signature of a cookie value and finds the backend it names.
+    fn verify(&self, text: &[u8; TEXT_LEN]) -> Option<CookiePin> {
         let mut value = [0u8; VALUE_LEN];
-        let n = URL_SAFE_NO_PAD
-            .decode_slice(text.as_bytes(), &mut value)
-            .ok()?;
+        let n = URL_SAFE_NO_PAD.decode_slice(text, &mut value).ok()?;
         if n != VALUE_LEN || value[0] != VERSION {
             return None;
         }
@@ -333,6 +393,31 @@ mod tests {
         bytes[5] = if bytes[5] == b'A' { b'B' } else { b'A' };
         assert_eq!(c.decode(std::str::from_utf8(&bytes).unwrap()), None);
         assert_eq!(codec(&[b"other"]).decode(&v), None);
+        let other_upstream = CookieCodec::new("blog", [&b"s1"[..]], &["app1", "app2", "app3"]);
+        assert_eq!(other_upstream.decode(&v), None);
+    }
+
+    #[test]
+    fn a_value_verified_by_one_codec_is_not_taken_by_another() {
+        let c = codec(&[b"s1"]);
+        let v = c.encode(2);
+        let pin = Some(CookiePin {
+            backend: 2,
+            stale_key: false,
+        });
+        assert_eq!(c.decode(&v), pin);
+        assert_eq!(c.decode(&v), pin, "cached answer");
+        // Same secret and names but another codec (a reload): verified afresh.
+        assert_eq!(codec(&[b"s1"]).decode(&v), pin);
+        assert_eq!(codec(&[b"other"]).decode(&v), None);
+        let rotated = codec(&[b"new", b"s1"]);
+        assert_eq!(
+            rotated.decode(&v),
+            Some(CookiePin {
+                backend: 2,
+                stale_key: true
+            })
+        );
         let other_upstream = CookieCodec::new("blog", [&b"s1"[..]], &["app1", "app2", "app3"]);
         assert_eq!(other_upstream.decode(&v), None);
     }
