@@ -423,7 +423,8 @@ fn rewrite_request(
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
-    let mut value = String::new();
+    // Room for an IPv4 address (or a short chain) without growing.
+    let mut value = String::with_capacity(24);
     for v in headers.get_all(X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
             if !value.is_empty() {
