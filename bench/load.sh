@@ -9,10 +9,13 @@
 #   DURATION=10s      wrk -d per measured run (a 2 s warm-up precedes each)
 #   CONNS=50          wrk -c (keep-alive connections)
 #   IDLE_CONNS=10000  connections held open in the idle scenario (0 skips it)
-#   VARIANTS="..."    subset of: direct haproxy nginx limpet-cookie
-#                     limpet-cookie-warn limpet-iphash limpet-iphash-warn
+#   VARIANTS="..."    subset of: direct haproxy nginx limpet-cookie limpet-cookie-warn
+#                     limpet-cookie-nocolor limpet-iphash limpet-iphash-warn
+#                     (and base-cookie, base-cookie-warn: the LIMPET_BASE binary)
 #   IDLE_VARIANTS="haproxy nginx limpet-cookie"
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
+#   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
+#                     the same rounds as base-cookie and base-cookie-warn
 #   OUT=file          also copy the result lines (JSON) there
 #
 # Each proxy runs alone on CPU 0 (taskset -c 0); wrk, the idle client and the
@@ -25,7 +28,7 @@ ROUNDS=${1:-${ROUNDS:-3}}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-VARIANTS=${VARIANTS:-"direct haproxy nginx limpet-cookie limpet-cookie-warn limpet-iphash limpet-iphash-warn"}
+VARIANTS=${VARIANTS:-"direct haproxy nginx limpet-cookie limpet-cookie-warn limpet-cookie-nocolor limpet-iphash limpet-iphash-warn${LIMPET_BASE:+ base-cookie base-cookie-warn}"}
 IDLE_VARIANTS=${IDLE_VARIANTS:-"haproxy nginx limpet-cookie"}
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -245,19 +248,18 @@ start_proxy() {
         PORT=$NGINX_PORT
         taskset -c $PROXY_CPU nginx -p "$DIR/nginx-lb" -c "$DIR/nginx-lb/nginx.conf" &
         ;;
-    limpet-cookie | limpet-cookie-warn)
-        PORT=$LIMPET_COOKIE_PORT
-        if [ "$name" = limpet-cookie-warn ]; then log=warn; else log=""; fi
+    limpet-* | base-*)
+        # limpet-AFFINITY[-warn|-nocolor], base-AFFINITY[-warn] (the LIMPET_BASE binary)
+        local bin=$LIMPET config=cookie log="" color=""
+        case $name in base-*) bin=${LIMPET_BASE:?base-* variants need LIMPET_BASE} ;; esac
+        case $name in *iphash*) config=iphash ;; esac
+        case $name in *-warn) log=warn ;; *-nocolor) color=1 ;; esac
+        if [ $config = cookie ]; then PORT=$LIMPET_COOKIE_PORT; else PORT=$LIMPET_IPHASH_PORT; fi
         # RUST_LOG unset is limpet's default (info, access log on); the log goes
-        # to a file as it would to journald or a container log.
-        env -u RUST_LOG ${log:+RUST_LOG=$log} taskset -c $PROXY_CPU \
-            "$LIMPET" run --config "$DIR/limpet-cookie.toml" 2>"$DIR/limpet.log" &
-        ;;
-    limpet-iphash | limpet-iphash-warn)
-        PORT=$LIMPET_IPHASH_PORT
-        if [ "$name" = limpet-iphash-warn ]; then log=warn; else log=""; fi
-        env -u RUST_LOG ${log:+RUST_LOG=$log} taskset -c $PROXY_CPU \
-            "$LIMPET" run --config "$DIR/limpet-iphash.toml" 2>"$DIR/limpet.log" &
+        # to a file as it would to journald or a container log. NO_COLOR=1 turns
+        # off the ANSI colours tracing-subscriber writes even to a file.
+        env -u RUST_LOG -u NO_COLOR ${log:+RUST_LOG=$log} ${color:+NO_COLOR=1} \
+            taskset -c $PROXY_CPU "$bin" run --config "$DIR/limpet-$config.toml" 2>"$DIR/limpet.log" &
         ;;
     *)
         echo "unknown variant $name" >&2

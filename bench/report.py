@@ -15,8 +15,11 @@ ORDER = [
     "nginx",
     "limpet-cookie",
     "limpet-cookie-warn",
+    "limpet-cookie-nocolor",
     "limpet-iphash",
     "limpet-iphash-warn",
+    "base-cookie",
+    "base-cookie-warn",
 ]
 
 DESCRIPTION = {
@@ -25,8 +28,11 @@ DESCRIPTION = {
     "nginx": "nginx, ip_hash, 1 worker, upstream keepalive",
     "limpet-cookie": "limpet, cookie, RUST_LOG unset (info: access log on)",
     "limpet-cookie-warn": "limpet, cookie, RUST_LOG=warn",
+    "limpet-cookie-nocolor": "limpet, cookie, RUST_LOG unset, NO_COLOR=1 (access log on, no ANSI colours)",
     "limpet-iphash": "limpet, ip-hash, RUST_LOG unset (info: access log on)",
     "limpet-iphash-warn": "limpet, ip-hash, RUST_LOG=warn",
+    "base-cookie": "limpet before the optimisations (LIMPET_BASE), cookie, RUST_LOG unset",
+    "base-cookie-warn": "limpet before the optimisations (LIMPET_BASE), cookie, RUST_LOG=warn",
 }
 
 
