@@ -480,13 +480,32 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// The position of `name` in [`HOP_BY_HOP`]: one match on the (lower-case) text
+/// instead of nine comparisons of header names.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let i = match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    };
+    debug_assert_eq!(HOP_BY_HOP[i], *name);
+    Some(i)
+}
+
 /// Connection and every header it names, and the fixed hop-by-hop set.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names finds which of the fixed set are there (most
     // messages carry none, or only Connection); only those are removed.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
         }
     }
@@ -573,6 +592,21 @@ fn set_cookie(upstream: &Upstream, value: &str, tls: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_index_matches_the_set() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i));
+        }
+        for other in [
+            header::HOST,
+            header::COOKIE,
+            header::CONTENT_LENGTH,
+            FAILOVER_FROM,
+        ] {
+            assert_eq!(hop_by_hop_index(&other), None);
+        }
+    }
 
     #[test]
     fn push_ip_writes_what_display_writes() {
