@@ -11,7 +11,8 @@
 #   IDLE_CONNS=10000  connections held open in the idle scenario (0 skips it)
 #   VARIANTS="..."    subset of: direct haproxy nginx limpet-cookie limpet-cookie-warn
 #                     limpet-cookie-nocolor limpet-iphash limpet-iphash-warn
-#                     (and base-cookie, base-cookie-warn: the LIMPET_BASE binary)
+#                     (and base-cookie, base-cookie-warn: the LIMPET_BASE binary;
+#                     bare: bench/bare-proxy, hyper with none of limpet's logic)
 #   IDLE_VARIANTS="haproxy nginx limpet-cookie"
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
 #   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
@@ -41,6 +42,7 @@ HAPROXY_PORT=18090
 NGINX_PORT=18091
 LIMPET_COOKIE_PORT=18092
 LIMPET_IPHASH_PORT=18093
+BARE_PORT=18094
 
 need() {
     local missing=()
@@ -82,6 +84,10 @@ if [ -z "${LIMPET:-}" ]; then
     (cd "$ROOT" && cargo build --release --quiet --bin limpet)
     LIMPET="$ROOT/target/release/limpet"
 fi
+BARE="$HERE/bare-proxy/target/release/bare-proxy"
+case " $VARIANTS $IDLE_VARIANTS " in
+*" bare "*) (cd "$HERE/bare-proxy" && cargo build --release --quiet) ;;
+esac
 
 wait_port() {
     local port=$1
@@ -247,6 +253,10 @@ start_proxy() {
     nginx)
         PORT=$NGINX_PORT
         taskset -c $PROXY_CPU nginx -p "$DIR/nginx-lb" -c "$DIR/nginx-lb/nginx.conf" &
+        ;;
+    bare)
+        PORT=$BARE_PORT
+        taskset -c $PROXY_CPU "$BARE" "127.0.0.1:$PORT" "${BACKEND_PORTS[@]/#/127.0.0.1:}" &
         ;;
     limpet-* | base-*)
         # limpet-AFFINITY[-warn|-nocolor], base-AFFINITY[-warn] (the LIMPET_BASE binary)

@@ -20,6 +20,7 @@ ORDER = [
     "limpet-iphash-warn",
     "base-cookie",
     "base-cookie-warn",
+    "bare",
 ]
 
 DESCRIPTION = {
@@ -33,6 +34,7 @@ DESCRIPTION = {
     "limpet-iphash-warn": "limpet, ip-hash, RUST_LOG=warn",
     "base-cookie": "limpet before the optimisations (LIMPET_BASE), cookie, RUST_LOG unset",
     "base-cookie-warn": "limpet before the optimisations (LIMPET_BASE), cookie, RUST_LOG=warn",
+    "bare": "bench/bare-proxy: limpet's stack (hyper, own pool, current-thread tokio) without limpet's logic; round-robin, no cookie",
 }
 
 
