@@ -1,11 +1,16 @@
 //! Accept loops of the public listeners: the connection limit, TLS termination on
 //! https listeners, hyper-util's `conn::auto` (HTTP/1.1, and HTTP/2 by ALPN or h2c
-//! prior knowledge), the head-size and head-time limits, and graceful shutdown.
+//! prior knowledge; a plain connection that is surely HTTP/1.1 goes to hyper's
+//! HTTP/1 connection directly), the head-size and head-time limits, and graceful
+//! shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,7 +25,14 @@ use crate::metrics::ConnectionGauge;
 
 mod timeouts;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::upstream::ProxyBody;
 use timeouts::{Activity, TimedIo};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
+/// section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves `listener` until `shutdown` turns true, then waits up to `grace` for
 /// the open connections to finish their requests.
@@ -66,6 +78,7 @@ pub async fn serve(
         let gauge = ConnectionGauge::open(&proxy.metrics, &name);
         let watcher = graceful.watcher();
         let proxy = Arc::clone(&proxy);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let conn_info = ConnInfo { peer, tls };
             let result = if tls {
@@ -74,14 +87,19 @@ pub async fn serve(
                 Box::pin(async {
                     match handshake(&proxy, stream).await {
                         Some(tls_stream) => {
-                            serve_connection(&proxy, tls_stream, conn_info, watcher).await
+                            let (builder, timeouts) = connection_builder(&proxy);
+                            let activity = Activity::new();
+                            serve_connection(
+                                &proxy, tls_stream, conn_info, watcher, activity, builder, timeouts,
+                            )
+                            .await
                         }
                         None => Ok(()),
                     }
                 })
                 .await
             } else {
-                serve_connection(&proxy, stream, conn_info, watcher).await
+                serve_plain(&proxy, stream, conn_info, watcher, shutdown).await
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -121,26 +139,104 @@ async fn handshake(proxy: &Proxy, stream: TcpStream) -> Option<TlsStream<TcpStre
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (by ALPN or prior knowledge) on one client connection.
-async fn serve_connection<I>(
+/// Serves a plain-HTTP connection.
+///
+/// Its first bytes are peeked (not read): when they cannot begin the HTTP/2
+/// preface, the connection is HTTP/1 and goes to hyper's HTTP/1 connection
+/// directly; otherwise (h2c prior knowledge, or too few bytes yet to tell) to
+/// `conn::auto` as on https listeners, which reads the preface itself. Going
+/// direct spares auto's version sniffing, whose first read of 24 bytes makes
+/// hyper grow its read buffer to 16 KiB for the life of the connection: an idle
+/// keep-alive connection costs ~5 KB less. The wait for the first bytes is
+/// bounded by `client_header` and ends at shutdown, as auto's read was.
+async fn serve_plain(
     proxy: &Arc<Proxy>,
-    stream: I,
+    stream: TcpStream,
     conn_info: ConnInfo,
     watcher: Watcher,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (builder, timeouts) = connection_builder(proxy);
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BoxError> {
     let activity = Activity::new();
+    let (timeouts, max_header_bytes) = {
+        let snap = proxy.state.load();
+        (snap.config.timeouts, snap.config.limits.max_header_bytes)
+    };
+    let surely_http1 = tokio::select! {
+        first = tokio::time::timeout(timeouts.client_header, surely_http1(&stream)) => match first {
+            Ok(surely) => surely,
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client timeout").into()),
+        },
+        _ = stopped(&mut shutdown) => {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "Cancelled").into())
+        }
+    };
+    if !surely_http1 {
+        let (builder, timeouts) = connection_builder(proxy);
+        return serve_connection(
+            proxy, stream, conn_info, watcher, activity, builder, timeouts,
+        )
+        .await;
+    }
     let io = TimedIo::new(
         stream,
         activity.clone(),
         timeouts.client_header,
         timeouts.client_idle,
     );
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    // The same HTTP/1 settings as connection_builder gives conn::auto.
+    http1
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(max_header_bytes);
+    let conn = http1
+        .serve_connection(TokioIo::new(io), service(proxy, conn_info, activity))
+        .with_upgrades();
+    // Graceful shutdown as `Watcher::watch` does it (hyper-util's watcher does not
+    // take an upgradeable HTTP/1 connection): at shutdown, finish the request in
+    // progress and close; the watcher is held until then so that the listener's
+    // shutdown waits for this connection.
+    let mut conn = std::pin::pin!(conn);
+    let mut stop = std::pin::pin!(stopped(&mut shutdown));
+    let mut stopping = false;
+    let result = std::future::poll_fn(|cx| {
+        if !stopping && stop.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    drop(watcher);
+    result.map_err(Into::into)
+}
+
+/// Whether a connection's first bytes (peeked) cannot begin the HTTP/2 preface.
+/// False at end of stream or on an error: conn::auto then reads and sees the same.
+async fn surely_http1(stream: &TcpStream) -> bool {
+    let mut first = [0u8; H2_PREFACE.len()];
+    match stream.peek(&mut first).await {
+        Ok(n) if n > 0 => first[..n] != H2_PREFACE[..n],
+        _ => false,
+    }
+}
+
+/// The service of one client connection: every request through [`Proxy::call`].
+fn service(
+    proxy: &Arc<Proxy>,
+    conn_info: ConnInfo,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+> + Clone
+       + Send
+       + 'static {
     let proxy = Arc::clone(proxy);
-    let service = service_fn(move |req| {
+    service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         let conn_info = conn_info.clone();
         let activity = activity.clone();
@@ -148,9 +244,30 @@ where
             let _busy = activity.request_started();
             Ok::<_, Infallible>(proxy.call(req, &conn_info).await)
         }
-    });
+    })
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (by ALPN or prior knowledge) on one client connection.
+async fn serve_connection<I>(
+    proxy: &Arc<Proxy>,
+    stream: I,
+    conn_info: ConnInfo,
+    watcher: Watcher,
+    activity: Arc<Activity>,
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: crate::config::Timeouts,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TimedIo::new(
+        stream,
+        activity.clone(),
+        timeouts.client_header,
+        timeouts.client_idle,
+    );
     let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service(proxy, conn_info, activity))
         .into_owned();
     watcher.watch(conn).await
 }
