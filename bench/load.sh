@@ -13,7 +13,7 @@
 #                     limpet-cookie-nocolor limpet-iphash limpet-iphash-warn
 #                     (and base-cookie, base-cookie-warn: the LIMPET_BASE binary;
 #                     bare: bench/bare-proxy, hyper with none of limpet's logic)
-#   IDLE_VARIANTS="haproxy nginx limpet-cookie"
+#   IDLE_VARIANTS="haproxy nginx limpet-cookie bare" (and base-cookie with LIMPET_BASE)
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
 #   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
 #                     the same rounds as base-cookie and base-cookie-warn
@@ -29,8 +29,8 @@ ROUNDS=${1:-${ROUNDS:-3}}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-VARIANTS=${VARIANTS:-"direct haproxy nginx limpet-cookie limpet-cookie-warn limpet-cookie-nocolor limpet-iphash limpet-iphash-warn${LIMPET_BASE:+ base-cookie base-cookie-warn}"}
-IDLE_VARIANTS=${IDLE_VARIANTS:-"haproxy nginx limpet-cookie"}
+VARIANTS=${VARIANTS:-"direct haproxy nginx limpet-cookie limpet-cookie-warn limpet-cookie-nocolor limpet-iphash limpet-iphash-warn${LIMPET_BASE:+ base-cookie base-cookie-warn} bare"}
+IDLE_VARIANTS=${IDLE_VARIANTS:-"haproxy nginx limpet-cookie${LIMPET_BASE:+ base-cookie} bare"}
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
