@@ -120,13 +120,13 @@ impl Proxy {
             if let Some((method, path)) = access {
                 tracing::info!(
                     target: "limpet::access",
-                    method = %method,
+                    method = method.as_str(),
                     path = %path,
                     status,
                     upstream,
                     backend = backend.map(|b| b.1).unwrap_or(""),
                     affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    duration_us = elapsed.as_micros() as u64,
                 );
             }
             response
