@@ -9,6 +9,8 @@ use crate::upstream::ProxyBody;
 pub enum ProxyError {
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    #[error("malformed request body: {0}")]
+    BadBody(#[source] hyper::Error),
     #[error("no route for this host and path")]
     NoRoute,
     #[error("no backend available")]
@@ -30,7 +32,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend | ProxyError::Rejected | ProxyError::Unreachable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -42,7 +44,7 @@ impl ProxyError {
 
     fn body(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) => "400 bad request\n",
+            ProxyError::BadRequest(_) | ProxyError::BadBody(_) => "400 bad request\n",
             ProxyError::NoRoute => "404 no route\n",
             ProxyError::NoBackend | ProxyError::Unreachable(_) => "503 no backend available\n",
             ProxyError::Rejected => "503 backend unavailable\n",

@@ -251,6 +251,11 @@ impl Proxy {
                         }
                         *request
                     }
+                    // The client's own body broke (a malformed chunk, a reset
+                    // mid-upload): its fault, not the backend's.
+                    SendError::NoResponse { cause, .. } if cause.is_user() => {
+                        return Err(ProxyError::BadBody(cause));
+                    }
                     SendError::NoResponse { cause, reused } => {
                         if !reused {
                             crate::health::passive_failure(upstream, decision.backend, &cause);

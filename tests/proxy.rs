@@ -155,6 +155,23 @@ async fn malformed_requests_get_400() {
 }
 
 #[tokio::test]
+async fn a_malformed_request_body_gets_400_and_does_not_mark_the_backend_down() {
+    let a = TestBackend::spawn("app1").await;
+    let lb = TestLb::start(&config("", &[&a], "")).await;
+    for _ in 0..3 {
+        let (status, text) = raw_status_of(
+            &lb,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nxx\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 400, "{text}");
+    }
+    // The client's broken body is not a connection failure of the backend.
+    assert_eq!(lb.client().get("/").await.status, 200);
+    assert_eq!(lb.backend_state("shop", "app1"), "up");
+}
+
+#[tokio::test]
 async fn a_backend_that_closes_without_answering_a_post_gets_502() {
     let body = "name=limpet&qty=3";
     let bad = bad_backend(body.len()).await;
