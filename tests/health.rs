@@ -40,6 +40,21 @@ impl Logs {
     }
 
     /// WARN lines mentioning `backend`.
+    /// The backend's warnings say it went down for `reason`, and came back up.
+    fn assert_down_then_up(&self, backend: &str, reason: &str) {
+        let warnings = self.warnings(backend);
+        assert!(
+            warnings
+                .iter()
+                .any(|l| l.contains("backend down") && l.contains(reason)),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings.iter().any(|l| l.contains("backend up")),
+            "{warnings:#?}"
+        );
+    }
+
     fn warnings(&self, backend: &str) -> Vec<String> {
         let text = String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned();
         text.lines()
@@ -204,17 +219,7 @@ async fn a_failing_backend_goes_down_after_fall_checks_its_clients_move_to_its_r
         "the first request on the replica says where it failed over from"
     );
 
-    let warnings = logs.warnings(&pinned);
-    assert!(
-        warnings
-            .iter()
-            .any(|l| l.contains("backend down") && l.contains("status 500")),
-        "{warnings:#?}"
-    );
-    assert!(
-        warnings.iter().any(|l| l.contains("backend up")),
-        "{warnings:#?}"
-    );
+    logs.assert_down_then_up(&pinned, "status 500");
 }
 
 #[tokio::test]
@@ -299,17 +304,7 @@ async fn a_refused_connection_fails_the_check_and_the_backend_returns_when_it_li
         })
         .await
     );
-    let warnings = logs.warnings("app2");
-    assert!(
-        warnings
-            .iter()
-            .any(|l| l.contains("backend down") && l.contains("connection refused")),
-        "{warnings:#?}"
-    );
-    assert!(
-        warnings.iter().any(|l| l.contains("backend up")),
-        "{warnings:#?}"
-    );
+    logs.assert_down_then_up("app2", "connection refused");
 }
 
 #[tokio::test]
