@@ -213,13 +213,40 @@ fn backend_id(key: &hmac::Key, upstream: &str, name: &str) -> BackendId {
     id
 }
 
+/// Read access to a request's header fields by (lower-case) name: hyper's
+/// `HeaderMap`, or the raw head of limpet's own HTTP/1 engine (`crate::h1`).
+pub trait HeaderLookup {
+    /// The values of every field called `name`, in order.
+    fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    /// The values that are text (visible ASCII, as `HeaderValue::to_str` accepts).
+    fn texts<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a str> + 'a {
+        self.values(name).filter_map(header_text)
+    }
+}
+
+impl HeaderLookup for HeaderMap {
+    fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+/// A header value as text, when it is visible ASCII (and tabs).
+pub fn header_text(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// Every `name=value` pair of the request's `cookie` headers (HTTP/2 may split them
 /// over several header fields), in order.
-pub fn cookies<'a>(headers: &'a HeaderMap) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+pub fn cookies<'a>(
+    headers: &'a impl HeaderLookup,
+) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
     headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .texts("cookie")
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
@@ -229,7 +256,7 @@ pub fn cookies<'a>(headers: &'a HeaderMap) -> impl Iterator<Item = (&'a str, &'a
 
 /// The first value of the cookie `name` that `accept` maps to something.
 pub fn find_cookie<T>(
-    headers: &HeaderMap,
+    headers: &impl HeaderLookup,
     name: &str,
     mut accept: impl FnMut(&str) -> Option<T>,
 ) -> Option<T> {
@@ -282,7 +309,7 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-fn is_named(pair: &str, name: &str) -> bool {
+pub(crate) fn is_named(pair: &str, name: &str) -> bool {
     pair.trim_start()
         .split_once('=')
         .is_some_and(|(n, _)| n.trim() == name)
@@ -290,16 +317,14 @@ fn is_named(pair: &str, name: &str) -> bool {
 
 /// The client address for ip-hash: the peer, or when the peer is a trusted proxy, the
 /// right-most X-Forwarded-For entry that is not itself a trusted proxy.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: IpAddr, headers: &impl HeaderLookup, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
     let mut client = peer;
     let entries = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .texts("x-forwarded-for")
         .flat_map(|v| v.split(','))
         .collect::<Vec<_>>();
     for entry in entries.iter().rev() {
@@ -328,7 +353,7 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 /// from a `;name=` path parameter (`;jsessionid=abc.app1`), the text after the last
 /// `separator`.
 pub fn app_route<'a>(
-    headers: &'a HeaderMap,
+    headers: &'a impl HeaderLookup,
     path: &'a str,
     name: &str,
     separator: &str,

@@ -5,12 +5,15 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::upstream::ProxyBody;
 
+/// Any error, as a cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
     #[error("malformed request body: {0}")]
-    BadBody(#[source] hyper::Error),
+    BadBody(#[source] BoxError),
     #[error("no route for this host and path")]
     NoRoute,
     #[error("no backend available")]
@@ -24,7 +27,7 @@ pub enum ProxyError {
     #[error("backend unreachable: {0}")]
     Unreachable(#[source] crate::upstream::ConnectError),
     #[error("backend failed before answering: {0}")]
-    BadGateway(#[source] hyper::Error),
+    BadGateway(#[source] BoxError),
     #[error("backend sent no response within {0:?}")]
     Timeout(std::time::Duration),
 }

@@ -47,10 +47,10 @@ pub struct Proxy {
 /// What the access log and the metrics say about a request: indices into the
 /// request's snapshot.
 #[derive(Default)]
-struct Trace {
-    upstream: Option<usize>,
-    backend: Option<usize>,
-    outcome: Option<Outcome>,
+pub(crate) struct Trace {
+    pub(crate) upstream: Option<usize>,
+    pub(crate) backend: Option<usize>,
+    pub(crate) outcome: Option<Outcome>,
 }
 
 impl Proxy {
@@ -94,42 +94,55 @@ impl Proxy {
                 }
             };
             let status = response.status().as_u16();
-            let up = trace.upstream.map(|u| &snap.upstreams[u]);
-            let upstream = up.map(|u| &*u.name).unwrap_or("");
-            let backend = match (up, trace.backend) {
-                (Some(u), Some(b)) => Some((b, &*u.backends[b].name)),
-                _ => None,
-            };
-            let elapsed = started.elapsed();
-            match (up, backend) {
-                (Some(u), Some(b)) => {
-                    u.series.requests(&self.metrics, upstream, b, status).inc();
-                    u.series
-                        .duration(&self.metrics, upstream, b)
-                        .observe(elapsed.as_secs_f64());
-                }
-                _ => self
-                    .metrics
-                    .requests
-                    .with_label_values(&[upstream, "", code_class(status)])
-                    .inc(),
-            }
-            if let (Some(u), Some(outcome)) = (up, trace.outcome) {
-                u.series.affinity(&self.metrics, upstream, outcome).inc();
-            }
-            if let Some((method, path)) = access {
-                tracing::info!(
-                    target: "limpet::access",
-                    method = method.as_str(),
-                    path = %path,
-                    status,
-                    upstream,
-                    backend = backend.map(|b| b.1).unwrap_or(""),
-                    affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
-                    duration_us = elapsed.as_micros() as u64,
-                );
-            }
+            let access = access.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
+            self.record(&snap, &trace, status, started.elapsed(), access);
             response
+        }
+    }
+
+    /// Writes a finished request's metrics and, when `access` carries its method and
+    /// path, its access-log line.
+    pub(crate) fn record(
+        &self,
+        snap: &Snapshot,
+        trace: &Trace,
+        status: u16,
+        elapsed: std::time::Duration,
+        access: Option<(&str, &str)>,
+    ) {
+        let up = trace.upstream.map(|u| &snap.upstreams[u]);
+        let upstream = up.map(|u| &*u.name).unwrap_or("");
+        let backend = match (up, trace.backend) {
+            (Some(u), Some(b)) => Some((b, &*u.backends[b].name)),
+            _ => None,
+        };
+        match (up, backend) {
+            (Some(u), Some(b)) => {
+                u.series.requests(&self.metrics, upstream, b, status).inc();
+                u.series
+                    .duration(&self.metrics, upstream, b)
+                    .observe(elapsed.as_secs_f64());
+            }
+            _ => self
+                .metrics
+                .requests
+                .with_label_values(&[upstream, "", code_class(status)])
+                .inc(),
+        }
+        if let (Some(u), Some(outcome)) = (up, trace.outcome) {
+            u.series.affinity(&self.metrics, upstream, outcome).inc();
+        }
+        if let Some((method, path)) = access {
+            tracing::info!(
+                target: "limpet::access",
+                method,
+                path = %path,
+                status,
+                upstream,
+                backend = backend.map(|b| b.1).unwrap_or(""),
+                affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
+                duration_us = elapsed.as_micros() as u64,
+            );
         }
     }
 
@@ -214,9 +227,7 @@ impl Proxy {
             // A bodiless idempotent request can be replayed after it was sent.
             let replay = (is_idempotent(req.method()) && req.body().is_end_stream())
                 .then(|| clone_head(&req));
-            let mut tried: Vec<usize> = Vec::new();
-            let mut retries_left = upstream.config.retries;
-            let mut stale_retried = false;
+            let mut attempts = Attempts::new(upstream, &self.metrics, replay.is_some());
             loop {
                 let backend = &upstream.backends[decision.backend];
                 trace.backend = Some(decision.backend);
@@ -242,57 +253,128 @@ impl Proxy {
                     Err(e) => e,
                 };
                 drop(in_flight);
-                let next_req = match failure {
+                req = match failure {
                     SendError::Timeout(after) => return Err(ProxyError::Timeout(after)),
                     SendError::NotSent { request, cause } => {
-                        crate::health::passive_failure(upstream, decision.backend, &cause);
-                        if retries_left == 0 {
-                            return Err(ProxyError::Unreachable(cause));
-                        }
+                        decision = attempts.not_sent(decision, cause)?;
                         *request
                     }
                     // The client's own body broke (a malformed chunk, a reset
                     // mid-upload): its fault, not the backend's.
                     SendError::NoResponse { cause, .. } if cause.is_user() => {
-                        return Err(ProxyError::BadBody(cause));
+                        return Err(ProxyError::BadBody(cause.into()));
                     }
                     SendError::NoResponse { cause, reused } => {
-                        if !reused {
-                            crate::health::passive_failure(upstream, decision.backend, &cause);
+                        match attempts.no_response(decision, cause.into(), reused)? {
+                            Retry::SameBackend => {}
+                            Retry::Next(next) => decision = next,
                         }
+                        // Only a replayable request gets here.
                         match &replay {
-                            // A pooled keep-alive connection the backend closed as we sent
-                            // on it says nothing about the backend: once per request, send
-                            // again to the same backend on a new connection rather than
-                            // fail over (which would move the session to the replica).
-                            Some(head) if reused && !stale_retried => {
-                                stale_retried = true;
-                                backend.state.pool.clear();
-                                self.metrics
-                                    .retries
-                                    .with_label_values(&[&upstream.name, &backend.name])
-                                    .inc();
-                                req = rebuild(head);
-                                continue;
-                            }
-                            Some(head) if retries_left > 0 => rebuild(head),
-                            _ => return Err(ProxyError::BadGateway(cause)),
+                            Some(head) => rebuild(head),
+                            None => return Err(ProxyError::NoBackend),
                         }
                     }
                 };
-                retries_left -= 1;
-                self.metrics
-                    .retries
-                    .with_label_values(&[&upstream.name, &backend.name])
-                    .inc();
-                tried.push(decision.backend);
-                decision = upstream.after_failure(decision, &tried);
-                if decision.outcome == Outcome::Rejected {
-                    return Err(ProxyError::NoBackend);
-                }
-                req = next_req;
             }
         }
+    }
+}
+
+/// What to do after a request got no response from a backend.
+pub(crate) enum Retry {
+    /// Send it again to the same backend, on a new connection.
+    SameBackend,
+    /// Send it to this target.
+    Next(Decision),
+}
+
+/// The retry rules of SPEC section 4 for one request, shared by both engines
+/// (hyper's here, limpet's own in `crate::h1`).
+pub(crate) struct Attempts<'a> {
+    upstream: &'a Upstream,
+    metrics: &'a Metrics,
+    /// Backends that failed this request (no allocation until one does).
+    tried: Vec<usize>,
+    retries_left: u32,
+    stale_retried: bool,
+    /// The request can be sent again after it was sent (idempotent, bodiless).
+    replayable: bool,
+}
+
+impl<'a> Attempts<'a> {
+    pub(crate) fn new(upstream: &'a Upstream, metrics: &'a Metrics, replayable: bool) -> Self {
+        Attempts {
+            upstream,
+            metrics,
+            tried: Vec::new(),
+            retries_left: upstream.config.retries,
+            stale_retried: false,
+            replayable,
+        }
+    }
+
+    /// Nothing of the request reached `failed`'s backend: the next target, if a
+    /// retry is left.
+    pub(crate) fn not_sent(
+        &mut self,
+        failed: Decision,
+        cause: upstream::ConnectError,
+    ) -> Result<Decision, ProxyError> {
+        crate::health::passive_failure(self.upstream, failed.backend, &cause);
+        if self.retries_left == 0 {
+            return Err(ProxyError::Unreachable(cause));
+        }
+        self.next(failed)
+    }
+
+    /// The request was (maybe partly) sent and the connection failed before a
+    /// response head. `reused`: the connection came from the pool.
+    pub(crate) fn no_response(
+        &mut self,
+        failed: Decision,
+        cause: crate::error::BoxError,
+        reused: bool,
+    ) -> Result<Retry, ProxyError> {
+        if !reused {
+            crate::health::passive_failure(self.upstream, failed.backend, &cause);
+        }
+        if !self.replayable {
+            return Err(ProxyError::BadGateway(cause));
+        }
+        // A pooled keep-alive connection the backend closed as we sent on it says
+        // nothing about the backend: once per request, send again to the same
+        // backend on a new connection rather than fail over (which would move the
+        // session to the replica).
+        if reused && !self.stale_retried {
+            self.stale_retried = true;
+            let backend = &self.upstream.backends[failed.backend];
+            backend.state.pool.clear();
+            self.count_retry(failed.backend);
+            return Ok(Retry::SameBackend);
+        }
+        if self.retries_left > 0 {
+            return self.next(failed).map(Retry::Next);
+        }
+        Err(ProxyError::BadGateway(cause))
+    }
+
+    fn next(&mut self, failed: Decision) -> Result<Decision, ProxyError> {
+        self.retries_left -= 1;
+        self.count_retry(failed.backend);
+        self.tried.push(failed.backend);
+        let next = self.upstream.after_failure(failed, &self.tried);
+        if next.outcome == Outcome::Rejected {
+            return Err(ProxyError::NoBackend);
+        }
+        Ok(next)
+    }
+
+    fn count_retry(&self, backend: usize) {
+        self.metrics
+            .retries
+            .with_label_values(&[&self.upstream.name, &self.upstream.backends[backend].name])
+            .inc();
     }
 }
 

@@ -13,7 +13,6 @@ use std::time::SystemTime;
 
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
-use http::HeaderMap;
 
 use crate::affinity::{self, CookieCodec};
 use crate::backend::{Backend, BackendState};
@@ -195,7 +194,12 @@ impl Upstream {
     }
 
     /// The backend a request is pinned to by this upstream's affinity, if any.
-    pub fn read_pin(&self, headers: &HeaderMap, path: &str, peer: IpAddr) -> Option<Pin> {
+    pub fn read_pin(
+        &self,
+        headers: &impl affinity::HeaderLookup,
+        path: &str,
+        peer: IpAddr,
+    ) -> Option<Pin> {
         match self.config.affinity {
             Affinity::Cookie => {
                 let codec = self.cookie.as_ref()?;
