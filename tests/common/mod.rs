@@ -8,6 +8,8 @@
 //! - [`eventually`]: polls a condition instead of sleeping.
 #![allow(dead_code)]
 
+pub mod scripted;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
