@@ -45,7 +45,7 @@ impl ProxyError {
         }
     }
 
-    fn body(&self) -> &'static str {
+    pub(crate) fn body(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadBody(_) => "400 bad request\n",
             ProxyError::NoRoute => "404 no route\n",

@@ -33,6 +33,7 @@ pub mod balancer;
 pub mod config;
 pub mod demo;
 pub mod error;
+mod h1;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -156,11 +156,7 @@ async fn serve_plain(
     watcher: Watcher,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BoxError> {
-    let activity = Activity::new();
-    let (timeouts, max_header_bytes) = {
-        let snap = proxy.state.load();
-        (snap.config.timeouts, snap.config.limits.max_header_bytes)
-    };
+    let timeouts = proxy.state.load().config.timeouts;
     let surely_http1 = tokio::select! {
         first = tokio::time::timeout(timeouts.client_header, surely_http1(&stream)) => match first {
             Ok(surely) => surely,
@@ -172,13 +168,35 @@ async fn serve_plain(
     };
     if !surely_http1 {
         let (builder, timeouts) = connection_builder(proxy);
+        let activity = Activity::new();
         return serve_connection(
             proxy, stream, conn_info, watcher, activity, builder, timeouts,
         )
         .await;
     }
+    crate::h1::serve(proxy, stream, conn_info, watcher, shutdown).await
+}
+
+/// Serves HTTP/1 with hyper on a plain connection that limpet's own engine
+/// handed over (see `crate::h1`): the request it did not take on, and every
+/// request after it.
+pub(crate) async fn serve_http1<I>(
+    proxy: &Arc<Proxy>,
+    io: I,
+    conn_info: ConnInfo,
+    watcher: Watcher,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (timeouts, max_header_bytes) = {
+        let snap = proxy.state.load();
+        (snap.config.timeouts, snap.config.limits.max_header_bytes)
+    };
+    let activity = Activity::new();
     let io = TimedIo::new(
-        stream,
+        io,
         activity.clone(),
         timeouts.client_header,
         timeouts.client_idle,

@@ -531,7 +531,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
 }
 
 /// Appends `ip` as its `Display` would, IPv4 without the formatting machinery.
-fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+pub(crate) fn push_ip(out: &mut String, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -642,6 +642,11 @@ fn rewrite_response(
     conn: &ConnInfo,
 ) -> Response<ProxyBody> {
     let mut resp = resp.map(ProxyBody::Streamed);
+    // A body framed by Transfer-Encoding (which hyper has decoded) is not framed
+    // by a Content-Length sent along with it (RFC 9112, section 6.3).
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     remove_hop_by_hop(resp.headers_mut());
     if decision.set_cookie {
         if let Some(codec) = &upstream.cookie {
@@ -655,7 +660,7 @@ fn rewrite_response(
 }
 
 /// The Set-Cookie value for a pin, with the attributes of `[upstream.NAME.cookie]`.
-fn set_cookie(upstream: &Upstream, value: &str, tls: bool) -> String {
+pub(crate) fn set_cookie(upstream: &Upstream, value: &str, tls: bool) -> String {
     let c = &upstream.config.cookie;
     let mut cookie = cookie::Cookie::build((c.name.as_str(), value))
         .path(c.path.as_str())

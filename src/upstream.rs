@@ -39,11 +39,14 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Idle connections kept per backend; more are closed.
 const POOL_MAX_IDLE: usize = 512;
 
-/// Idle keep-alive connections to one backend.
+/// Idle keep-alive connections to one backend: hyper's senders (used by HTTP/2,
+/// TLS and upgrade requests) and bare sockets (used by limpet's own HTTP/1 engine,
+/// `crate::h1`).
 #[derive(Debug)]
 pub struct Pool {
     addr: SocketAddr,
     idle: Mutex<Vec<(SendRequest<UpstreamBody>, Instant)>>,
+    sockets: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
 impl Pool {
@@ -51,6 +54,37 @@ impl Pool {
         Pool {
             addr,
             idle: Mutex::new(Vec::new()),
+            sockets: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// An idle socket that is still open, most recently used first.
+    ///
+    /// A socket the backend closed (or that has unexpected bytes waiting) reads
+    /// as ready, and is dropped here. The check costs no system call unless the
+    /// runtime saw the socket turn readable since its last read.
+    pub fn take_socket(&self) -> Option<TcpStream> {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((socket, since)) = sockets.pop() {
+            if since.elapsed() >= POOL_IDLE_TIMEOUT {
+                continue;
+            }
+            match socket.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(socket),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    pub fn put_socket(&self, socket: TcpStream) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        if sockets.len() < POOL_MAX_IDLE {
+            sockets.push((socket, Instant::now()));
         }
     }
 
@@ -77,10 +111,15 @@ impl Pool {
     /// Closes every idle connection (the backend went down).
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|i| i.len()).unwrap_or(0)
+            + self.sockets.lock().map(|i| i.len()).unwrap_or(0)
     }
 }
 
