@@ -332,6 +332,8 @@ run_idle() {
 
 echo "limpet bench: $ROUNDS rounds of $DURATION, $CONNS connections; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 read -r -a variants <<<"$VARIANTS"
+# VARIANTS="" runs only the idle scenario.
+[ ${#variants[@]} -gt 0 ] || ROUNDS=0
 for round in $(seq "$ROUNDS"); do
     # Rotate the order so that no variant always runs first or last.
     n=${#variants[@]}

@@ -84,7 +84,7 @@ pub(crate) async fn serve(
             // Idle: no buffer until the next request's first bytes are there.
             loop {
                 tokio::select! {
-                    ready = client.clock.within(wait_until, client.stream.readable()) => match ready {
+                    ready = ready(&client.stream, Interest::Read, &mut client.clock, wait_until) => match ready {
                         Some(Ok(())) => {}
                         Some(Err(e)) => return Err(e.into()),
                         None => return Ok(()),
@@ -126,17 +126,37 @@ pub(crate) async fn serve(
             Next::KeepAlive(current) => timeouts = current,
             Next::Close => break,
             Next::Hyper => {
+                let h2c = may_be_h2_preface(&client.pending);
                 let io = Prefixed {
                     prefix: std::mem::take(&mut client.pending),
                     pos: 0,
                     inner: client.stream,
                 };
-                return crate::listener::serve_http1(proxy, io, info, watcher, shutdown).await;
+                // Boxed: hyper's connection state would otherwise take room in
+                // every connection's task.
+                return match h2c {
+                    true => Box::pin(crate::listener::serve_auto(proxy, io, info, watcher)).await,
+                    false => {
+                        let http1 =
+                            crate::listener::serve_http1(proxy, io, info, watcher, shutdown);
+                        Box::pin(http1).await
+                    }
+                };
             }
         }
     }
     drop(watcher);
     Ok(())
+}
+
+/// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
+/// section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `bytes` are, or begin with, the HTTP/2 preface.
+fn may_be_h2_preface(bytes: &[u8]) -> bool {
+    let n = bytes.len().min(H2_PREFACE.len());
+    n > 0 && bytes[..n] == H2_PREFACE[..n]
 }
 
 /// What the connection does after a request.
@@ -727,7 +747,7 @@ async fn read_some_into<B: BufMut>(
             done => return done,
         }
         let until = *deadline.get_or_insert_with(|| wait.deadline());
-        match clock.within(until, socket.readable()).await {
+        match ready(socket, Interest::Read, clock, until).await {
             Some(ready) => ready?,
             None => return Err(timed_out()),
         }
@@ -749,7 +769,7 @@ async fn write_all(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-        match clock.within(wait.deadline(), socket.writable()).await {
+        match ready(socket, Interest::Write, clock, wait.deadline()).await {
             Some(ready) => ready?,
             None => return Err(timed_out()),
         }
@@ -777,23 +797,53 @@ impl Clock {
     /// `fut`'s output, or `None` if `deadline` passes first.
     async fn within<F: Future>(&mut self, deadline: Instant, fut: F) -> Option<F::Output> {
         let mut fut = pin!(fut);
-        if self.sleep.deadline() > deadline {
-            self.sleep.as_mut().reset(deadline);
-        }
-        poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Some(out));
-            }
-            while self.sleep.as_mut().poll(cx).is_ready() {
-                if Instant::now() >= deadline {
-                    return Poll::Ready(None);
-                }
-                self.sleep.as_mut().reset(deadline);
-            }
-            Poll::Pending
+        poll_fn(|cx| match fut.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending => self.poll_passed(cx, deadline).map(|()| None),
         })
         .await
     }
+
+    /// Ready once `deadline` has passed.
+    fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        if self.sleep.deadline() > deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Interest {
+    Read,
+    Write,
+}
+
+/// Waits until `socket` is readable or writable; `None` if `deadline` passes
+/// first. Polled in place: no waiter is allocated in the connection's future.
+async fn ready(
+    socket: &TcpStream,
+    interest: Interest,
+    clock: &mut Clock,
+    deadline: Instant,
+) -> Option<io::Result<()>> {
+    poll_fn(|cx| {
+        let polled = match interest {
+            Interest::Read => socket.poll_read_ready(cx),
+            Interest::Write => socket.poll_write_ready(cx),
+        };
+        match polled {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => clock.poll_passed(cx, deadline).map(|()| None),
+        }
+    })
+    .await
 }
 
 thread_local! {

@@ -1,8 +1,9 @@
 //! Accept loops of the public listeners: the connection limit, TLS termination on
-//! https listeners, hyper-util's `conn::auto` (HTTP/1.1, and HTTP/2 by ALPN or h2c
-//! prior knowledge; a plain connection that is surely HTTP/1.1 goes to hyper's
-//! HTTP/1 connection directly), the head-size and head-time limits, and graceful
-//! shutdown.
+//! https listeners, graceful shutdown. A plain connection goes to limpet's own
+//! HTTP/1.1 engine (`crate::h1`), which hands what it does not take on (h2c prior
+//! knowledge, HTTP/1.0, upgrades, ...) back to hyper here; a TLS connection goes
+//! to hyper-util's `conn::auto` (HTTP/1.1, and HTTP/2 by ALPN), with the head-size
+//! and head-time limits of `listener/timeouts.rs`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,10 +30,6 @@ use crate::upstream::ProxyBody;
 use timeouts::{Activity, TimedIo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
-/// section 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves `listener` until `shutdown` turns true, then waits up to `grace` for
 /// the open connections to finish their requests.
@@ -99,7 +96,7 @@ pub async fn serve(
                 })
                 .await
             } else {
-                serve_plain(&proxy, stream, conn_info, watcher, shutdown).await
+                crate::h1::serve(&proxy, stream, conn_info, watcher, shutdown).await
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -139,42 +136,21 @@ async fn handshake(proxy: &Proxy, stream: TcpStream) -> Option<TlsStream<TcpStre
     }
 }
 
-/// Serves a plain-HTTP connection.
-///
-/// Its first bytes are peeked (not read): when they cannot begin the HTTP/2
-/// preface, the connection is HTTP/1 and goes to hyper's HTTP/1 connection
-/// directly; otherwise (h2c prior knowledge, or too few bytes yet to tell) to
-/// `conn::auto` as on https listeners, which reads the preface itself. Going
-/// direct spares auto's version sniffing, whose first read of 24 bytes makes
-/// hyper grow its read buffer to 16 KiB for the life of the connection: an idle
-/// keep-alive connection costs ~5 KB less. The wait for the first bytes is
-/// bounded by `client_header` and ends at shutdown, as auto's read was.
-async fn serve_plain(
+/// Serves HTTP/1.1 or h2c with hyper-util's `conn::auto` on a plain connection
+/// that limpet's own engine handed over because its first bytes may be the
+/// HTTP/2 preface (see `crate::h1`).
+pub(crate) async fn serve_auto<I>(
     proxy: &Arc<Proxy>,
-    stream: TcpStream,
+    io: I,
     conn_info: ConnInfo,
     watcher: Watcher,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), BoxError> {
-    let timeouts = proxy.state.load().config.timeouts;
-    let surely_http1 = tokio::select! {
-        first = tokio::time::timeout(timeouts.client_header, surely_http1(&stream)) => match first {
-            Ok(surely) => surely,
-            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client timeout").into()),
-        },
-        _ = stopped(&mut shutdown) => {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "Cancelled").into())
-        }
-    };
-    if !surely_http1 {
-        let (builder, timeouts) = connection_builder(proxy);
-        let activity = Activity::new();
-        return serve_connection(
-            proxy, stream, conn_info, watcher, activity, builder, timeouts,
-        )
-        .await;
-    }
-    crate::h1::serve(proxy, stream, conn_info, watcher, shutdown).await
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (builder, timeouts) = connection_builder(proxy);
+    let activity = Activity::new();
+    serve_connection(proxy, io, conn_info, watcher, activity, builder, timeouts).await
 }
 
 /// Serves HTTP/1 with hyper on a plain connection that limpet's own engine
@@ -228,16 +204,6 @@ where
     .await;
     drop(watcher);
     result.map_err(Into::into)
-}
-
-/// Whether a connection's first bytes (peeked) cannot begin the HTTP/2 preface.
-/// False at end of stream or on an error: conn::auto then reads and sees the same.
-async fn surely_http1(stream: &TcpStream) -> bool {
-    let mut first = [0u8; H2_PREFACE.len()];
-    match stream.peek(&mut first).await {
-        Ok(n) if n > 0 => first[..n] != H2_PREFACE[..n],
-        _ => false,
-    }
 }
 
 /// The service of one client connection: every request through [`Proxy::call`].
