@@ -4,8 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use limpet::{Config, Limpet};
+
+mod logging;
+
+use logging::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -19,12 +23,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -43,7 +41,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _log_guard = init_tracing(cli.log_format);
+    let _log_guard = logging::init(cli.log_format);
     match cli.command {
         Command::Check { config } => match Config::from_file(&config) {
             Ok(c) => {
@@ -151,27 +149,4 @@ async fn second_signal() {
         }
         _ => std::future::pending().await,
     }
-}
-
-/// Logs to stderr through a background thread: a request never waits on a
-/// write, and lines are written in batches. When the queue is full (stderr
-/// blocked) lines are dropped rather than stalling traffic, as syslog over UDP
-/// does. Colours only on a terminal. The guard flushes at exit.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("limpet-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    guard
 }
