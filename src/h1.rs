@@ -44,109 +44,165 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{BoxError, ProxyError};
+use crate::listener::Watch;
 use crate::proxy::{Attempts, ConnInfo, Proxy, Retry, Trace};
 use crate::state::{Decision, Outcome, Snapshot, Upstream};
 use crate::upstream::{ConnectError, InFlight};
 use head::{Forwarding, Framing, Parsed, RequestHead, ResponseHead};
 
-/// The size of the buffers requests and responses are read into.
-const BUFFER: usize = 16 * 1024;
+/// The size of the buffers request and response heads are read into: most heads
+/// and many whole responses fit, and the buffers of the requests in progress
+/// are what limpet's memory grows with.
+const BUFFER: usize = 4 * 1024;
+/// What a buffer grows to once a body fills it (a large body moves in larger
+/// reads and writes).
+const BODY_BUFFER: usize = 32 * 1024;
 /// A longer response head from a backend is a bad gateway.
 const RESPONSE_HEAD_MAX: usize = 64 * 1024;
 /// Buffers kept per thread for the next request.
-const SPARE_BUFFERS: usize = 64;
+const SPARE_BUFFERS: usize = 16;
 
 /// Serves a plain HTTP/1 connection until it closes, or until a request the
-/// engine does not take on hands it to hyper.
-pub(crate) async fn serve(
-    proxy: &Arc<Proxy>,
+/// engine does not take on hands it to hyper; `guard` is held until then.
+///
+/// An async block rather than an async fn, which would keep every argument twice
+/// in the future: this one is the task of every plain connection, idle ones
+/// included.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve<G: Send + 'static>(
+    proxy: Arc<Proxy>,
     stream: TcpStream,
     info: ConnInfo,
     watcher: Watcher,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), BoxError> {
-    let accepted = Instant::now();
-    let mut timeouts = proxy.state.load().config.timeouts;
-    let mut client = Client {
-        stream,
-        clock: Clock::new(accepted + timeouts.client_header),
-        pending: Vec::new(),
-    };
-    let mut first = true;
-    loop {
-        // A new connection owes its first head within client_header from the
-        // accept; a later head is due client_header after its first byte.
-        let head_deadline = if client.pending.is_empty() {
-            let wait_until = match first {
-                true => accepted + timeouts.client_header,
-                false => Instant::now() + timeouts.client_idle,
-            };
-            // Idle: no buffer until the next request's first bytes are there.
-            loop {
-                tokio::select! {
-                    ready = ready(&client.stream, Interest::Read, &mut client.clock, wait_until) => match ready {
-                        Some(Ok(())) => {}
-                        Some(Err(e)) => return Err(e.into()),
-                        None => return Ok(()),
-                    },
-                    _ = crate::listener::stopped(&mut shutdown) => return Ok(()),
-                }
-                // Readiness can be stale (the last read did not drain the
-                // socket): only bytes end the idle wait.
-                let mut buf = take_buffer();
-                match client.stream.try_read_buf(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => {
-                        client.pending = buf;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_buffer(buf),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            match first {
-                true => wait_until,
-                false => Instant::now() + timeouts.client_header,
-            }
-        } else {
-            // Pipelined: the next head has begun already.
-            Instant::now() + timeouts.client_header
+    shutdown: watch::Receiver<bool>,
+    mut closing: Watch,
+    guard: G,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let (mut header, mut idle) = client_timeouts(&proxy.state.load().config.timeouts);
+        // A new connection owes its first head within client_header from the accept.
+        let mut wait_until = Instant::now() + header;
+        let mut client = Client {
+            stream,
+            clock: Clock::new(wait_until),
+            pending: Vec::new(),
         };
-        first = false;
-        // Boxed: the request's state is allocated while a request is in
-        // progress, not for the whole life of an idle keep-alive connection.
-        let next = Box::pin(serve_request(
-            proxy,
-            &mut client,
-            &info,
-            head_deadline,
-            &shutdown,
-        ));
-        match next.await {
-            Next::KeepAlive(current) => timeouts = current,
-            Next::Close => break,
-            Next::Hyper => {
-                let h2c = may_be_h2_preface(&client.pending);
-                let io = Prefixed {
-                    prefix: std::mem::take(&mut client.pending),
-                    pos: 0,
-                    inner: client.stream,
-                };
-                // Boxed: hyper's connection state would otherwise take room in
-                // every connection's task.
-                return match h2c {
-                    true => Box::pin(crate::listener::serve_auto(proxy, io, info, watcher)).await,
-                    false => {
-                        let http1 =
-                            crate::listener::serve_http1(proxy, io, info, watcher, shutdown);
-                        Box::pin(http1).await
+        let mut first = true;
+        let ended: io::Result<()> = loop {
+            // A later head is due client_header after its first byte.
+            let head_deadline = if client.pending.is_empty() {
+                if !first {
+                    wait_until = Instant::now() + idle;
+                }
+                match next_bytes(&mut client, wait_until, &mut closing).await {
+                    Ok(true) => {}
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+                match first {
+                    true => wait_until,
+                    false => Instant::now() + header,
+                }
+            } else {
+                // Pipelined: the next head has begun already.
+                Instant::now() + header
+            };
+            first = false;
+            // Boxed: the request's state is allocated while a request is in
+            // progress, not for the whole life of an idle keep-alive connection.
+            let next = Box::pin(serve_request(
+                &proxy,
+                &mut client,
+                &info,
+                head_deadline,
+                &shutdown,
+            ));
+            match next.await {
+                Next::KeepAlive(current) => (header, idle) = client_timeouts(&current),
+                Next::Close => break Ok(()),
+                Next::Hyper => {
+                    drop(closing);
+                    let peer = info.peer;
+                    let handed = hand_to_hyper(&proxy, client, info, watcher, shutdown).await;
+                    if let Err(e) = handed {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
-                };
+                    drop(guard);
+                    return;
+                }
             }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+        }
+        drop(watcher);
+        drop(guard);
+    }
+}
+
+/// Serves the rest of the connection with hyper, starting with the bytes the
+/// engine read: conn::auto when they may be the HTTP/2 preface (h2c), else
+/// hyper's HTTP/1. Boxed: hyper's connection state would otherwise take room in
+/// every connection's task.
+fn hand_to_hyper<'a>(
+    proxy: &'a Arc<Proxy>,
+    mut client: Client,
+    info: ConnInfo,
+    watcher: Watcher,
+    shutdown: watch::Receiver<bool>,
+) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>> {
+    let h2c = may_be_h2_preface(&client.pending);
+    let io = Prefixed {
+        prefix: std::mem::take(&mut client.pending),
+        pos: 0,
+        inner: client.stream,
+    };
+    match h2c {
+        true => Box::pin(crate::listener::serve_auto(proxy, io, info, watcher)),
+        false => Box::pin(crate::listener::serve_http1(
+            proxy, io, info, watcher, shutdown,
+        )),
+    }
+}
+
+fn client_timeouts(t: &crate::config::Timeouts) -> (Duration, Duration) {
+    (t.client_header, t.client_idle)
+}
+
+/// Waits, holding no buffer, for the first bytes of the next request and reads
+/// them into `client.pending`; false when the client closed, `deadline` passed or
+/// shutdown started.
+async fn next_bytes(
+    client: &mut Client,
+    deadline: Instant,
+    closing: &mut Watch,
+) -> io::Result<bool> {
+    loop {
+        let ready = poll_fn(|cx| {
+            if closing.poll_closing(cx).is_ready() {
+                return Poll::Ready(Ok(false));
+            }
+            match client.stream.poll_read_ready(cx) {
+                Poll::Ready(ready) => Poll::Ready(ready.map(|()| true)),
+                Poll::Pending => client.clock.poll_passed(cx, deadline).map(|()| Ok(false)),
+            }
+        });
+        if !ready.await? {
+            return Ok(false);
+        }
+        // Readiness can be stale (the last read did not drain the socket): only
+        // bytes end the wait.
+        let mut buf = take_buffer();
+        match client.stream.try_read_buf(&mut buf) {
+            Ok(0) => return Ok(false),
+            Ok(_) => {
+                client.pending = buf;
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_buffer(buf),
+            Err(e) => return Err(e),
         }
     }
-    drop(watcher);
-    Ok(())
 }
 
 /// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
@@ -531,8 +587,9 @@ async fn stream_body(
 ) -> Result<(), Failure> {
     let mut chunk = take_buffer();
     while left > 0 {
+        grow_if_full(&mut chunk);
         chunk.clear();
-        let limit = left.min(BUFFER as u64) as usize;
+        let limit = left.min(chunk.capacity() as u64) as usize;
         let read = {
             let mut limited = (&mut chunk).limit(limit);
             read_some_into(
@@ -578,6 +635,7 @@ async fn relay_body(
     out.extend_from_slice(&first[..take]);
     write_all(&client.stream, &out, &mut client.clock, client_wait).await?;
     while !body.done() {
+        grow_if_full(&mut buf);
         buf.clear();
         if read_some(socket, &mut buf, &mut client.clock, backend_wait).await? == 0 {
             if body.framing == Framing::UntilClose {
@@ -594,6 +652,14 @@ async fn relay_body(
     }
     give_buffer(buf);
     Ok(clean && body.framing != Framing::UntilClose)
+}
+
+/// A body that filled its buffer is large: the buffer grows to [`BODY_BUFFER`].
+fn grow_if_full(buf: &mut Vec<u8>) {
+    if buf.len() == buf.capacity() && buf.capacity() < BODY_BUFFER {
+        buf.clear();
+        buf.reserve_exact(BODY_BUFFER);
+    }
 }
 
 /// Where a response body ends.

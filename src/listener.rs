@@ -24,9 +24,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::ConnectionGauge;
 
+mod closing;
 mod timeouts;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::upstream::ProxyBody;
+pub(crate) use closing::{Closing, Watch};
 use timeouts::{Activity, TimedIo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,6 +52,7 @@ pub async fn serve(
     // Shared by every connection and request of this listener: a request clones a
     // pointer, not the Proxy (whose Metrics alone hold a dozen reference counts).
     let proxy = Arc::new(proxy);
+    let closing = Arc::new(Closing::default());
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -76,28 +79,32 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let proxy = Arc::clone(&proxy);
         let shutdown = shutdown.clone();
+        let conn_info = ConnInfo { peer, tls };
+        if !tls {
+            let guard = (gauge, permit);
+            let closing = Watch::new(closing.clone());
+            tokio::spawn(crate::h1::serve(
+                proxy, stream, conn_info, watcher, shutdown, closing, guard,
+            ));
+            continue;
+        }
         tokio::spawn(async move {
-            let conn_info = ConnInfo { peer, tls };
-            let result = if tls {
-                // Boxed: a TLS connection's state is larger, and unboxed it would
-                // set the size of every connection's task, plain ones included.
-                Box::pin(async {
-                    match handshake(&proxy, stream).await {
-                        Some(tls_stream) => {
-                            let (builder, timeouts) = connection_builder(&proxy);
-                            let activity = Activity::new();
-                            serve_connection(
-                                &proxy, tls_stream, conn_info, watcher, activity, builder, timeouts,
-                            )
-                            .await
-                        }
-                        None => Ok(()),
+            // Boxed: a TLS connection's state is larger, and unboxed it would
+            // set the size of every connection's task, plain ones included.
+            let result = Box::pin(async {
+                match handshake(&proxy, stream).await {
+                    Some(tls_stream) => {
+                        let (builder, timeouts) = connection_builder(&proxy);
+                        let activity = Activity::new();
+                        serve_connection(
+                            &proxy, tls_stream, conn_info, watcher, activity, builder, timeouts,
+                        )
+                        .await
                     }
-                })
-                .await
-            } else {
-                crate::h1::serve(&proxy, stream, conn_info, watcher, shutdown).await
-            };
+                    None => Ok(()),
+                }
+            })
+            .await;
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -106,6 +113,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    closing.close();
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
