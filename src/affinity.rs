@@ -139,7 +139,12 @@ impl CookieCodec {
 
     /// The backend a cookie value names, if limpet issued it for this upstream.
     pub fn decode(&self, text: &str) -> Option<CookiePin> {
-        let text: &[u8; TEXT_LEN] = text.as_bytes().try_into().ok()?;
+        self.decode_bytes(text.as_bytes())
+    }
+
+    /// [`CookieCodec::decode`] on the value's bytes as they came.
+    pub fn decode_bytes(&self, text: &[u8]) -> Option<CookiePin> {
+        let text: &[u8; TEXT_LEN] = text.try_into().ok()?;
         let slot = verified_slot(text);
         let cached = VERIFIED.with(|v| {
             v.borrow()
@@ -254,15 +259,40 @@ pub fn cookies<'a>(
         })
 }
 
+/// The `name=value` pairs of one `cookie` field value, as bytes, trimmed (values
+/// keep their quotes). Bytes rather than text: this runs on every request.
+pub fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    value.split(|&b| b == b';').filter_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+    })
+}
+
 /// The first value of the cookie `name` that `accept` maps to something.
 pub fn find_cookie<T>(
     headers: &impl HeaderLookup,
     name: &str,
-    mut accept: impl FnMut(&str) -> Option<T>,
+    mut accept: impl FnMut(&[u8]) -> Option<T>,
 ) -> Option<T> {
-    cookies(headers)
-        .filter(|(n, _)| *n == name)
-        .find_map(|(_, v)| accept(v))
+    headers
+        .values("cookie")
+        .flat_map(cookie_pairs)
+        .filter(|(n, _)| *n == name.as_bytes())
+        .find_map(|(_, v)| accept(unquoted(v)))
+}
+
+fn unquoted(value: &[u8]) -> &[u8] {
+    match value {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => value,
+    }
+}
+
+/// Whether the `name=value` pair `pair` is the cookie `name`.
+pub fn is_named_bytes(pair: &[u8], name: &[u8]) -> bool {
+    pair.iter()
+        .position(|&b| b == b'=')
+        .is_some_and(|eq| pair[..eq].trim_ascii() == name)
 }
 
 /// Removes the cookie `name` from the `cookie` headers, leaving the application's

@@ -246,8 +246,16 @@ async fn serve_request(
         true => take_buffer(),
         false => std::mem::take(&mut client.pending),
     };
+    // Where the bytes not yet searched for the head's end begin: a head that
+    // trickles in is parsed once it may be complete, not once per read.
+    let mut searched = 0;
     let head = loop {
-        match head::parse_request(&buf) {
+        let parsed = match head_may_end(&buf, searched) {
+            true => head::parse_request(&buf),
+            false => Parsed::Partial,
+        };
+        searched = buf.len();
+        match parsed {
             Parsed::Complete(head) if head.len <= max_head => break head,
             Parsed::Partial if buf.len() < max_head => {}
             // hyper answers it, and answers 400 and 431 as on every listener.
@@ -308,6 +316,17 @@ async fn serve_request(
         give_buffer(buf);
     }
     Next::KeepAlive(snap.config.timeouts)
+}
+
+/// Whether `buf` may hold a whole head: an empty line ends in the bytes from
+/// `searched` on (or a line end there completes one begun before). The first
+/// search (`searched` = 0) always parses, so a malformed start is seen at once.
+fn head_may_end(buf: &[u8], searched: usize) -> bool {
+    if searched == 0 {
+        return true;
+    }
+    let from = searched.saturating_sub(3);
+    buf[from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r")
 }
 
 /// How a request ended.

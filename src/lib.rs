@@ -6,8 +6,11 @@
 //! A request flows through the modules in this order:
 //!
 //! ```text
-//! listener  accept, connection limit, hyper-util conn::auto (HTTP/1.1 + h2c)
-//!   proxy   the one function that walks a request through the flow:
+//! listener  accept, connection limit; TLS -> hyper-util conn::auto (HTTP/1.1, h2)
+//! h1        plain connections: limpet's own HTTP/1.1 engine, which walks a
+//!           request through the same steps as `proxy` with the same functions
+//!           and hands what it does not take on (h2c, upgrades, ...) to hyper
+//!   proxy   the one function that walks a hyper request through the flow:
 //!     router     (host, path) -> upstream                       404
 //!     affinity   cookie / client IP / app cookie -> a pin
 //!     state      Upstream::choose: pinned, replica chain, or

@@ -203,12 +203,11 @@ impl Upstream {
         match self.config.affinity {
             Affinity::Cookie => {
                 let codec = self.cookie.as_ref()?;
-                affinity::find_cookie(headers, &self.config.cookie.name, |v| codec.decode(v)).map(
-                    |p| Pin {
+                affinity::find_cookie(headers, &self.config.cookie.name, |v| codec.decode_bytes(v))
+                    .map(|p| Pin {
                         backend: p.backend,
                         reissue: p.stale_key,
-                    },
-                )
+                    })
             }
             Affinity::IpHash => {
                 let ip = affinity::client_ip(peer, headers, &self.config.ip_hash.trusted_proxies);

@@ -6,6 +6,7 @@
 //! A request the engine does not take on (see [`Parsed::Other`]) goes to hyper
 //! untouched, with the bytes read so far.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use crate::affinity::{self, HeaderLookup};
@@ -101,9 +102,10 @@ fn text(bytes: &[u8]) -> &str {
 
 /// Parses the request head at the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Parsed {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    // Uninitialised: zeroing 100 slots would cost more than parsing.
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
@@ -180,42 +182,34 @@ fn is_target_byte(b: u8) -> bool {
 }
 
 fn request_kind(name: &str) -> Kind {
+    let is = |known: &str| name.eq_ignore_ascii_case(known);
     match name.len() {
-        4 if name.eq_ignore_ascii_case("host") => Kind::Host,
-        6 if name.eq_ignore_ascii_case("cookie") => Kind::Cookie,
-        15 if name.eq_ignore_ascii_case("x-forwarded-for") => Kind::XForwardedFor,
-        16 if name.eq_ignore_ascii_case("x-forwarded-host") => Kind::Drop,
-        17 if name.eq_ignore_ascii_case("x-forwarded-proto") => Kind::Drop,
-        22 if name.eq_ignore_ascii_case(crate::proxy::FAILOVER_FROM.as_str()) => Kind::Drop,
+        4 if is("host") => Kind::Host,
+        6 if is("cookie") => Kind::Cookie,
+        15 if is("x-forwarded-for") => Kind::XForwardedFor,
+        16 if is("x-forwarded-host") => Kind::Drop,
+        17 if is("x-forwarded-proto") => Kind::Drop,
+        22 if is(crate::proxy::FAILOVER_FROM.as_str()) => Kind::Drop,
         _ => common_kind(name),
     }
 }
 
-/// Kinds that requests and responses share: framing and hop-by-hop fields.
+/// Kinds that requests and responses share: framing, and the fixed hop-by-hop
+/// set of SPEC section 4. One comparison per field at most (by length first).
 fn common_kind(name: &str) -> Kind {
+    let is = |known: &str| name.eq_ignore_ascii_case(known);
     match name.len() {
-        14 if name.eq_ignore_ascii_case("content-length") => Kind::ContentLength,
-        17 if name.eq_ignore_ascii_case("transfer-encoding") => Kind::TransferEncoding,
-        10 if name.eq_ignore_ascii_case("connection") => Kind::Connection,
-        2..=19 if is_hop_by_hop(name) => Kind::Drop,
+        14 if is("content-length") => Kind::ContentLength,
+        17 if is("transfer-encoding") => Kind::TransferEncoding,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::Drop,
+        16 if is("proxy-connection") => Kind::Drop,
+        18 if is("proxy-authenticate") => Kind::Drop,
+        19 if is("proxy-authorization") => Kind::Drop,
+        2 if is("te") => Kind::Drop,
+        7 if is("trailer") || is("upgrade") => Kind::Drop,
         _ => Kind::Other,
     }
-}
-
-/// The fixed hop-by-hop set of SPEC section 4 (Connection and Transfer-Encoding
-/// have kinds of their own).
-fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// The comma-separated tokens of a field value, trimmed.
@@ -228,13 +222,15 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Marks the fields that a Connection field names as dropped.
 fn drop_connection_named(buf: &[u8], fields: &mut [Field]) {
-    let named: Vec<Range<usize>> = fields
-        .iter()
-        .filter(|f| f.kind == Kind::Connection)
-        .map(|f| f.value.clone())
-        .collect();
-    for value in named {
+    for i in 0..fields.len() {
+        if fields[i].kind != Kind::Connection {
+            continue;
+        }
+        let value = fields[i].value.clone();
         for token in tokens(&buf[value]) {
+            if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
             for f in fields.iter_mut() {
                 if f.kind == Kind::Other && buf[f.name.clone()].eq_ignore_ascii_case(token) {
                     f.kind = Kind::Drop;
@@ -345,19 +341,15 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// removed, the application's pairs byte for byte, several fields joined (as
 /// `affinity::strip_cookie` does on a `HeaderMap`).
 fn write_cookie(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], strip: Option<&str>) {
+    let strip = strip.map(str::as_bytes);
+    let ours = |pair: &[u8]| strip.is_some_and(|name| affinity::is_named_bytes(pair, name));
     let mut values = fields
         .iter()
         .filter(|f| f.kind == Kind::Cookie)
         .map(|f| &buf[f.value.clone()]);
-    let mentions = |v: &[u8]| {
-        strip.is_some_and(|name| {
-            affinity::header_text(v)
-                .is_some_and(|t| t.split(';').any(|p| affinity::is_named(p, name)))
-        })
-    };
     let first = values.next().unwrap_or_default();
     let mut rest = values.peekable();
-    if rest.peek().is_none() && !mentions(first) {
+    if rest.peek().is_none() && !first.split(|&b| b == b';').any(ours) {
         write_field(out, b"Cookie", first);
         return;
     }
@@ -365,17 +357,9 @@ fn write_cookie(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], strip: Option<&
     out.extend_from_slice(b"Cookie: ");
     let empty = out.len();
     for value in std::iter::once(first).chain(rest) {
-        let pairs: Box<dyn Iterator<Item = &[u8]>> = match affinity::header_text(value) {
-            Some(t) => Box::new(t.split(';').map(str::as_bytes)),
-            // Not text: passed on untouched rather than lost.
-            None => Box::new(std::iter::once(value)),
-        };
-        for pair in pairs {
+        for pair in value.split(|&b| b == b';') {
             let pair = pair.trim_ascii_start();
-            let ours = strip.is_some_and(|name| {
-                affinity::header_text(pair).is_some_and(|p| affinity::is_named(p, name))
-            });
-            if pair.is_empty() || ours {
+            if pair.is_empty() || ours(pair) {
                 continue;
             }
             if out.len() > empty {
@@ -428,9 +412,11 @@ pub enum BadResponse {
 /// Parses the response head at the start of `buf`; `Ok(None)` until it is all
 /// there. `head_request`: the request was HEAD (the response has no body).
 pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>, BadResponse> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf)? {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let len = match parsed? {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
