@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -193,7 +193,7 @@ async fn next_bytes(
         // Readiness can be stale (the last read did not drain the socket): only
         // bytes end the wait.
         let mut buf = take_buffer();
-        match client.stream.try_read_buf(&mut buf) {
+        match read_now(&mut client.stream, &mut buf) {
             Ok(0) => return Ok(false),
             Ok(_) => {
                 client.pending = buf;
@@ -266,7 +266,7 @@ async fn serve_request(
         }
         buf.reserve((max_head + 1 - buf.len()).min(BUFFER));
         let wait = Wait::Until(head_deadline);
-        match read_some(&client.stream, &mut buf, &mut client.clock, wait).await {
+        match read_some(&mut client.stream, &mut buf, &mut client.clock, wait).await {
             Ok(0) if !buf.is_empty() => {
                 // A partial head and the end of the stream: hyper says 400.
                 client.pending = buf;
@@ -372,7 +372,7 @@ impl<'a> Exchange<'a> {
             };
         trace.outcome = Some(decision.outcome);
         let Response {
-            socket,
+            mut socket,
             buf: resp_buf,
             head: resp_head,
             in_flight,
@@ -404,7 +404,7 @@ impl<'a> Exchange<'a> {
             close,
         );
         let timeouts = self.snap.config.timeouts;
-        let relayed = relay_body(client, &socket, resp_buf, &resp_head, out, timeouts).await;
+        let relayed = relay_body(client, &mut socket, resp_buf, &resp_head, out, timeouts).await;
         drop(in_flight);
         match relayed {
             Ok(clean) => {
@@ -533,7 +533,7 @@ impl<'a> Exchange<'a> {
     async fn exchange(
         &mut self,
         client: &mut Client,
-        socket: TcpStream,
+        mut socket: TcpStream,
         request: &[u8],
         timeouts: crate::config::Timeouts,
     ) -> Result<(TcpStream, Vec<u8>, ResponseHead), Failure> {
@@ -563,7 +563,7 @@ impl<'a> Exchange<'a> {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(BUFFER);
             }
-            match read_some(&socket, &mut buf, &mut client.clock, deadline).await {
+            match read_some(&mut socket, &mut buf, &mut client.clock, deadline).await {
                 Ok(0) => return Err(Failure::backend("connection closed before a response")),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(Failure::Timeout),
@@ -612,7 +612,7 @@ async fn stream_body(
         let read = {
             let mut limited = (&mut chunk).limit(limit);
             read_some_into(
-                &client.stream,
+                &mut client.stream,
                 &mut limited,
                 &mut client.clock,
                 Wait::Idle(timeouts.client_idle),
@@ -640,7 +640,7 @@ async fn stream_body(
 /// backend connection ended cleanly at the end of the body and can be reused.
 async fn relay_body(
     client: &mut Client,
-    socket: &TcpStream,
+    socket: &mut TcpStream,
     mut buf: Vec<u8>,
     head: &ResponseHead,
     mut out: Vec<u8>,
@@ -808,7 +808,7 @@ fn timed_out() -> io::Error {
 /// Reads what is there into `buf`'s spare capacity (at least one byte of room);
 /// `Ok(0)` at the end of the stream.
 async fn read_some(
-    socket: &TcpStream,
+    socket: &mut TcpStream,
     buf: &mut Vec<u8>,
     clock: &mut Clock,
     wait: Wait,
@@ -820,14 +820,14 @@ async fn read_some(
 }
 
 async fn read_some_into<B: BufMut>(
-    socket: &TcpStream,
+    socket: &mut TcpStream,
     buf: &mut B,
     clock: &mut Clock,
     wait: Wait,
 ) -> io::Result<usize> {
     let mut deadline = None;
     loop {
-        match socket.try_read_buf(buf) {
+        match read_now(socket, buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             done => return done,
         }
@@ -836,6 +836,18 @@ async fn read_some_into<B: BufMut>(
             Some(ready) => ready?,
             None => return Err(timed_out()),
         }
+    }
+}
+
+/// One read of what is there, without waiting: through tokio's `AsyncRead`,
+/// which (unlike `try_read`) notes that a short read drained the socket, so
+/// that the next read waits for the poller instead of failing with EAGAIN (a
+/// system call saved per read).
+fn read_now<B: BufMut>(socket: &mut TcpStream, buf: &mut B) -> io::Result<usize> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match pin!(socket.read_buf(buf)).poll(&mut cx) {
+        Poll::Ready(read) => read,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
     }
 }
 
