@@ -74,40 +74,34 @@ pub(crate) fn serve<G: Send + 'static>(
     stream: TcpStream,
     info: ConnInfo,
     watcher: Watcher,
-    shutdown: watch::Receiver<bool>,
     mut closing: Watch,
     guard: G,
 ) -> impl Future<Output = ()> + Send + 'static {
+    // Set up outside the async block, which then holds each value once.
+    let (mut header, mut idle) = client_timeouts(&proxy.state.load().config.timeouts);
+    // A new connection owes its first head within client_header from the accept;
+    // a later head is due client_header after its first byte.
+    let mut first_head = Some(Instant::now() + header);
+    let mut client = Client {
+        stream,
+        clock: Clock::new(Instant::now() + header),
+        pending: Vec::new(),
+    };
     async move {
-        let (mut header, mut idle) = client_timeouts(&proxy.state.load().config.timeouts);
-        // A new connection owes its first head within client_header from the accept.
-        let mut wait_until = Instant::now() + header;
-        let mut client = Client {
-            stream,
-            clock: Clock::new(wait_until),
-            pending: Vec::new(),
-        };
-        let mut first = true;
         let ended: io::Result<()> = loop {
-            // A later head is due client_header after its first byte.
             let head_deadline = if client.pending.is_empty() {
-                if !first {
-                    wait_until = Instant::now() + idle;
-                }
-                match next_bytes(&mut client, wait_until, &mut closing).await {
+                let until = first_head.unwrap_or_else(|| Instant::now() + idle);
+                match next_bytes(&mut client, until, &mut closing).await {
                     Ok(true) => {}
                     Ok(false) => break Ok(()),
                     Err(e) => break Err(e),
                 }
-                match first {
-                    true => wait_until,
-                    false => Instant::now() + header,
-                }
+                first_head.take().unwrap_or_else(|| Instant::now() + header)
             } else {
                 // Pipelined: the next head has begun already.
+                first_head = None;
                 Instant::now() + header
             };
-            first = false;
             // Boxed: the request's state is allocated while a request is in
             // progress, not for the whole life of an idle keep-alive connection.
             let next = Box::pin(serve_request(
@@ -115,14 +109,15 @@ pub(crate) fn serve<G: Send + 'static>(
                 &mut client,
                 &info,
                 head_deadline,
-                &shutdown,
+                &closing,
             ));
             match next.await {
                 Next::KeepAlive(current) => (header, idle) = client_timeouts(&current),
                 Next::Close => break Ok(()),
                 Next::Hyper => {
-                    drop(closing);
                     let peer = info.peer;
+                    let shutdown = closing.shutdown();
+                    drop(closing);
                     let handed = hand_to_hyper(&proxy, client, info, watcher, shutdown).await;
                     if let Err(e) = handed {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -172,37 +167,35 @@ fn client_timeouts(t: &crate::config::Timeouts) -> (Duration, Duration) {
 /// Waits, holding no buffer, for the first bytes of the next request and reads
 /// them into `client.pending`; false when the client closed, `deadline` passed or
 /// shutdown started.
-async fn next_bytes(
-    client: &mut Client,
+fn next_bytes<'a>(
+    client: &'a mut Client,
     deadline: Instant,
-    closing: &mut Watch,
-) -> io::Result<bool> {
-    loop {
-        let ready = poll_fn(|cx| {
-            if closing.poll_closing(cx).is_ready() {
-                return Poll::Ready(Ok(false));
-            }
-            match client.stream.poll_read_ready(cx) {
-                Poll::Ready(ready) => Poll::Ready(ready.map(|()| true)),
-                Poll::Pending => client.clock.poll_passed(cx, deadline).map(|()| Ok(false)),
-            }
-        });
-        if !ready.await? {
-            return Ok(false);
+    closing: &'a mut Watch,
+) -> impl Future<Output = io::Result<bool>> + 'a {
+    // Polled by hand rather than an async fn: this future is in every idle
+    // connection's task.
+    poll_fn(move |cx| loop {
+        if closing.poll_closing(cx).is_ready() {
+            return Poll::Ready(Ok(false));
+        }
+        match client.stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return client.clock.poll_passed(cx, deadline).map(|()| Ok(false)),
         }
         // Readiness can be stale (the last read did not drain the socket): only
         // bytes end the wait.
         let mut buf = take_buffer();
         match read_now(&mut client.stream, &mut buf) {
-            Ok(0) => return Ok(false),
+            Ok(0) => return Poll::Ready(Ok(false)),
             Ok(_) => {
                 client.pending = buf;
-                return Ok(true);
+                return Poll::Ready(Ok(true));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_buffer(buf),
-            Err(e) => return Err(e),
+            Err(e) => return Poll::Ready(Err(e)),
         }
-    }
+    })
 }
 
 /// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
@@ -238,7 +231,7 @@ async fn serve_request(
     client: &mut Client,
     info: &ConnInfo,
     head_deadline: Instant,
-    shutdown: &watch::Receiver<bool>,
+    closing: &Watch,
 ) -> Next {
     let snap = proxy.state.load_full();
     let max_head = snap.config.limits.max_header_bytes;
@@ -290,7 +283,7 @@ async fn serve_request(
         body_in_buf: (buf.len() - head.len).min(head.content_length as usize),
         body_sent: false,
     };
-    let close_after = head.close || *shutdown.borrow();
+    let close_after = head.close || closing.is_closing();
     let answered = exchange.run(client, &mut trace, close_after, started).await;
     let body_done = exchange.body_in_buf as u64 == head.content_length || exchange.body_sent;
     let consumed = head.len + exchange.body_in_buf;
@@ -305,7 +298,7 @@ async fn serve_request(
         }
         Answered::Gone => false,
     };
-    if !keep_alive || *shutdown.borrow() {
+    if !keep_alive || closing.is_closing() {
         give_buffer(buf);
         return Next::Close;
     }

@@ -52,7 +52,7 @@ pub async fn serve(
     // Shared by every connection and request of this listener: a request clones a
     // pointer, not the Proxy (whose Metrics alone hold a dozen reference counts).
     let proxy = Arc::new(proxy);
-    let closing = Arc::new(Closing::default());
+    let closing = Arc::new(Closing::new(shutdown.clone()));
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -78,13 +78,12 @@ pub async fn serve(
         let gauge = ConnectionGauge::open(&proxy.metrics, &name);
         let watcher = graceful.watcher();
         let proxy = Arc::clone(&proxy);
-        let shutdown = shutdown.clone();
         let conn_info = ConnInfo { peer, tls };
         if !tls {
             let guard = (gauge, permit);
             let closing = Watch::new(closing.clone());
             tokio::spawn(crate::h1::serve(
-                proxy, stream, conn_info, watcher, shutdown, closing, guard,
+                proxy, stream, conn_info, watcher, closing, guard,
             ));
             continue;
         }

@@ -1,5 +1,5 @@
 //! Tells idle connections of limpet's HTTP/1 engine that shutdown has started,
-//! for 32 bytes per connection: each idle connection leaves its waker here
+//! for 16 bytes per connection: each idle connection leaves its waker here
 //! instead of holding a waiter on the shutdown channel (160 bytes in every
 //! connection's task, idle or not).
 
@@ -7,20 +7,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use tokio::sync::watch;
+
 /// One per listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Closing {
     closing: AtomicBool,
     wakers: Mutex<Wakers>,
+    /// The listener's shutdown channel, for connections handed to hyper.
+    shutdown: watch::Receiver<bool>,
 }
 
 #[derive(Debug, Default)]
 struct Wakers {
     slots: Vec<Option<Waker>>,
-    free: Vec<usize>,
+    free: Vec<u32>,
 }
 
 impl Closing {
+    pub(crate) fn new(shutdown: watch::Receiver<bool>) -> Self {
+        Closing {
+            closing: AtomicBool::new(false),
+            wakers: Mutex::default(),
+            shutdown,
+        }
+    }
+
     /// Shutdown has started: every registered connection is woken.
     pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
@@ -37,48 +49,50 @@ impl Closing {
 }
 
 /// A connection's registration with its listener's [`Closing`].
+///
+/// The waker is left once, at the first wait: a tokio task's waker is the same
+/// for the life of the task, and the connection is one task.
 #[derive(Debug)]
 pub(crate) struct Watch {
     closing: Arc<Closing>,
-    slot: Option<usize>,
-    /// The waker left in the slot, to see whether it must be replaced.
-    registered: Option<Waker>,
+    /// The slot of this connection's waker; `u32::MAX` before the first wait.
+    slot: u32,
 }
 
 impl Watch {
     pub(crate) fn new(closing: Arc<Closing>) -> Self {
         Watch {
             closing,
-            slot: None,
-            registered: None,
+            slot: u32::MAX,
         }
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_closing()
+    }
+
+    /// The listener's shutdown channel.
+    pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
+        self.closing.shutdown.clone()
     }
 
     /// Ready once shutdown has started; until then, the task is woken when it does.
     pub(crate) fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let current = self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()));
-        if !current {
+        if self.slot == u32::MAX {
             let mut wakers = self
                 .closing
                 .wakers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let slot = match self.slot {
+            let slot = match wakers.free.pop() {
                 Some(slot) => slot,
-                None => match wakers.free.pop() {
-                    Some(slot) => slot,
-                    None => {
-                        wakers.slots.push(None);
-                        wakers.slots.len() - 1
-                    }
-                },
+                None => {
+                    wakers.slots.push(None);
+                    (wakers.slots.len() - 1) as u32
+                }
             };
-            wakers.slots[slot] = Some(cx.waker().clone());
-            self.slot = Some(slot);
-            self.registered = Some(cx.waker().clone());
+            wakers.slots[slot as usize] = Some(cx.waker().clone());
+            self.slot = slot;
         }
         // Checked after registering: a close() that ran before it is seen here.
         match self.closing.is_closing() {
@@ -90,14 +104,14 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot {
+        if self.slot != u32::MAX {
             let mut wakers = self
                 .closing
                 .wakers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            wakers.slots[slot] = None;
-            wakers.free.push(slot);
+            wakers.slots[self.slot as usize] = None;
+            wakers.free.push(self.slot);
         }
     }
 }
@@ -109,7 +123,8 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_every_waiting_connection_and_recycles_slots() {
-        let closing = Arc::new(Closing::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let closing = Arc::new(Closing::new(shutdown));
         let mut waiting = Vec::new();
         for _ in 0..3 {
             let mut watch = Watch::new(closing.clone());
