@@ -282,6 +282,7 @@ async fn serve_request(
         head: &head,
         body_in_buf: (buf.len() - head.len).min(head.content_length as usize),
         body_sent: false,
+        closing,
     };
     let close_after = head.close || closing.is_closing();
     let answered = exchange.run(client, &mut trace, close_after, started).await;
@@ -290,7 +291,8 @@ async fn serve_request(
     let keep_alive = match answered {
         Answered::Relayed { keep_alive } => keep_alive,
         Answered::Local(err) => {
-            let close = close_after || !body_done;
+            // Shutdown may have started while the request was on its way.
+            let close = close_after || !body_done || closing.is_closing();
             let status = err.status().as_u16();
             record(proxy, &snap, &trace, &buf, &head, status, started);
             let wrote = write_local(client, &snap, &err, close).await;
@@ -311,15 +313,13 @@ async fn serve_request(
     Next::KeepAlive(snap.config.timeouts)
 }
 
-/// Whether `buf` may hold a whole head: an empty line ends in the bytes from
-/// `searched` on (or a line end there completes one begun before). The first
-/// search (`searched` = 0) always parses, so a malformed start is seen at once.
+/// Whether `buf` is worth parsing again: a line ended in the bytes from
+/// `searched` on. A head that trickles in is parsed once per line, not once per
+/// read (which would be quadratic in its length), and a malformed line is still
+/// answered as soon as it is complete. The first look (`searched` = 0) always
+/// parses.
 fn head_may_end(buf: &[u8], searched: usize) -> bool {
-    if searched == 0 {
-        return true;
-    }
-    let from = searched.saturating_sub(3);
-    buf[from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r")
+    searched == 0 || buf[searched..].contains(&b'\n')
 }
 
 /// How a request ended.
@@ -344,6 +344,8 @@ struct Exchange<'a> {
     body_in_buf: usize,
     /// The rest of the body was read from the client (and sent).
     body_sent: bool,
+    /// Shutdown: once it has started, the response says Connection: close.
+    closing: &'a Watch,
 }
 
 impl<'a> Exchange<'a> {
@@ -387,7 +389,10 @@ impl<'a> Exchange<'a> {
             )),
             _ => None,
         };
-        let close = close_after || resp_head.framing == Framing::UntilClose;
+        // Shutdown may have started while the request was on its way: the
+        // connection closes after this response, which must say so.
+        let close =
+            close_after || self.closing.is_closing() || resp_head.framing == Framing::UntilClose;
         let mut out = Vec::with_capacity(resp_head.len + 256);
         head::write_response(
             &mut out,
@@ -533,7 +538,7 @@ impl<'a> Exchange<'a> {
         let backend_wait = Wait::Idle(timeouts.upstream_response);
         write_all(&socket, request, &mut client.clock, backend_wait)
             .await
-            .map_err(Failure::backend)?;
+            .map_err(Failure::sending)?;
         let body_left = self.head.content_length - self.body_in_buf as u64;
         if body_left > 0 {
             stream_body(client, &socket, body_left, timeouts).await?;
@@ -587,6 +592,15 @@ impl Failure {
     fn backend(cause: impl Into<BoxError>) -> Failure {
         Failure::Backend(cause.into())
     }
+
+    /// Writing to the backend failed; a backend that stops reading for
+    /// `upstream_response` is a timeout, as on hyper's path (504, no retry).
+    fn sending(cause: io::Error) -> Failure {
+        match cause.kind() {
+            io::ErrorKind::TimedOut => Failure::Timeout,
+            _ => Failure::Backend(cause.into()),
+        }
+    }
 }
 
 /// Streams the request body's remaining `left` bytes from the client to the
@@ -623,7 +637,7 @@ async fn stream_body(
         let wait = Wait::Idle(timeouts.upstream_response);
         write_all(socket, &chunk, &mut client.clock, wait)
             .await
-            .map_err(Failure::backend)?;
+            .map_err(Failure::sending)?;
     }
     give_buffer(chunk);
     Ok(())

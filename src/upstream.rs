@@ -83,6 +83,14 @@ impl Pool {
 
     pub fn put_socket(&self, socket: TcpStream) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        // Oldest first: take_socket (newest first) may never reach the bottom
+        // sockets again after a burst, so the expired ones are closed here.
+        if sockets
+            .first()
+            .is_some_and(|(_, since)| since.elapsed() >= POOL_IDLE_TIMEOUT)
+        {
+            sockets.retain(|(_, since)| since.elapsed() < POOL_IDLE_TIMEOUT);
+        }
         if sockets.len() < POOL_MAX_IDLE {
             sockets.push((socket, Instant::now()));
         }

@@ -425,6 +425,10 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
         start..start + s.len()
     };
     let status = resp.code.unwrap_or(0);
+    // Three digits, but not a status (hyper's client refuses it too).
+    if status < 100 {
+        return Err(BadResponse::Parse(httparse::Error::Status));
+    }
     if status == 101 {
         return Err(BadResponse::Switching);
     }
@@ -440,12 +444,13 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
                 (_, None) => return Err(BadResponse::Length),
                 (_, n) => length = n,
             },
-            // The last coding decides (RFC 9112, section 6.3).
-            Kind::TransferEncoding => {
-                chunked = tokens(h.value)
-                    .last()
-                    .map(|t| t.eq_ignore_ascii_case(b"chunked"))
-            }
+            // The last coding of all the fields decides (RFC 9112, section
+            // 6.3); a field with none (empty) adds nothing to the list, but
+            // Transfer-Encoding is there (RFC 9110, section 5.6.1).
+            Kind::TransferEncoding => match tokens(h.value).last() {
+                Some(t) => chunked = Some(t.eq_ignore_ascii_case(b"chunked")),
+                None => chunked = Some(chunked.unwrap_or(false)),
+            },
             Kind::Connection if tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close")) => {
                 keep_alive = false;
             }
@@ -474,7 +479,12 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
     Ok(Some(ResponseHead {
         len,
         status,
-        reason: at(resp.reason.unwrap_or("").as_bytes()),
+        // An absent reason phrase is httparse's static "", not a slice of
+        // `buf`: its position is no offset into `buf`.
+        reason: match resp.reason {
+            Some(reason) if !reason.is_empty() => at(reason.as_bytes()),
+            _ => 0..0,
+        },
         fields,
         framing,
         keep_alive,
@@ -500,8 +510,14 @@ pub fn write_response(
     for f in &head.fields {
         let keep = match f.kind {
             Kind::Drop | Kind::Connection => false,
-            Kind::TransferEncoding => head.framing != Framing::Empty,
-            Kind::ContentLength => head.framing != Framing::Chunked,
+            // An empty Transfer-Encoding field says nothing, and a client
+            // that reads only the last field would miss the chunking.
+            Kind::TransferEncoding => {
+                head.framing != Framing::Empty && tokens(&buf[f.value.clone()]).next().is_some()
+            }
+            // Transfer-Encoding frames the body when there is one: a
+            // Content-Length beside it goes (RFC 9112, section 6.3).
+            Kind::ContentLength => matches!(head.framing, Framing::Empty | Framing::Length(_)),
             _ => true,
         };
         if keep {
