@@ -391,8 +391,12 @@ impl<'a> Exchange<'a> {
         };
         // Shutdown may have started while the request was on its way: the
         // connection closes after this response, which must say so.
-        let close =
-            close_after || self.closing.is_closing() || resp_head.framing == Framing::UntilClose;
+        // A request body the backend answered before taking all of it is
+        // still arriving: the client connection cannot carry another request.
+        let close = close_after
+            || self.closing.is_closing()
+            || resp_head.framing == Framing::UntilClose
+            || !self.body_complete();
         let mut out = Vec::with_capacity(resp_head.len + 256);
         head::write_response(
             &mut out,
@@ -406,7 +410,7 @@ impl<'a> Exchange<'a> {
         drop(in_flight);
         match relayed {
             Ok(clean) => {
-                if clean && resp_head.keep_alive {
+                if clean && resp_head.keep_alive && self.body_complete() {
                     upstream.backends[backend].state.pool.put_socket(socket);
                 }
                 Answered::Relayed { keep_alive: !close }
@@ -416,6 +420,11 @@ impl<'a> Exchange<'a> {
                 Answered::Gone
             }
         }
+    }
+
+    /// The whole request body went to the backend.
+    fn body_complete(&self) -> bool {
+        self.body_in_buf as u64 == self.head.content_length || self.body_sent
     }
 
     /// Routes the request, reads its pin and chooses its backend.
@@ -540,12 +549,21 @@ impl<'a> Exchange<'a> {
             .await
             .map_err(Failure::sending)?;
         let body_left = self.head.content_length - self.body_in_buf as u64;
+        let mut buf = take_buffer();
         if body_left > 0 {
-            stream_body(client, &socket, body_left, timeouts).await?;
-            self.body_sent = true;
+            let head_request = self.head.is_head(self.buf);
+            let streamed = stream_body(
+                client,
+                &mut socket,
+                body_left,
+                timeouts,
+                &mut buf,
+                head_request,
+            );
+            // false: the backend answered before it took the whole body.
+            self.body_sent = streamed.await?;
         }
         let deadline = Wait::Until(Instant::now() + timeouts.upstream_response);
-        let mut buf = take_buffer();
         loop {
             match head::parse_response(&buf, self.head.is_head(self.buf)) {
                 // 1xx: not for the client (it sent no Expect); the final one follows.
@@ -604,13 +622,16 @@ impl Failure {
 }
 
 /// Streams the request body's remaining `left` bytes from the client to the
-/// backend.
+/// backend; false when the backend answered before taking all of it (a 413 to a
+/// large upload): the answer's head is then in `answer`.
 async fn stream_body(
     client: &mut Client,
-    socket: &TcpStream,
+    socket: &mut TcpStream,
     mut left: u64,
     timeouts: crate::config::Timeouts,
-) -> Result<(), Failure> {
+    answer: &mut Vec<u8>,
+    head_request: bool,
+) -> Result<bool, Failure> {
     let mut chunk = take_buffer();
     while left > 0 {
         grow_if_full(&mut chunk);
@@ -635,12 +656,85 @@ async fn stream_body(
             Err(e) => return Err(Failure::ClientBody(e)),
         }
         let wait = Wait::Idle(timeouts.upstream_response);
-        write_all(socket, &chunk, &mut client.clock, wait)
-            .await
-            .map_err(Failure::sending)?;
+        let sent = send_or_answer(
+            socket,
+            &chunk,
+            answer,
+            &mut client.clock,
+            wait,
+            head_request,
+        );
+        if !sent.await? {
+            give_buffer(chunk);
+            return Ok(false);
+        }
     }
     give_buffer(chunk);
-    Ok(())
+    Ok(true)
+}
+
+/// Writes `bytes` to the backend. While the backend takes none, what it sends
+/// is read into `answer`: a final response head there ends the write (false),
+/// interim 1xx heads are dropped.
+async fn send_or_answer(
+    socket: &mut TcpStream,
+    mut bytes: &[u8],
+    answer: &mut Vec<u8>,
+    clock: &mut Clock,
+    wait: Wait,
+    head_request: bool,
+) -> Result<bool, Failure> {
+    while !bytes.is_empty() {
+        match socket.try_write(bytes) {
+            Ok(n) => {
+                bytes = &bytes[n..];
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Failure::sending(e)),
+        }
+        let deadline = wait.deadline();
+        let ready = poll_fn(|cx| {
+            // An error shows in the next write or read.
+            if socket.poll_write_ready(cx).is_ready() {
+                return Poll::Ready(Some(Interest::Write));
+            }
+            if socket.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(Some(Interest::Read));
+            }
+            clock.poll_passed(cx, deadline).map(|()| None)
+        });
+        match ready.await {
+            None => return Err(Failure::Timeout),
+            Some(Interest::Write) => continue,
+            Some(Interest::Read) => {}
+        }
+        if answer.capacity() - answer.len() < 1024 {
+            answer.reserve(BUFFER);
+        }
+        match read_now(socket, answer) {
+            Ok(0) => {
+                return Err(Failure::backend(
+                    "connection closed while the request was sent",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(Failure::backend(e)),
+        }
+        loop {
+            match head::parse_response(answer, head_request) {
+                Ok(Some(head)) if (100..200).contains(&head.status) => {
+                    answer.drain(..head.len);
+                }
+                Ok(Some(_)) => return Ok(false),
+                Ok(None) if answer.len() < RESPONSE_HEAD_MAX => break,
+                Ok(None) => return Err(Failure::backend("response head too large")),
+                Err(e) => return Err(Failure::backend(e)),
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Writes the response head (in `out`) and relays the body; `Ok(true)` when the
