@@ -17,6 +17,11 @@
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
 #   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
 #                     the same rounds as base-cookie and base-cookie-warn
+#   LATENCY_RATE=0    > 0: also measure latency at this fixed request rate (req/s,
+#                     below every proxy's capacity) with bench/paced, CONNS
+#                     connections, DURATION long, ROUNDS rounds: p99 compared at
+#                     equal load rather than at saturation
+#   LATENCY_VARIANTS="haproxy limpet-cookie limpet-cookie-warn"
 #   OUT=file          also copy the result lines (JSON) there
 #
 # Each proxy runs alone on CPU 0 (taskset -c 0); wrk, the idle client and the
@@ -26,6 +31,7 @@
 set -euo pipefail
 
 ROUNDS=${1:-${ROUNDS:-3}}
+ROUNDS_PACED=$ROUNDS
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 IDLE_CONNS=${IDLE_CONNS:-10000}
@@ -85,6 +91,10 @@ if [ -z "${LIMPET:-}" ]; then
     LIMPET="$ROOT/target/release/limpet"
 fi
 BARE="$HERE/bare-proxy/target/release/bare-proxy"
+PACED="$HERE/paced/target/release/paced"
+LATENCY_RATE=${LATENCY_RATE:-0}
+LATENCY_VARIANTS=${LATENCY_VARIANTS:-"haproxy limpet-cookie limpet-cookie-warn"}
+if [ "$LATENCY_RATE" -gt 0 ]; then (cd "$HERE/paced" && cargo build --release --quiet); fi
 case " $VARIANTS $IDLE_VARIANTS " in
 *" bare "*) (cd "$HERE/bare-proxy" && cargo build --release --quiet) ;;
 esac
@@ -330,6 +340,22 @@ run_idle() {
     echo "  $name idle: $line" >&2
 }
 
+run_paced() {
+    local name=$1 round=$2
+    start_proxy "$name"
+    local cookie
+    cookie=$(fetch_cookie "$PORT")
+    local header=()
+    if [ -n "$cookie" ]; then header=(-H "Cookie: $cookie"); fi
+    taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "${header[@]}" "http://127.0.0.1:$PORT/" >/dev/null
+    local line
+    line=$(taskset -c $LOAD_CPU "$PACED" "127.0.0.1:$PORT" "$LATENCY_RATE" "${DURATION%s}" "$CONNS" "$cookie" |
+        sed -n 's/^PACED_JSON //p')
+    stop_proxy
+    printf '{"kind":"paced","name":"%s","round":%d,%s\n' "$name" "$round" "${line#\{}" >>"$RESULTS"
+    echo "  $name paced round $round: $line" >&2
+}
+
 echo "limpet bench: $ROUNDS rounds of $DURATION, $CONNS connections; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 read -r -a variants <<<"$VARIANTS"
 # VARIANTS="" runs only the idle scenario.
@@ -342,6 +368,16 @@ for round in $(seq "$ROUNDS"); do
         run_load "${variants[$(((i + shift_by) % n))]}" "$round"
     done
 done
+
+if [ "$LATENCY_RATE" -gt 0 ]; then
+    read -r -a paced_variants <<<"$LATENCY_VARIANTS"
+    for round in $(seq "$ROUNDS_PACED"); do
+        n=${#paced_variants[@]}
+        for i in $(seq 0 $((n - 1))); do
+            run_paced "${paced_variants[$(((i + round - 1) % n))]}" "$round"
+        done
+    done
+fi
 
 if [ "$IDLE_CONNS" -gt 0 ]; then
     for name in $IDLE_VARIANTS; do

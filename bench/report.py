@@ -47,6 +47,7 @@ def fmt_us(us: float) -> str:
 def main(path: str) -> None:
     load: dict = {}
     idle: dict = {}
+    paced: dict = {}
     with open(path) as f:
         for line in f:
             rec = json.loads(line)
@@ -54,6 +55,8 @@ def main(path: str) -> None:
                 load.setdefault(rec["name"], []).append(rec)
             elif rec["kind"] == "idle":
                 idle.setdefault(rec["name"], []).append(rec)
+            elif rec["kind"] == "paced":
+                paced.setdefault(rec["name"], []).append(rec)
 
     rows = {}
     for name, recs in load.items():
@@ -110,6 +113,26 @@ def main(path: str) -> None:
                     f"{r['rss_before_kb'] / 1024:.1f} MiB | {r['rss_after_kb'] / 1024:.1f} MiB | "
                     f"{per_s} | {r['fds_after']} |"
                 )
+
+
+    if paced:
+        print()
+        print("Latency at a fixed rate (bench/paced; medians over rounds, per round after the slash):")
+        print()
+        print("| proxy | rate | sent | errors | p50 | p99 | p99.9 | max | p99 per round |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for name in ORDER + sorted(set(paced) - set(ORDER)):
+            recs = paced.get(name, [])
+            if not recs:
+                continue
+            med = lambda key: statistics.median(r[key] for r in recs)
+            print(
+                f"| {name} | {recs[0]['rate']:.0f} | {sum(r['sent'] for r in recs)} | "
+                f"{sum(r['errors'] for r in recs)} | {fmt_us(med('p50_us'))} | {fmt_us(med('p99_us'))} | "
+                f"{fmt_us(med('p999_us'))} | {fmt_us(med('max_us'))} | "
+                + " / ".join(fmt_us(r["p99_us"]) for r in recs)
+                + " |"
+            )
 
 
 if __name__ == "__main__":
