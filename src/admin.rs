@@ -18,10 +18,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::{Backend, Health, Operator};
+
+/// The body of every admin response: a whole text or JSON document.
+type Body = http_body_util::Full<bytes::Bytes>;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::{SharedState, Snapshot, Upstream};
-use crate::upstream::ProxyBody;
 
 /// What the admin endpoints read and act on.
 #[derive(Debug, Clone)]
@@ -96,7 +98,7 @@ impl Admin {
                         continue;
                     }
                 },
-                _ = crate::listener::stopped(&mut shutdown) => return,
+                _ = crate::shutdown::stopped(&mut shutdown) => return,
             };
             let admin = self.clone();
             tokio::spawn(async move {
@@ -111,9 +113,9 @@ impl Admin {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let Some(endpoint) = Endpoint::parse(req.uri().path()) else {
-            return crate::error::plain(StatusCode::NOT_FOUND, "404 not found\n");
+            return plain(StatusCode::NOT_FOUND, "404 not found\n");
         };
         let method = req.method();
         if endpoint.is_action() {
@@ -121,7 +123,7 @@ impl Admin {
                 return method_not_allowed("POST");
             }
             if !self.authorized(req.headers()) {
-                let mut resp = crate::error::plain(StatusCode::UNAUTHORIZED, "401 unauthorized\n");
+                let mut resp = plain(StatusCode::UNAUTHORIZED, "401 unauthorized\n");
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"limpet admin\""),
@@ -132,10 +134,10 @@ impl Admin {
             return method_not_allowed("GET, HEAD");
         }
         match endpoint {
-            Endpoint::Healthz => crate::error::plain(StatusCode::OK, "ok\n"),
+            Endpoint::Healthz => plain(StatusCode::OK, "ok\n"),
             Endpoint::Metrics => {
                 let text = self.metrics.scrape(&self.state.load_full());
-                let mut resp = Response::new(ProxyBody::owned(text));
+                let mut resp = Response::new(Body::from(text));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -172,17 +174,14 @@ impl Admin {
     }
 
     /// `POST /reload`: the same path as SIGHUP.
-    async fn reload(&self) -> Response<ProxyBody> {
+    async fn reload(&self) -> Response<Body> {
         let reloader = self.reloader.clone();
         // Reading the file and resolving host names block.
         let result = match tokio::task::spawn_blocking(move || reloader.reload()).await {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "admin: reload task failed");
-                return crate::error::plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "500 reload failed\n",
-                );
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "500 reload failed\n");
             }
         };
         match result {
@@ -212,13 +211,13 @@ impl Admin {
     }
 
     /// `POST /upstreams/{u}/backends/{b}/{drain|maintenance|ready}`.
-    fn set_operator(&self, upstream: &str, backend: &str, set: Operator) -> Response<ProxyBody> {
+    fn set_operator(&self, upstream: &str, backend: &str, set: Operator) -> Response<Body> {
         let snap = self.state.load_full();
         let Some(up) = snap.upstream(upstream) else {
-            return crate::error::plain(StatusCode::NOT_FOUND, "404 no such upstream\n");
+            return plain(StatusCode::NOT_FOUND, "404 no such upstream\n");
         };
         let Some(b) = up.backend_index(backend).map(|i| &up.backends[i]) else {
-            return crate::error::plain(StatusCode::NOT_FOUND, "404 no such backend\n");
+            return plain(StatusCode::NOT_FOUND, "404 no such backend\n");
         };
         let before = b.state.operator();
         b.state.set_operator(set);
@@ -351,10 +350,10 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
     body.push(b'\n');
-    let mut resp = Response::new(ProxyBody::owned(body));
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -363,8 +362,8 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
     resp
 }
 
-fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::owned(body));
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -373,8 +372,19 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     resp
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
-    let mut resp = crate::error::plain(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
+/// A short plain-text response.
+fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp

@@ -10,8 +10,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ConfigError};
+use crate::flow::Proxy;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::state::{self, SharedState, Snapshot};
 

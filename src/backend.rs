@@ -9,9 +9,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::upstream::Pool;
+use crate::pool::Pool;
 
 /// What health checks (active or passive) last concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub struct BackendState {
     up_since_ms: AtomicU64,
     pub pool: Pool,
     /// The last active health check (cold: written by the checker, read by `/status`).
-    pub(crate) last_check: std::sync::Mutex<Option<crate::health::LastCheck>>,
+    pub(crate) last_check: std::sync::Mutex<Option<LastCheck>>,
 }
 
 impl BackendState {
@@ -179,4 +179,49 @@ pub struct Backend {
     /// The app-cookie route suffix naming this backend.
     pub route: String,
     pub state: Arc<BackendState>,
+}
+
+/// The last active check of a backend, for `/status`.
+#[derive(Debug, Clone)]
+pub struct LastCheck {
+    pub ok: bool,
+    pub latency: Duration,
+    pub at: SystemTime,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+}
+
+impl BackendState {
+    pub fn set_last_check(&self, check: LastCheck) {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(check);
+    }
+
+    pub fn last_check(&self) -> Option<LastCheck> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Counts a request in a backend's `in_flight` until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    pub fn start(state: &Arc<BackendState>) -> Self {
+        state.in_flight.fetch_add(1, Relaxed);
+        InFlight(state.clone())
+    }
+
+    /// The backend's state the request counts in.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
 }

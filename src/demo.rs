@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::proxy::FAILOVER_FROM;
+use crate::flow::policy::FAILOVER_FROM;
 
 /// The demo application's own session cookie (limpet passes it through untouched).
 pub const SESSION_COOKIE: &str = "DEMOSESSION";

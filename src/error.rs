@@ -1,9 +1,9 @@
-//! Errors of the request path and the one place they become HTTP responses:
-//! limpet's own answers are short plain-text bodies (SPEC section 4).
+//! Errors of the request path and the one place they become limpet's own
+//! answers: a status and a short plain-text body (SPEC section 4). Each engine
+//! writes the answer in its protocol (`crate::h1::answer`, `crate::h2`); a HEAD
+//! request gets the head without the body.
 
-use http::{header, HeaderValue, Response, StatusCode};
-
-use crate::upstream::ProxyBody;
+use http::StatusCode;
 
 /// Any error, as a cause.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -14,6 +14,12 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("malformed request body: {0}")]
     BadBody(#[source] BoxError),
+    #[error("request head larger than max_header_bytes")]
+    HeadTooLarge,
+    #[error("request head not received within client_header")]
+    HeadTimeout,
+    #[error("unsupported expectation")]
+    Expectation,
     #[error("no route for this host and path")]
     NoRoute,
     #[error("no backend available")]
@@ -25,7 +31,7 @@ pub enum ProxyError {
     /// outage answers the same before and after health marks the backends down),
     /// not a 502.
     #[error("backend unreachable: {0}")]
-    Unreachable(#[source] crate::upstream::ConnectError),
+    Unreachable(#[source] crate::pool::ConnectError),
     #[error("backend failed before answering: {0}")]
     BadGateway(#[source] BoxError),
     #[error("backend sent no response within {0:?}")]
@@ -36,6 +42,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Expectation => StatusCode::EXPECTATION_FAILED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend | ProxyError::Rejected | ProxyError::Unreachable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -45,9 +54,13 @@ impl ProxyError {
         }
     }
 
-    pub(crate) fn body(&self) -> &'static str {
+    /// The plain-text body of limpet's answer.
+    pub fn body(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadBody(_) => "400 bad request\n",
+            ProxyError::HeadTooLarge => "431 request header fields too large\n",
+            ProxyError::HeadTimeout => "408 request timeout\n",
+            ProxyError::Expectation => "417 expectation failed\n",
             ProxyError::NoRoute => "404 no route\n",
             ProxyError::NoBackend | ProxyError::Unreachable(_) => "503 no backend available\n",
             ProxyError::Rejected => "503 backend unavailable\n",
@@ -56,18 +69,16 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self) -> Response<ProxyBody> {
-        plain(self.status(), self.body())
+    /// Whether the client connection must close after the answer: the request
+    /// itself could not be read to its end.
+    pub fn closes(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::BadBody(_)
+                | ProxyError::HeadTooLarge
+                | ProxyError::HeadTimeout
+                | ProxyError::Expectation
+        )
     }
-}
-
-/// A short plain-text response.
-pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::text(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }

@@ -1,22 +1,21 @@
-//! limpet's own HTTP/1.1 engine for plain connections: one task per client
-//! connection drives both the client socket and a pooled backend socket, heads
-//! are parsed in place and rewritten into one buffer, bodies are relayed as they
-//! come (chunked ones byte for byte), and an idle keep-alive connection holds no
-//! buffer at all.
+//! limpet's HTTP/1 engine, for every HTTP/1.x connection, plain or TLS: one
+//! task per client connection drives both the client stream and a pooled
+//! backend socket, heads are parsed in place and rewritten into one buffer,
+//! bodies are relayed as they come (chunked ones byte for byte), and an idle
+//! keep-alive connection holds no buffer at all.
 //!
 //! It exists for speed and memory (see bench/RESULTS.md): hyper's server and
-//! client cost two tasks, two dispatchers and a channel per request, and 16 KiB of
-//! buffers per idle connection. It takes on the requests that make up nearly all
-//! traffic: HTTP/1.1, origin-form, a Host, no body or a Content-Length body.
-//! Anything else (HTTP/1.0, `Upgrade`, `Expect`, a chunked request body, an
-//! absolute-form target, a malformed or oversized head) ends the engine's part:
-//! the connection goes to hyper (`crate::listener::serve_http1`) with the bytes
-//! already read, and hyper serves it from that request on, as it serves TLS and
-//! HTTP/2 connections.
+//! client cost two tasks, two dispatchers and a channel per request, and 16 KiB
+//! of buffers per idle connection. It serves all of HTTP/1.x itself: HTTP/1.0
+//! (keep-alive only when asked), `Upgrade` (the head forwarded, the 101 read,
+//! then bytes copied both ways), `Expect: 100-continue` (answered by limpet),
+//! chunked request bodies, absolute-form targets, and its own 400, 408 and 431
+//! for bad, slow or oversized heads. Only the HTTP/2 preface as a plain
+//! connection's first bytes (h2c) ends its part: [`Ended::H2c`] gives the
+//! connection to `crate::h2` from its start.
 //!
-//! The request path reads as `proxy.rs`'s: route, read the pin, choose, forward
-//! with the same retry rules ([`crate::proxy::Attempts`]), re-pin in the response;
-//! metrics and the access log are written by the same function.
+//! The request walks `crate::flow`: [`Proxy::decide`], [`Attempts`], the
+//! header policy (written as bytes by [`head`]), [`Proxy::record`].
 //!
 //! Timeouts: the wait for a new connection's first head is bounded by
 //! `client_header` from the accept, a later head by `client_header` from its
@@ -27,56 +26,65 @@
 
 mod chunked;
 mod head;
+mod io;
 
 use std::future::{poll_fn, Future};
-use std::io;
-use std::pin::{pin, Pin};
+use std::io as stdio;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BufMut;
-use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
-use crate::error::{BoxError, ProxyError};
-use crate::listener::Watch;
-use crate::proxy::{Attempts, ConnInfo, Proxy, Retry, Trace};
-use crate::state::{Decision, Outcome, Snapshot, Upstream};
-use crate::upstream::{ConnectError, InFlight};
-use head::{Forwarding, Framing, Parsed, RequestHead, ResponseHead};
+use crate::backend::InFlight;
+use crate::config::Timeouts;
+use crate::error::ProxyError;
+use crate::flow::policy::Forwarding;
+use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Retry, Trace};
+use crate::shutdown::Watch;
+use crate::state::{Decision, Snapshot, Upstream};
+use head::{Delivery, Framing, Parsed, RequestBody, RequestHead, ResponseHead};
+pub(crate) use io::Prefixed;
+use io::{give_buffer, grow_if_full, read_into, read_some, take_buffer, write_all, Clock, Wait};
 
-/// The size of the buffers request and response heads are read into: most heads
-/// and many whole responses fit, and the buffers of the requests in progress
-/// are what limpet's memory grows with.
-const BUFFER: usize = 4 * 1024;
-/// What a buffer grows to once a body fills it (a large body moves in larger
-/// reads and writes).
-const BODY_BUFFER: usize = 32 * 1024;
 /// A longer response head from a backend is a bad gateway.
 const RESPONSE_HEAD_MAX: usize = 64 * 1024;
-/// Buffers kept per thread for the next request.
-const SPARE_BUFFERS: usize = 16;
+/// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
+/// section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long a closing connection may take to say goodbye (TLS close_notify).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Serves a plain HTTP/1 connection until it closes, or until a request the
-/// engine does not take on hands it to hyper; `guard` is held until then.
+/// A client connection the engine can serve: TCP, or TLS over TCP.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// How the engine's part of a connection ended.
+pub(crate) enum Ended<S> {
+    Closed,
+    /// The connection's first bytes are the HTTP/2 preface: h2c prior
+    /// knowledge, for `crate::h2` to serve from those bytes on.
+    H2c(Prefixed<S>),
+}
+
+/// Serves an HTTP/1 connection until it closes. `h2c`: the connection's first
+/// bytes may be the HTTP/2 preface (a plain listener).
 ///
 /// An async block rather than an async fn, which would keep every argument twice
-/// in the future: this one is the task of every plain connection, idle ones
-/// included.
+/// in the future: this one is the task of every connection, idle ones included.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn serve<G: Send + 'static>(
+pub(crate) fn serve<S: Stream>(
     proxy: Arc<Proxy>,
-    stream: TcpStream,
+    stream: S,
     info: ConnInfo,
-    watcher: Watcher,
     mut closing: Watch,
-    guard: G,
-) -> impl Future<Output = ()> + Send + 'static {
+    h2c: bool,
+) -> impl Future<Output = Ended<S>> + Send + 'static {
     // Set up outside the async block, which then holds each value once.
     let (mut header, mut idle) = client_timeouts(&proxy.state.load().config.timeouts);
     // A new connection owes its first head within client_header from the accept;
@@ -88,13 +96,17 @@ pub(crate) fn serve<G: Send + 'static>(
         pending: Vec::new(),
     };
     async move {
-        let ended: io::Result<()> = loop {
+        let mut may_be_h2c = h2c;
+        loop {
             let head_deadline = if client.pending.is_empty() {
                 let until = first_head.unwrap_or_else(|| Instant::now() + idle);
                 match next_bytes(&mut client, until, &mut closing).await {
                     Ok(true) => {}
-                    Ok(false) => break Ok(()),
-                    Err(e) => break Err(e),
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                        break;
+                    }
                 }
                 first_head.take().unwrap_or_else(|| Instant::now() + header)
             } else {
@@ -102,6 +114,10 @@ pub(crate) fn serve<G: Send + 'static>(
                 first_head = None;
                 Instant::now() + header
             };
+            if std::mem::take(&mut may_be_h2c) && starts_h2(&mut client, head_deadline).await {
+                let prefix = std::mem::take(&mut client.pending);
+                return Ended::H2c(Prefixed::new(prefix, client.stream));
+            }
             // Boxed: the request's state is allocated while a request is in
             // progress, not for the whole life of an idle keep-alive connection.
             let next = Box::pin(serve_request(
@@ -113,190 +129,173 @@ pub(crate) fn serve<G: Send + 'static>(
             ));
             match next.await {
                 Next::KeepAlive(current) => (header, idle) = client_timeouts(&current),
-                Next::Close => break Ok(()),
-                Next::Hyper => {
-                    let peer = info.peer;
-                    let shutdown = closing.shutdown();
-                    drop(closing);
-                    let handed = hand_to_hyper(&proxy, client, info, watcher, shutdown).await;
-                    if let Err(e) = handed {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    drop(guard);
-                    return;
-                }
+                Next::Close => break,
             }
-        };
-        if let Err(e) = ended {
-            tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
         }
-        drop(watcher);
-        drop(guard);
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let _ = client
+            .clock
+            .within(deadline, client.stream.shutdown())
+            .await;
+        Ended::Closed
     }
 }
 
-/// Serves the rest of the connection with hyper, starting with the bytes the
-/// engine read: conn::auto when they may be the HTTP/2 preface (h2c), else
-/// hyper's HTTP/1. Boxed: hyper's connection state would otherwise take room in
-/// every connection's task.
-fn hand_to_hyper<'a>(
-    proxy: &'a Arc<Proxy>,
-    mut client: Client,
-    info: ConnInfo,
-    watcher: Watcher,
-    shutdown: watch::Receiver<bool>,
-) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>> {
-    let h2c = may_be_h2_preface(&client.pending);
-    let io = Prefixed {
-        prefix: std::mem::take(&mut client.pending),
-        pos: 0,
-        inner: client.stream,
-    };
-    match h2c {
-        true => Box::pin(crate::listener::serve_auto(proxy, io, info, watcher)),
-        false => Box::pin(crate::listener::serve_http1(
-            proxy, io, info, watcher, shutdown,
-        )),
-    }
-}
-
-fn client_timeouts(t: &crate::config::Timeouts) -> (Duration, Duration) {
+fn client_timeouts(t: &Timeouts) -> (Duration, Duration) {
     (t.client_header, t.client_idle)
 }
 
 /// Waits, holding no buffer, for the first bytes of the next request and reads
-/// them into `client.pending`; false when the client closed, `deadline` passed or
-/// shutdown started.
-fn next_bytes<'a>(
-    client: &'a mut Client,
+/// them into `client.pending`; false when the client closed, `deadline` passed
+/// or shutdown started with nothing received.
+fn next_bytes<'a, S: Stream>(
+    client: &'a mut Client<S>,
     deadline: Instant,
     closing: &'a mut Watch,
-) -> impl Future<Output = io::Result<bool>> + 'a {
+) -> impl Future<Output = stdio::Result<bool>> + 'a {
     // Polled by hand rather than an async fn: this future is in every idle
     // connection's task.
-    poll_fn(move |cx| loop {
-        if closing.poll_closing(cx).is_ready() {
-            return Poll::Ready(Ok(false));
-        }
-        match client.stream.poll_read_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return client.clock.poll_passed(cx, deadline).map(|()| Ok(false)),
-        }
-        // Readiness can be stale (the last read did not drain the socket): only
-        // bytes end the wait.
+    poll_fn(move |cx| {
         let mut buf = take_buffer();
-        match read_now(&mut client.stream, &mut buf) {
-            Ok(0) => return Poll::Ready(Ok(false)),
-            Ok(_) => {
-                client.pending = buf;
-                return Poll::Ready(Ok(true));
+        match io::poll_read_buf(&mut client.stream, cx, &mut buf) {
+            Poll::Ready(Ok(0)) => {
+                give_buffer(buf);
+                Poll::Ready(Ok(false))
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_buffer(buf),
-            Err(e) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(_)) => {
+                client.pending = buf;
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => {
+                give_buffer(buf);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                give_buffer(buf);
+                // A request already on its way is served (with Connection:
+                // close) even once shutdown has started.
+                if closing.poll_closing(cx).is_ready() {
+                    return Poll::Ready(Ok(false));
+                }
+                client.clock.poll_passed(cx, deadline).map(|()| Ok(false))
+            }
         }
     })
 }
 
-/// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
-/// section 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether `bytes` are, or begin with, the HTTP/2 preface.
-fn may_be_h2_preface(bytes: &[u8]) -> bool {
-    let n = bytes.len().min(H2_PREFACE.len());
-    n > 0 && bytes[..n] == H2_PREFACE[..n]
+/// Whether the connection's first bytes are the HTTP/2 preface, reading until
+/// enough of them are there to tell.
+async fn starts_h2<S: Stream>(client: &mut Client<S>, deadline: Instant) -> bool {
+    loop {
+        let n = client.pending.len().min(H2_PREFACE.len());
+        if client.pending[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        let wait = Wait::Until(deadline);
+        match read_some(
+            &mut client.stream,
+            &mut client.pending,
+            &mut client.clock,
+            wait,
+        )
+        .await
+        {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// What the connection does after a request.
 enum Next {
     /// With the timeouts of the configuration the request was served with.
-    KeepAlive(crate::config::Timeouts),
+    KeepAlive(Timeouts),
     Close,
-    /// hyper takes the connection over, starting with `Client::pending`.
-    Hyper,
 }
 
-struct Client {
-    stream: TcpStream,
+struct Client<S> {
+    stream: S,
     clock: Clock,
-    /// Bytes read past the last request (pipelined requests), or the bytes of
-    /// the request handed to hyper.
+    /// Bytes read past the last request (pipelined requests).
     pending: Vec<u8>,
 }
 
 /// Reads a request head and answers it.
-async fn serve_request(
+async fn serve_request<S: Stream>(
     proxy: &Proxy,
-    client: &mut Client,
+    client: &mut Client<S>,
     info: &ConnInfo,
     head_deadline: Instant,
     closing: &Watch,
 ) -> Next {
     let snap = proxy.state.load_full();
-    let max_head = snap.config.limits.max_header_bytes;
     let mut buf = match client.pending.is_empty() {
         true => take_buffer(),
         false => std::mem::take(&mut client.pending),
     };
-    // Where the bytes not yet searched for the head's end begin: a head that
-    // trickles in is parsed once it may be complete, not once per read.
-    let mut searched = 0;
-    let head = loop {
-        let parsed = match head_may_end(&buf, searched) {
-            true => head::parse_request(&buf),
-            false => Parsed::Partial,
-        };
-        searched = buf.len();
-        match parsed {
-            Parsed::Complete(head) if head.len <= max_head => break head,
-            Parsed::Partial if buf.len() < max_head => {}
-            // hyper answers it, and answers 400 and 431 as on every listener.
-            _ => {
-                client.pending = buf;
-                return Next::Hyper;
+    let max_head = snap.config.limits.max_header_bytes;
+    let head = match read_head(client, &mut buf, max_head, head_deadline).await {
+        Ok(head) => head,
+        Err(refusal) => {
+            if let Some(err) = refusal {
+                let head_request = buf.starts_with(b"HEAD ");
+                answer(client, &snap, &err, head_request, Delivery::closing()).await;
             }
-        }
-        buf.reserve((max_head + 1 - buf.len()).min(BUFFER));
-        let wait = Wait::Until(head_deadline);
-        match read_some(&mut client.stream, &mut buf, &mut client.clock, wait).await {
-            Ok(0) if !buf.is_empty() => {
-                // A partial head and the end of the stream: hyper says 400.
-                client.pending = buf;
-                return Next::Hyper;
-            }
-            Ok(0) | Err(_) => {
-                give_buffer(buf);
-                return Next::Close;
-            }
-            Ok(_) => {}
+            give_buffer(buf);
+            return Next::Close;
         }
     };
     let started = std::time::Instant::now();
     let mut trace = Trace::default();
+    let mut body = BodyReader::new(head.body);
+    let body_in_buf = match body.take(&buf[head.len..]) {
+        Ok(n) => n,
+        Err(e) => {
+            record(proxy, &snap, &trace, &buf, &head, 400, started);
+            let err = ProxyError::BadBody(e.into());
+            answer(client, &snap, &err, head.is_head(&buf), Delivery::closing()).await;
+            give_buffer(buf);
+            return Next::Close;
+        }
+    };
     let mut exchange = Exchange {
         proxy,
         snap: &snap,
         info,
         buf: &buf,
         head: &head,
-        body_in_buf: (buf.len() - head.len).min(head.content_length as usize),
-        body_sent: false,
+        body,
+        body_in_buf,
+        past_body: Vec::new(),
         closing,
     };
-    let close_after = head.close || closing.is_closing();
+    let close_after = !head.keep_alive || closing.is_closing();
     let answered = exchange.run(client, &mut trace, close_after, started).await;
-    let body_done = exchange.body_in_buf as u64 == head.content_length || exchange.body_sent;
-    let consumed = head.len + exchange.body_in_buf;
+    let body_done = exchange.body.done();
+    let past_body = std::mem::take(&mut exchange.past_body);
     let keep_alive = match answered {
         Answered::Relayed { keep_alive } => keep_alive,
         Answered::Local(err) => {
             // Shutdown may have started while the request was on its way.
-            let close = close_after || !body_done || closing.is_closing();
-            let status = err.status().as_u16();
-            record(proxy, &snap, &trace, &buf, &head, status, started);
-            let wrote = write_local(client, &snap, &err, close).await;
-            wrote && !close
+            let close = close_after || err.closes() || !body_done || closing.is_closing();
+            record(
+                proxy,
+                &snap,
+                &trace,
+                &buf,
+                &head,
+                err.status().as_u16(),
+                started,
+            );
+            let delivery = Delivery {
+                close,
+                http10: head.http10,
+                dechunk: false,
+            };
+            answer(client, &snap, &err, head.is_head(&buf), delivery).await && !close
         }
         Answered::Gone => false,
     };
@@ -304,13 +303,58 @@ async fn serve_request(
         give_buffer(buf);
         return Next::Close;
     }
-    if consumed < buf.len() {
+    // What came after this request (pipelining): the rest of the buffer, or
+    // what was read past a body that streamed.
+    let consumed = head.len + body_in_buf;
+    if !past_body.is_empty() {
+        give_buffer(buf);
+        client.pending = past_body;
+    } else if consumed < buf.len() {
         buf.drain(..consumed);
         client.pending = buf;
     } else {
         give_buffer(buf);
     }
     Next::KeepAlive(snap.config.timeouts)
+}
+
+/// Reads until `buf` holds a whole request head. `Err(None)`: the client left
+/// or went quiet before sending anything; `Err(Some(_))`: limpet's answer
+/// (400, 408, 431) before the connection closes.
+async fn read_head<S: Stream>(
+    client: &mut Client<S>,
+    buf: &mut Vec<u8>,
+    max_head: usize,
+    deadline: Instant,
+) -> Result<RequestHead, Option<ProxyError>> {
+    // Where the bytes not yet searched for the head's end begin: a head that
+    // trickles in is parsed once it may be complete, not once per read.
+    let mut searched = 0;
+    loop {
+        let parsed = match head_may_end(buf, searched) {
+            true => head::parse_request(buf),
+            false => Parsed::Partial,
+        };
+        searched = buf.len();
+        match parsed {
+            Parsed::Complete(head) if head.len <= max_head => return Ok(head),
+            Parsed::Complete(_) => return Err(Some(ProxyError::HeadTooLarge)),
+            Parsed::Invalid(err) => return Err(Some(err)),
+            Parsed::Partial if buf.len() >= max_head => return Err(Some(ProxyError::HeadTooLarge)),
+            Parsed::Partial => {}
+        }
+        buf.reserve((max_head + 1 - buf.len()).min(io::BUFFER));
+        let wait = Wait::Until(deadline);
+        match read_some(&mut client.stream, buf, &mut client.clock, wait).await {
+            Ok(0) if buf.is_empty() => return Err(None),
+            Ok(0) => return Err(Some(ProxyError::BadRequest("request head cut short"))),
+            Ok(_) => {}
+            Err(e) if e.kind() == stdio::ErrorKind::TimedOut && !buf.is_empty() => {
+                return Err(Some(ProxyError::HeadTimeout))
+            }
+            Err(_) => return Err(None),
+        }
+    }
 }
 
 /// Whether `buf` is worth parsing again: a line ended in the bytes from
@@ -329,8 +373,63 @@ enum Answered {
     Relayed { keep_alive: bool },
     /// limpet answers itself.
     Local(ProxyError),
-    /// The client or the backend broke the connection mid-response.
+    /// The client or the backend broke the connection mid-response, or a
+    /// tunnel ended.
     Gone,
+}
+
+/// Where a request body ends, and how much of it has passed.
+struct BodyReader {
+    framing: RequestBody,
+    left: u64,
+    chunks: chunked::Scanner,
+}
+
+impl BodyReader {
+    fn new(framing: RequestBody) -> Self {
+        BodyReader {
+            framing,
+            left: match framing {
+                RequestBody::Length(n) => n,
+                _ => 0,
+            },
+            chunks: chunked::Scanner::new(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self.framing {
+            RequestBody::None => true,
+            RequestBody::Length(_) => self.left == 0,
+            RequestBody::Chunked => self.chunks.is_done(),
+        }
+    }
+
+    /// How many of `bytes` belong to the body.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
+        match self.framing {
+            RequestBody::None => Ok(0),
+            RequestBody::Length(_) => {
+                let take = self.left.min(bytes.len() as u64);
+                self.left -= take;
+                Ok(take as usize)
+            }
+            RequestBody::Chunked => self
+                .chunks
+                .feed(bytes)
+                .map_err(|_| "malformed chunked request body"),
+        }
+    }
+
+    /// How much a read may take without reading past the body: all of a
+    /// Content-Length body's rest; for a chunked one, bytes past its end are
+    /// kept for the next request.
+    fn read_limit(&self, room: usize) -> usize {
+        match self.framing {
+            RequestBody::Length(_) => self.left.min(room as u64) as usize,
+            _ => room,
+        }
+    }
 }
 
 /// One request on its way to a backend and its response on the way back.
@@ -340,18 +439,19 @@ struct Exchange<'a> {
     info: &'a ConnInfo,
     buf: &'a [u8],
     head: &'a RequestHead,
+    body: BodyReader,
     /// Bytes of the request body that arrived with the head.
     body_in_buf: usize,
-    /// The rest of the body was read from the client (and sent).
-    body_sent: bool,
+    /// Bytes read from the client past the end of a streamed body.
+    past_body: Vec<u8>,
     /// Shutdown: once it has started, the response says Connection: close.
     closing: &'a Watch,
 }
 
 impl<'a> Exchange<'a> {
-    async fn run(
+    async fn run<S: Stream>(
         &mut self,
-        client: &mut Client,
+        client: &mut Client<S>,
         trace: &mut Trace,
         close_after: bool,
         started: std::time::Instant,
@@ -360,11 +460,10 @@ impl<'a> Exchange<'a> {
             Ok(chosen) => chosen,
             Err(e) => return Answered::Local(e),
         };
-        let (backend, response, decision) =
-            match self.forward(client, upstream, decision, trace).await {
-                Ok(answer) => answer,
-                Err(e) => return Answered::Local(e),
-            };
+        let (response, decision) = match self.forward(client, upstream, decision, trace).await {
+            Ok(answer) => answer,
+            Err(e) => return Answered::Local(e),
+        };
         trace.outcome = Some(decision.outcome);
         let Response {
             mut socket,
@@ -372,46 +471,56 @@ impl<'a> Exchange<'a> {
             head: resp_head,
             in_flight,
         } = response;
+        let status = resp_head.status;
         record(
-            self.proxy,
-            self.snap,
-            trace,
-            self.buf,
-            self.head,
-            resp_head.status,
-            started,
+            self.proxy, self.snap, trace, self.buf, self.head, status, started,
         );
-        let set_cookie = match (&upstream.cookie, decision.set_cookie) {
-            (Some(codec), true) => Some(crate::proxy::set_cookie(
-                upstream,
-                &codec.encode(decision.backend),
-                self.info.tls,
-            )),
-            _ => None,
-        };
+        let set_cookie = flow::pin_cookie(upstream, &decision, self.info.tls);
+        let dechunk = self.head.http10 && resp_head.framing == Framing::Chunked;
         // Shutdown may have started while the request was on its way: the
-        // connection closes after this response, which must say so.
-        // A request body the backend answered before taking all of it is
-        // still arriving: the client connection cannot carry another request.
+        // connection closes after this response, which must say so. A request
+        // body the backend answered before taking all of it is still
+        // arriving: the client connection cannot carry another request.
         let close = close_after
             || self.closing.is_closing()
             || resp_head.framing == Framing::UntilClose
-            || !self.body_complete();
+            || dechunk
+            || !self.body.done();
+        let delivery = Delivery {
+            close,
+            http10: self.head.http10,
+            dechunk,
+        };
         let mut out = Vec::with_capacity(resp_head.len + 256);
         head::write_response(
             &mut out,
             &resp_buf,
             &resp_head,
             set_cookie.as_deref(),
-            close,
+            delivery,
         );
+        if status == 101 {
+            self.tunnel(client, socket, &resp_buf[resp_head.len..], out)
+                .await;
+            drop(in_flight);
+            return Answered::Gone;
+        }
         let timeouts = self.snap.config.timeouts;
-        let relayed = relay_body(client, &mut socket, resp_buf, &resp_head, out, timeouts).await;
+        let relayed = relay_body(
+            client,
+            &mut socket,
+            resp_buf,
+            &resp_head,
+            out,
+            timeouts,
+            dechunk,
+        )
+        .await;
         drop(in_flight);
         match relayed {
             Ok(clean) => {
-                if clean && resp_head.keep_alive && self.body_complete() {
-                    upstream.backends[backend].state.pool.put_socket(socket);
+                if clean && resp_head.keep_alive && self.body.done() {
+                    upstream.backends[decision.backend].state.pool.put(socket);
                 }
                 Answered::Relayed { keep_alive: !close }
             }
@@ -422,51 +531,37 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// The whole request body went to the backend.
-    fn body_complete(&self) -> bool {
-        self.body_in_buf as u64 == self.head.content_length || self.body_sent
-    }
-
     /// Routes the request, reads its pin and chooses its backend.
     fn decide(&self, trace: &mut Trace) -> Result<(&'a Upstream, Decision), ProxyError> {
-        let path = self.head.path(self.buf);
-        let upstream_index = self
-            .snap
-            .router
-            .route(Some(self.head.host(self.buf)), path)
-            .ok_or(ProxyError::NoRoute)?;
-        let snap: &'a Snapshot = self.snap;
-        let upstream = &snap.upstreams[upstream_index];
-        trace.upstream = Some(upstream_index);
         let lookup = head::Lookup {
             buf: self.buf,
             fields: &self.head.fields,
         };
-        let pin = upstream.read_pin(&lookup, path, self.info.peer.ip());
-        let decision = upstream.choose(pin);
-        trace.outcome = Some(decision.outcome);
-        if decision.outcome == Outcome::Rejected {
-            let reject = upstream.config.failover == crate::config::Failover::Reject;
-            return Err(match reject && pin.is_some() {
-                true => ProxyError::Rejected,
-                false => ProxyError::NoBackend,
-            });
-        }
-        Ok((upstream, decision))
+        let host = self
+            .head
+            .host(self.buf)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let view = RequestView {
+            host,
+            path: self.head.path(self.buf),
+            headers: &lookup,
+            peer: self.info.peer.ip(),
+        };
+        Proxy::decide(self.snap, &view, trace)
     }
 
     /// Sends the request to the decided backend and reads the response head,
-    /// retrying per SPEC section 4; the backend that answered, its response and the
-    /// final decision.
-    async fn forward(
+    /// retrying per SPEC section 4; the response and the final decision.
+    async fn forward<S: Stream>(
         &mut self,
-        client: &mut Client,
+        client: &mut Client<S>,
         upstream: &Upstream,
         mut decision: Decision,
         trace: &mut Trace,
-    ) -> Result<(usize, Response, Decision), ProxyError> {
+    ) -> Result<(Response, Decision), ProxyError> {
         let timeouts = self.snap.config.timeouts;
-        let replayable = self.head.is_idempotent(self.buf) && self.head.content_length == 0;
+        let replayable =
+            flow::is_idempotent(self.head.method(self.buf)) && self.head.body == RequestBody::None;
         let mut attempts = Attempts::new(upstream, &self.proxy.metrics, replayable);
         let mut fresh = false;
         let mut out = Vec::with_capacity(self.head.len + 256 + self.body_in_buf);
@@ -476,37 +571,36 @@ impl<'a> Exchange<'a> {
             let in_flight = InFlight::start(&backend.state);
             let pooled = match fresh {
                 true => None,
-                false => backend.state.pool.take_socket(),
+                false => backend.state.pool.take(),
             };
             let reused = pooled.is_some();
-            let socket = match pooled {
-                Some(socket) => socket,
-                None => {
-                    let addr = backend.state.pool.addr();
-                    match connect(addr, timeouts.upstream_connect, &mut client.clock).await {
-                        Ok(socket) => socket,
-                        Err(cause) => {
-                            drop(in_flight);
-                            decision = attempts.not_sent(decision, cause)?;
-                            fresh = false;
-                            continue;
-                        }
-                    }
+            let result = match pooled {
+                Some(socket) => Ok(socket),
+                None => crate::pool::connect(backend.addr, timeouts.upstream_connect)
+                    .await
+                    .map_err(Failure::NotSent),
+            };
+            let result = match result {
+                Ok(socket) => {
+                    out.clear();
+                    let fwd = Forwarding {
+                        host: self.head.host(self.buf),
+                        strip_cookie: upstream
+                            .cookie
+                            .as_ref()
+                            .map(|_| &*upstream.config.cookie.name),
+                        client: self.info.peer.ip(),
+                        tls: self.info.tls,
+                        failover_from: decision.failover_from.map(|f| &*upstream.backends[f].name),
+                    };
+                    head::write_request(&mut out, self.buf, self.head, &fwd);
+                    let body = &self.buf[self.head.len..self.head.len + self.body_in_buf];
+                    out.extend_from_slice(body);
+                    self.exchange(client, socket, &out, timeouts).await
                 }
+                Err(failure) => Err(failure),
             };
-            out.clear();
-            let fwd = Forwarding {
-                strip_cookie: upstream
-                    .cookie
-                    .as_ref()
-                    .map(|_| &*upstream.config.cookie.name),
-                client: self.info.peer.ip(),
-                tls: self.info.tls,
-                failover_from: decision.failover_from.map(|f| &*upstream.backends[f].name),
-            };
-            head::write_request(&mut out, self.buf, self.head, &fwd);
-            out.extend_from_slice(&self.buf[self.head.len..self.head.len + self.body_in_buf]);
-            let failure = match self.exchange(client, socket, &out, timeouts).await {
+            match result {
                 Ok((socket, buf, head)) => {
                     backend.state.passive_failures.store(0, Relaxed);
                     backend.state.requests.fetch_add(1, Relaxed);
@@ -516,75 +610,124 @@ impl<'a> Exchange<'a> {
                         head,
                         in_flight,
                     };
-                    return Ok((decision.backend, response, decision));
+                    return Ok((response, decision));
                 }
-                Err(failure) => failure,
-            };
-            drop(in_flight);
-            match failure {
-                Failure::Timeout => return Err(ProxyError::Timeout(timeouts.upstream_response)),
-                Failure::ClientBody(cause) => return Err(ProxyError::BadBody(cause.into())),
-                Failure::Backend(cause) => match attempts.no_response(decision, cause, reused)? {
-                    Retry::SameBackend => fresh = true,
-                    Retry::Next(next) => {
-                        decision = next;
-                        fresh = false;
+                Err(failure) => {
+                    drop(in_flight);
+                    match attempts.after(decision, failure, reused)? {
+                        Retry::SameBackend => fresh = true,
+                        Retry::Next(next) => {
+                            decision = next;
+                            fresh = false;
+                        }
                     }
-                },
+                }
             }
         }
     }
 
     /// Writes the request on `socket` (streaming the rest of the body from the
     /// client) and reads the final response head.
-    async fn exchange(
+    async fn exchange<S: Stream>(
         &mut self,
-        client: &mut Client,
+        client: &mut Client<S>,
         mut socket: TcpStream,
         request: &[u8],
-        timeouts: crate::config::Timeouts,
+        timeouts: Timeouts,
     ) -> Result<(TcpStream, Vec<u8>, ResponseHead), Failure> {
         let backend_wait = Wait::Idle(timeouts.upstream_response);
-        write_all(&socket, request, &mut client.clock, backend_wait)
+        write_all(&mut socket, request, &mut client.clock, backend_wait)
             .await
-            .map_err(Failure::sending)?;
-        let body_left = self.head.content_length - self.body_in_buf as u64;
+            .map_err(|e| sending(e, timeouts))?;
+        let head_request = self.head.is_head(self.buf);
+        let upgrade = self.head.upgrade.is_some();
         let mut buf = take_buffer();
-        if body_left > 0 {
-            let head_request = self.head.is_head(self.buf);
-            let streamed = stream_body(
-                client,
-                &mut socket,
-                body_left,
-                timeouts,
-                &mut buf,
+        if !self.body.done() {
+            if self.head.expect_continue {
+                let wait = Wait::Idle(timeouts.client_idle);
+                let continued = b"HTTP/1.1 100 Continue\r\n\r\n";
+                write_all(&mut client.stream, continued, &mut client.clock, wait)
+                    .await
+                    .map_err(|e| Failure::ClientBody(e.into()))?;
+            }
+            let mut upload = Upload {
+                socket: &mut socket,
+                answer: &mut buf,
                 head_request,
-            );
-            // false: the backend answered before it took the whole body.
-            self.body_sent = streamed.await?;
+                upgrade,
+                timeouts,
+            };
+            upload
+                .stream(client, &mut self.body, &mut self.past_body)
+                .await?;
         }
         let deadline = Wait::Until(Instant::now() + timeouts.upstream_response);
+        // Bytes of a response arrived (an interim one included): a failure
+        // now is the backend's answer going wrong, not a closed connection.
+        let mut answered = !buf.is_empty();
         loop {
-            match head::parse_response(&buf, self.head.is_head(self.buf)) {
-                // 1xx: not for the client (it sent no Expect); the final one follows.
-                Ok(Some(head)) if (100..200).contains(&head.status) => {
+            match head::parse_response(&buf, head_request, upgrade) {
+                // 1xx: not for the client (limpet answered its Expect itself);
+                // the final one follows.
+                Ok(Some(head)) if head.status < 200 && head.status != 101 => {
                     buf.drain(..head.len);
                     continue;
                 }
                 Ok(Some(head)) => return Ok((socket, buf, head)),
                 Ok(None) if buf.len() < RESPONSE_HEAD_MAX => {}
-                Ok(None) => return Err(Failure::backend("response head too large")),
-                Err(e) => return Err(Failure::backend(e)),
+                Ok(None) => return Err(bad_response("response head too large")),
+                Err(e) => return Err(Failure::BadResponse(e.into())),
             }
             if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(BUFFER);
+                buf.reserve(io::BUFFER);
             }
             match read_some(&mut socket, &mut buf, &mut client.clock, deadline).await {
-                Ok(0) => return Err(Failure::backend("connection closed before a response")),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(Failure::Timeout),
-                Err(e) => return Err(Failure::backend(e)),
+                Ok(0) if !answered => {
+                    return Err(Failure::Closed(
+                        "connection closed before a response".into(),
+                    ))
+                }
+                Ok(0) => return Err(bad_response("connection closed within the response head")),
+                Ok(_) => answered = true,
+                Err(e) if e.kind() == stdio::ErrorKind::TimedOut => {
+                    return Err(Failure::Timeout(timeouts.upstream_response))
+                }
+                Err(e) if !answered => return Err(Failure::Closed(e.into())),
+                Err(e) => return Err(Failure::BadResponse(e.into())),
             }
+        }
+    }
+
+    /// After a 101: writes the response head and what followed it to the
+    /// client, what the client sent past its request to the backend, then
+    /// copies bytes both ways until either side closes.
+    async fn tunnel<S: Stream>(
+        &mut self,
+        client: &mut Client<S>,
+        mut socket: TcpStream,
+        after_head: &[u8],
+        mut out: Vec<u8>,
+    ) {
+        out.extend_from_slice(after_head);
+        let wait = Wait::Idle(self.snap.config.timeouts.client_idle);
+        if write_all(&mut client.stream, &out, &mut client.clock, wait)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let early = match self.past_body.is_empty() {
+            true => &self.buf[self.head.len + self.body_in_buf..],
+            false => &self.past_body[..],
+        };
+        if write_all(&mut socket, early, &mut client.clock, wait)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client.stream, &mut socket).await {
+            tracing::debug!(error = %e, "tunnel closed");
         }
     }
 }
@@ -598,162 +741,156 @@ struct Response {
     in_flight: InFlight,
 }
 
-/// Why a backend gave no response head.
-enum Failure {
-    Timeout,
-    /// Reading the request body from the client failed.
-    ClientBody(io::Error),
-    Backend(BoxError),
+fn bad_response(why: &'static str) -> Failure {
+    Failure::BadResponse(why.into())
 }
 
-impl Failure {
-    fn backend(cause: impl Into<BoxError>) -> Failure {
-        Failure::Backend(cause.into())
-    }
-
-    /// Writing to the backend failed; a backend that stops reading for
-    /// `upstream_response` is a timeout, as on hyper's path (504, no retry).
-    fn sending(cause: io::Error) -> Failure {
-        match cause.kind() {
-            io::ErrorKind::TimedOut => Failure::Timeout,
-            _ => Failure::Backend(cause.into()),
-        }
+/// Writing to the backend failed: it closed before answering; one that stops
+/// reading for `upstream_response` is a timeout (504, no retry).
+fn sending(cause: stdio::Error, timeouts: Timeouts) -> Failure {
+    match cause.kind() {
+        stdio::ErrorKind::TimedOut => Failure::Timeout(timeouts.upstream_response),
+        _ => Failure::Closed(cause.into()),
     }
 }
 
-/// Streams the request body's remaining `left` bytes from the client to the
-/// backend; false when the backend answered before taking all of it (a 413 to a
-/// large upload): the answer's head is then in `answer`.
-async fn stream_body(
-    client: &mut Client,
-    socket: &mut TcpStream,
-    mut left: u64,
-    timeouts: crate::config::Timeouts,
-    answer: &mut Vec<u8>,
+/// A request body on its way from the client to the backend.
+struct Upload<'s> {
+    socket: &'s mut TcpStream,
+    /// What the backend answers while the body is on its way.
+    answer: &'s mut Vec<u8>,
     head_request: bool,
-) -> Result<bool, Failure> {
-    let mut chunk = take_buffer();
-    while left > 0 {
-        grow_if_full(&mut chunk);
-        chunk.clear();
-        let limit = left.min(chunk.capacity() as u64) as usize;
-        let read = {
-            let mut limited = (&mut chunk).limit(limit);
-            read_some_into(
-                &mut client.stream,
-                &mut limited,
-                &mut client.clock,
-                Wait::Idle(timeouts.client_idle),
-            )
-            .await
-        };
-        match read {
-            Ok(0) => {
-                let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "request body cut short");
-                return Err(Failure::ClientBody(eof));
-            }
-            Ok(n) => left -= n as u64,
-            Err(e) => return Err(Failure::ClientBody(e)),
-        }
-        let wait = Wait::Idle(timeouts.upstream_response);
-        let sent = send_or_answer(
-            socket,
-            &chunk,
-            answer,
-            &mut client.clock,
-            wait,
-            head_request,
-        );
-        if !sent.await? {
-            give_buffer(chunk);
-            return Ok(false);
-        }
-    }
-    give_buffer(chunk);
-    Ok(true)
+    upgrade: bool,
+    timeouts: Timeouts,
 }
 
-/// Writes `bytes` to the backend. While the backend takes none, what it sends
-/// is read into `answer`: a final response head there ends the write (false),
-/// interim 1xx heads are dropped.
-async fn send_or_answer(
-    socket: &mut TcpStream,
-    mut bytes: &[u8],
-    answer: &mut Vec<u8>,
-    clock: &mut Clock,
-    wait: Wait,
-    head_request: bool,
-) -> Result<bool, Failure> {
-    while !bytes.is_empty() {
-        match socket.try_write(bytes) {
-            Ok(n) => {
-                bytes = &bytes[n..];
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Failure::sending(e)),
-        }
-        let deadline = wait.deadline();
-        let ready = poll_fn(|cx| {
-            // An error shows in the next write or read.
-            if socket.poll_write_ready(cx).is_ready() {
-                return Poll::Ready(Some(Interest::Write));
-            }
-            if socket.poll_read_ready(cx).is_ready() {
-                return Poll::Ready(Some(Interest::Read));
-            }
-            clock.poll_passed(cx, deadline).map(|()| None)
-        });
-        match ready.await {
-            None => return Err(Failure::Timeout),
-            Some(Interest::Write) => continue,
-            Some(Interest::Read) => {}
-        }
-        if answer.capacity() - answer.len() < 1024 {
-            answer.reserve(BUFFER);
-        }
-        match read_now(socket, answer) {
-            Ok(0) => {
-                return Err(Failure::backend(
-                    "connection closed while the request was sent",
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(Failure::backend(e)),
-        }
-        loop {
-            match head::parse_response(answer, head_request) {
-                Ok(Some(head)) if (100..200).contains(&head.status) => {
-                    answer.drain(..head.len);
+impl Upload<'_> {
+    /// Streams the rest of the body from the client to the backend; stops
+    /// early when the backend answers before taking all of it (a 413 to a
+    /// large upload): the answer's head is then in `answer`. Bytes read past
+    /// the body go to `past`.
+    async fn stream<S: Stream>(
+        &mut self,
+        client: &mut Client<S>,
+        body: &mut BodyReader,
+        past: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        let mut chunk = take_buffer();
+        let client_wait = Wait::Idle(self.timeouts.client_idle);
+        while !body.done() {
+            grow_if_full(&mut chunk);
+            chunk.clear();
+            let limit = body.read_limit(chunk.capacity());
+            let read = {
+                let mut limited = (&mut chunk).limit(limit);
+                read_into(
+                    &mut client.stream,
+                    &mut limited,
+                    &mut client.clock,
+                    client_wait,
+                )
+                .await
+            };
+            match read {
+                Ok(0) => {
+                    give_buffer(chunk);
+                    return Err(Failure::ClientBody("request body cut short".into()));
                 }
-                Ok(Some(_)) => return Ok(false),
-                Ok(None) if answer.len() < RESPONSE_HEAD_MAX => break,
-                Ok(None) => return Err(Failure::backend("response head too large")),
-                Err(e) => return Err(Failure::backend(e)),
+                Ok(_) => {}
+                Err(e) => {
+                    give_buffer(chunk);
+                    return Err(Failure::ClientBody(e.into()));
+                }
+            }
+            let take = match body.take(&chunk) {
+                Ok(n) => n,
+                Err(why) => {
+                    give_buffer(chunk);
+                    return Err(Failure::ClientBody(why.into()));
+                }
+            };
+            past.extend_from_slice(&chunk[take..]);
+            if !self.send(&chunk[..take], &mut client.clock).await? {
+                break;
+            }
+        }
+        give_buffer(chunk);
+        Ok(())
+    }
+
+    /// Writes `bytes` to the backend. While the backend takes none, what it
+    /// sends is read into `answer`: a final response head there ends the
+    /// upload (false), interim 1xx heads are dropped.
+    async fn send(&mut self, mut bytes: &[u8], clock: &mut Clock) -> Result<bool, Failure> {
+        while !bytes.is_empty() {
+            if self.answer.capacity() - self.answer.len() < 1024 {
+                self.answer.reserve(io::BUFFER);
+            }
+            let deadline = Instant::now() + self.timeouts.upstream_response;
+            let socket = &mut *self.socket;
+            let answer = &mut *self.answer;
+            let event = poll_fn(|cx| {
+                if let Poll::Ready(wrote) = Pin::new(&mut *socket).poll_write(cx, bytes) {
+                    return Poll::Ready(Some(Ok(wrote)));
+                }
+                if let Poll::Ready(read) = io::poll_read_buf(socket, cx, answer) {
+                    return Poll::Ready(Some(Err(read)));
+                }
+                clock.poll_passed(cx, deadline).map(|()| None)
+            })
+            .await;
+            match event {
+                None => return Err(Failure::Timeout(self.timeouts.upstream_response)),
+                Some(Ok(Ok(n))) => bytes = &bytes[n..],
+                Some(Ok(Err(e))) => return Err(sending(e, self.timeouts)),
+                Some(Err(Ok(0))) => {
+                    return Err(Failure::Closed(
+                        "connection closed while the request was sent".into(),
+                    ))
+                }
+                Some(Err(Ok(_))) => {
+                    if self.answered()? {
+                        return Ok(false);
+                    }
+                }
+                Some(Err(Err(e))) => return Err(Failure::Closed(e.into())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether `answer` holds a final response head (interim ones dropped).
+    fn answered(&mut self) -> Result<bool, Failure> {
+        loop {
+            match head::parse_response(self.answer, self.head_request, self.upgrade) {
+                Ok(Some(head)) if head.status < 200 && head.status != 101 => {
+                    self.answer.drain(..head.len);
+                }
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) if self.answer.len() < RESPONSE_HEAD_MAX => return Ok(false),
+                Ok(None) => return Err(bad_response("response head too large")),
+                Err(e) => return Err(Failure::BadResponse(e.into())),
             }
         }
     }
-    Ok(true)
 }
 
 /// Writes the response head (in `out`) and relays the body; `Ok(true)` when the
 /// backend connection ended cleanly at the end of the body and can be reused.
-async fn relay_body(
-    client: &mut Client,
+async fn relay_body<S: Stream>(
+    client: &mut Client<S>,
     socket: &mut TcpStream,
     mut buf: Vec<u8>,
     head: &ResponseHead,
     mut out: Vec<u8>,
-    timeouts: crate::config::Timeouts,
-) -> io::Result<bool> {
+    timeouts: Timeouts,
+    dechunk: bool,
+) -> stdio::Result<bool> {
     let client_wait = Wait::Idle(timeouts.client_idle);
     let backend_wait = Wait::Idle(timeouts.upstream_response);
-    let first = &buf[head.len..];
     let mut body = Body::new(head.framing);
-    let (take, mut clean) = body.take(first)?;
-    out.extend_from_slice(&first[..take]);
-    write_all(&client.stream, &out, &mut client.clock, client_wait).await?;
+    let mut clean = body.relay(&buf[head.len..], &mut out, dechunk)?;
+    write_all(&mut client.stream, &out, &mut client.clock, client_wait).await?;
     while !body.done() {
         grow_if_full(&mut buf);
         buf.clear();
@@ -761,25 +898,28 @@ async fn relay_body(
             if body.framing == Framing::UntilClose {
                 break;
             }
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
+            return Err(stdio::Error::new(
+                stdio::ErrorKind::UnexpectedEof,
                 "backend closed mid-body",
             ));
         }
-        let (take, more_clean) = body.take(&buf)?;
-        clean &= more_clean;
-        write_all(&client.stream, &buf[..take], &mut client.clock, client_wait).await?;
+        let relayed = match dechunk {
+            // Straight from the read buffer, without a copy.
+            false => {
+                let (take, whole) = body.take(&buf)?;
+                clean &= whole;
+                &buf[..take]
+            }
+            true => {
+                out.clear();
+                clean &= body.relay(&buf, &mut out, true)?;
+                &out[..]
+            }
+        };
+        write_all(&mut client.stream, relayed, &mut client.clock, client_wait).await?;
     }
     give_buffer(buf);
     Ok(clean && body.framing != Framing::UntilClose)
-}
-
-/// A body that filled its buffer is large: the buffer grows to [`BODY_BUFFER`].
-fn grow_if_full(buf: &mut Vec<u8>) {
-    if buf.len() == buf.capacity() && buf.capacity() < BODY_BUFFER {
-        buf.clear();
-        buf.reserve_exact(BODY_BUFFER);
-    }
 }
 
 /// Where a response body ends.
@@ -812,7 +952,7 @@ impl Body {
 
     /// How many of `bytes` belong to the body, and whether none were left over
     /// (a backend that sends more than its body cannot be trusted with another).
-    fn take(&mut self, bytes: &[u8]) -> io::Result<(usize, bool)> {
+    fn take(&mut self, bytes: &[u8]) -> stdio::Result<(usize, bool)> {
         let take = match self.framing {
             Framing::Empty => 0,
             Framing::Length(_) => {
@@ -820,33 +960,55 @@ impl Body {
                 self.left -= take;
                 take as usize
             }
-            Framing::Chunked => self.chunks.feed(bytes).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body")
-            })?,
+            Framing::Chunked => self.chunks.feed(bytes).map_err(|_| malformed_chunks())?,
             Framing::UntilClose => bytes.len(),
         };
         Ok((take, take == bytes.len()))
     }
+
+    /// Appends the body's part of `bytes` to `out`, decoded from its chunks
+    /// when `dechunk`; whether none were left over.
+    fn relay(&mut self, bytes: &[u8], out: &mut Vec<u8>, dechunk: bool) -> stdio::Result<bool> {
+        if dechunk && self.framing == Framing::Chunked {
+            let take = self
+                .chunks
+                .feed_decoded(bytes, out)
+                .map_err(|_| malformed_chunks())?;
+            return Ok(take == bytes.len());
+        }
+        let (take, whole) = self.take(bytes)?;
+        out.extend_from_slice(&bytes[..take]);
+        Ok(whole)
+    }
+}
+
+fn malformed_chunks() -> stdio::Error {
+    stdio::Error::new(stdio::ErrorKind::InvalidData, "malformed chunked body")
+}
+
+impl Delivery {
+    /// An answer after which the connection closes.
+    fn closing() -> Self {
+        Delivery {
+            close: true,
+            http10: false,
+            dechunk: false,
+        }
+    }
 }
 
 /// Writes limpet's own answer; false when the client is gone.
-async fn write_local(client: &mut Client, snap: &Snapshot, err: &ProxyError, close: bool) -> bool {
-    let status = err.status();
-    let body = err.body();
+async fn answer<S: Stream>(
+    client: &mut Client<S>,
+    snap: &Snapshot,
+    err: &ProxyError,
+    head_request: bool,
+    delivery: Delivery,
+) -> bool {
     let mut out = Vec::with_capacity(160);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-    if close {
-        out.extend_from_slice(b"\r\nconnection: close");
-    }
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body.as_bytes());
+    head::write_answer(&mut out, err, head_request, delivery);
     let wait = Wait::Idle(snap.config.timeouts.client_idle);
-    write_all(&client.stream, &out, &mut client.clock, wait)
+    write_all(&mut client.stream, &out, &mut client.clock, wait)
         .await
         .is_ok()
 }
@@ -861,267 +1023,9 @@ fn record(
     status: u16,
     started: std::time::Instant,
 ) {
-    let access = tracing::enabled!(target: "limpet::access", tracing::Level::INFO)
-        .then(|| (head.method(buf), head.target(buf)));
-    proxy.record(snap, trace, status, started.elapsed(), access);
-}
-
-async fn connect(
-    addr: std::net::SocketAddr,
-    timeout: Duration,
-    clock: &mut Clock,
-) -> Result<TcpStream, ConnectError> {
-    match clock
-        .within(Instant::now() + timeout, TcpStream::connect(addr))
-        .await
-    {
-        None => Err(ConnectError::Timeout(timeout)),
-        Some(Err(e)) => Err(ConnectError::Io(e)),
-        Some(Ok(socket)) => {
-            let _ = socket.set_nodelay(true);
-            Ok(socket)
-        }
-    }
-}
-
-/// How long an IO operation may wait.
-#[derive(Clone, Copy)]
-enum Wait {
-    /// Until this instant, however much traffic there was before.
-    Until(Instant),
-    /// This long from the start of the wait (inactivity).
-    Idle(Duration),
-}
-
-impl Wait {
-    fn deadline(self) -> Instant {
-        match self {
-            Wait::Until(at) => at,
-            Wait::Idle(limit) => Instant::now() + limit,
-        }
-    }
-}
-
-fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "timed out")
-}
-
-/// Reads what is there into `buf`'s spare capacity (at least one byte of room);
-/// `Ok(0)` at the end of the stream.
-async fn read_some(
-    socket: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    clock: &mut Clock,
-    wait: Wait,
-) -> io::Result<usize> {
-    if buf.capacity() == buf.len() {
-        buf.reserve(BUFFER);
-    }
-    read_some_into(socket, buf, clock, wait).await
-}
-
-async fn read_some_into<B: BufMut>(
-    socket: &mut TcpStream,
-    buf: &mut B,
-    clock: &mut Clock,
-    wait: Wait,
-) -> io::Result<usize> {
-    let mut deadline = None;
-    loop {
-        match read_now(socket, buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            done => return done,
-        }
-        let until = *deadline.get_or_insert_with(|| wait.deadline());
-        match ready(socket, Interest::Read, clock, until).await {
-            Some(ready) => ready?,
-            None => return Err(timed_out()),
-        }
-    }
-}
-
-/// One read of what is there, without waiting: through tokio's `AsyncRead`,
-/// which (unlike `try_read`) notes that a short read drained the socket, so
-/// that the next read waits for the poller instead of failing with EAGAIN (a
-/// system call saved per read).
-fn read_now<B: BufMut>(socket: &mut TcpStream, buf: &mut B) -> io::Result<usize> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match pin!(socket.read_buf(buf)).poll(&mut cx) {
-        Poll::Ready(read) => read,
-        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-    }
-}
-
-async fn write_all(
-    socket: &TcpStream,
-    mut bytes: &[u8],
-    clock: &mut Clock,
-    wait: Wait,
-) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match socket.try_write(bytes) {
-            Ok(n) => {
-                bytes = &bytes[n..];
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        match ready(socket, Interest::Write, clock, wait.deadline()).await {
-            Some(ready) => ready?,
-            None => return Err(timed_out()),
-        }
-    }
-    Ok(())
-}
-
-/// One timer per connection for all its deadlines.
-///
-/// Arming a timer for every wait would cost a timer-wheel registration per
-/// request; instead the timer is moved earlier only when a wait's deadline comes
-/// before it, and when it fires before the wait's deadline it is re-armed. With
-/// steady traffic it fires about once per `upstream_response`.
-struct Clock {
-    sleep: Pin<Box<Sleep>>,
-}
-
-impl Clock {
-    fn new(first: Instant) -> Self {
-        Clock {
-            sleep: Box::pin(tokio::time::sleep_until(first)),
-        }
-    }
-
-    /// `fut`'s output, or `None` if `deadline` passes first.
-    async fn within<F: Future>(&mut self, deadline: Instant, fut: F) -> Option<F::Output> {
-        let mut fut = pin!(fut);
-        poll_fn(|cx| match fut.as_mut().poll(cx) {
-            Poll::Ready(out) => Poll::Ready(Some(out)),
-            Poll::Pending => self.poll_passed(cx, deadline).map(|()| None),
-        })
-        .await
-    }
-
-    /// Ready once `deadline` has passed.
-    fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        if self.sleep.deadline() > deadline {
-            self.sleep.as_mut().reset(deadline);
-        }
-        while self.sleep.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            self.sleep.as_mut().reset(deadline);
-        }
-        Poll::Pending
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Interest {
-    Read,
-    Write,
-}
-
-/// Waits until `socket` is readable or writable; `None` if `deadline` passes
-/// first. Polled in place: no waiter is allocated in the connection's future.
-async fn ready(
-    socket: &TcpStream,
-    interest: Interest,
-    clock: &mut Clock,
-    deadline: Instant,
-) -> Option<io::Result<()>> {
-    poll_fn(|cx| {
-        let polled = match interest {
-            Interest::Read => socket.poll_read_ready(cx),
-            Interest::Write => socket.poll_write_ready(cx),
-        };
-        match polled {
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-            Poll::Pending => clock.poll_passed(cx, deadline).map(|()| None),
-        }
-    })
-    .await
-}
-
-thread_local! {
-    static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// An empty buffer of [`BUFFER`] bytes' capacity, from this thread's spares.
-fn take_buffer() -> Vec<u8> {
-    BUFFERS
-        .with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(BUFFER))
-}
-
-fn give_buffer(mut buf: Vec<u8>) {
-    if buf.capacity() != BUFFER {
-        return;
-    }
-    buf.clear();
-    BUFFERS.with(|b| {
-        let mut spares = b.borrow_mut();
-        if spares.len() < SPARE_BUFFERS {
-            spares.push(buf);
-        }
+    let access = flow::access_log_enabled().then(|| {
+        let method = std::str::from_utf8(head.method(buf)).unwrap_or("");
+        (method, head.target(buf))
     });
-}
-
-/// A connection whose first bytes were already read: they are read again first.
-pub(crate) struct Prefixed {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.pos < this.prefix.len() {
-            let n = (this.prefix.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    proxy.record(snap, trace, status, started.elapsed(), access);
 }

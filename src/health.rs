@@ -6,28 +6,19 @@
 //! shared [`BackendState`], so it carries over a reload.
 
 use std::fmt::Display;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request};
-use http_body_util::{Either, Empty};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::backend::{Backend, BackendState, Health};
+use crate::backend::{Backend, Health, LastCheck};
 use crate::config::HealthConfig;
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Upstream};
-
-/// The last active check of a backend, for `/status`.
-#[derive(Debug, Clone)]
-pub struct LastCheck {
-    pub ok: bool,
-    pub latency: Duration,
-    pub at: SystemTime,
-    /// Why it failed, when it did.
-    pub reason: Option<String>,
-}
 
 /// A connection-level failure of live traffic to `upstream.backends[index]`: after
 /// `passive_fall` in a row the backend is marked down at once.
@@ -73,7 +64,7 @@ pub async fn run(
         }
         tokio::select! {
             changed = generation.changed() => if changed.is_err() { return },
-            _ = crate::listener::stopped(&mut shutdown) => return,
+            _ = crate::shutdown::stopped(&mut shutdown) => return,
         }
         tasks.abort_all();
     }
@@ -186,17 +177,24 @@ impl RiseFall {
 /// One `GET health.path`; the error says why it failed.
 async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
     let attempt = async {
-        let mut sender = crate::upstream::connect(backend.addr, cfg.timeout)
+        let socket = crate::pool::connect(backend.addr, cfg.timeout)
             .await
             .map_err(|e| match e {
-                crate::upstream::ConnectError::Io(io)
+                crate::pool::ConnectError::Io(io)
                     if io.kind() == std::io::ErrorKind::ConnectionRefused =>
                 {
                     "connection refused".to_string()
                 }
                 other => other.to_string(),
             })?;
-        let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(socket))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            // Errors show in the response.
+            let _ = conn.await;
+        });
+        let mut req = Request::new(Empty::<Bytes>::new());
         *req.uri_mut() = cfg
             .path
             .parse()
@@ -228,19 +226,6 @@ async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
             "timeout after {}",
             humantime::format_duration(cfg.timeout)
         )),
-    }
-}
-
-impl BackendState {
-    pub fn set_last_check(&self, check: LastCheck) {
-        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(check);
-    }
-
-    pub fn last_check(&self) -> Option<LastCheck> {
-        self.last_check
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 }
 

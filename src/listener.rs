@@ -1,20 +1,12 @@
-//! Accept loops of the public listeners: the connection limit, TLS termination on
-//! https listeners, graceful shutdown. A plain connection goes to limpet's own
-//! HTTP/1.1 engine (`crate::h1`), which hands what it does not take on (h2c prior
-//! knowledge, HTTP/1.0, upgrades, ...) back to hyper here; a TLS connection goes
-//! to hyper-util's `conn::auto` (HTTP/1.1, and HTTP/2 by ALPN), with the head-size
-//! and head-time limits of `listener/timeouts.rs`.
+//! Accept loops of the public listeners: the connection limit, TLS termination
+//! on https listeners, graceful shutdown, and the choice of engine by a
+//! connection's first bytes: limpet's HTTP/1 engine (`crate::h1`) for every
+//! HTTP/1.x connection, plain or TLS, and hyper's HTTP/2 (`crate::h2`) for ALPN
+//! `h2` or a plain connection that opens with the HTTP/2 preface (h2c).
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,16 +14,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::flow::{ConnInfo, Proxy};
+use crate::h1::Ended;
 use crate::metrics::ConnectionGauge;
-
-mod closing;
-mod timeouts;
-use crate::proxy::{ConnInfo, Proxy};
-use crate::upstream::ProxyBody;
-pub(crate) use closing::{Closing, Watch};
-use timeouts::{Activity, TimedIo};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::shutdown::{stopped, Closing, Watch};
 
 /// Serves `listener` until `shutdown` turns true, then waits up to `grace` for
 /// the open connections to finish their requests.
@@ -52,7 +38,7 @@ pub async fn serve(
     // Shared by every connection and request of this listener: a request clones a
     // pointer, not the Proxy (whose Metrics alone hold a dozen reference counts).
     let proxy = Arc::new(proxy);
-    let closing = Arc::new(Closing::new(shutdown.clone()));
+    let closing = Arc::new(Closing::new());
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -75,41 +61,19 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let gauge = ConnectionGauge::open(&proxy.metrics, &name);
-        let watcher = graceful.watcher();
-        let proxy = Arc::clone(&proxy);
-        let conn_info = ConnInfo { peer, tls };
-        if !tls {
-            let guard = (gauge, permit);
-            let closing = Watch::new(closing.clone());
-            tokio::spawn(crate::h1::serve(
-                proxy, stream, conn_info, watcher, closing, guard,
-            ));
-            continue;
-        }
-        tokio::spawn(async move {
+        let guard = (ConnectionGauge::open(&proxy.metrics, &name), permit);
+        let conn = Connection {
+            proxy: Arc::clone(&proxy),
+            info: ConnInfo { peer, tls },
+            watcher: graceful.watcher(),
+            closing: Watch::new(closing.clone()),
+        };
+        match tls {
+            false => tokio::spawn(conn.serve_plain(stream, guard)),
             // Boxed: a TLS connection's state is larger, and unboxed it would
             // set the size of every connection's task, plain ones included.
-            let result = Box::pin(async {
-                match handshake(&proxy, stream).await {
-                    Some(tls_stream) => {
-                        let (builder, timeouts) = connection_builder(&proxy);
-                        let activity = Activity::new();
-                        serve_connection(
-                            &proxy, tls_stream, conn_info, watcher, activity, builder, timeouts,
-                        )
-                        .await
-                    }
-                    None => Ok(()),
-                }
-            })
-            .await;
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(gauge);
-            drop(permit);
-        });
+            true => tokio::spawn(Box::pin(conn.serve_tls(stream, guard))),
+        };
     }
     drop(listener);
     closing.close();
@@ -118,6 +82,66 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(listener = %name, "shutdown grace of {grace:?} over: closing the remaining connections");
+    }
+}
+
+/// One accepted client connection.
+struct Connection {
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+    /// Held until the connection ends: the listener's shutdown waits for it.
+    watcher: Watcher,
+    closing: Watch,
+}
+
+impl Connection {
+    /// A plain connection: HTTP/1 from its first byte, or h2c.
+    async fn serve_plain<G: Send + 'static>(self, stream: TcpStream, guard: G) {
+        let Connection {
+            proxy,
+            info,
+            watcher,
+            closing,
+        } = self;
+        let ended = crate::h1::serve(Arc::clone(&proxy), stream, info.clone(), closing, true).await;
+        if let Ended::H2c(io) = ended {
+            // Boxed: HTTP/2's state would otherwise take room in every
+            // connection's task.
+            serve_h2(&proxy, io, info, watcher).await;
+        }
+        drop(guard);
+    }
+
+    /// A TLS connection: the handshake, then HTTP/2 for ALPN `h2`, the HTTP/1
+    /// engine for anything else.
+    async fn serve_tls<G: Send + 'static>(self, stream: TcpStream, guard: G) {
+        let Connection {
+            proxy,
+            info,
+            watcher,
+            closing,
+        } = self;
+        if let Some(tls) = handshake(&proxy, stream).await {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            match h2 {
+                true => serve_h2(&proxy, tls, info, watcher).await,
+                false => {
+                    let _ = crate::h1::serve(Arc::clone(&proxy), tls, info, closing, false).await;
+                }
+            }
+        }
+        drop(guard);
+    }
+}
+
+/// Serves HTTP/2 on `io` until the connection closes.
+async fn serve_h2<I>(proxy: &Arc<Proxy>, io: I, info: ConnInfo, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    if let Err(e) = Box::pin(crate::h2::serve(proxy, io, info, watcher)).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -141,149 +165,4 @@ async fn handshake(proxy: &Proxy, stream: TcpStream) -> Option<TlsStream<TcpStre
             None
         }
     }
-}
-
-/// Serves HTTP/1.1 or h2c with hyper-util's `conn::auto` on a plain connection
-/// that limpet's own engine handed over because its first bytes may be the
-/// HTTP/2 preface (see `crate::h1`).
-pub(crate) async fn serve_auto<I>(
-    proxy: &Arc<Proxy>,
-    io: I,
-    conn_info: ConnInfo,
-    watcher: Watcher,
-) -> Result<(), BoxError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (builder, timeouts) = connection_builder(proxy);
-    let activity = Activity::new();
-    serve_connection(proxy, io, conn_info, watcher, activity, builder, timeouts).await
-}
-
-/// Serves HTTP/1 with hyper on a plain connection that limpet's own engine
-/// handed over (see `crate::h1`): the request it did not take on, and every
-/// request after it.
-pub(crate) async fn serve_http1<I>(
-    proxy: &Arc<Proxy>,
-    io: I,
-    conn_info: ConnInfo,
-    watcher: Watcher,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), BoxError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (timeouts, max_header_bytes) = {
-        let snap = proxy.state.load();
-        (snap.config.timeouts, snap.config.limits.max_header_bytes)
-    };
-    let activity = Activity::new();
-    let io = TimedIo::new(
-        io,
-        activity.clone(),
-        timeouts.client_header,
-        timeouts.client_idle,
-    );
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    // The same HTTP/1 settings as connection_builder gives conn::auto.
-    http1
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(None)
-        .max_buf_size(max_header_bytes);
-    let conn = http1
-        .serve_connection(TokioIo::new(io), service(proxy, conn_info, activity))
-        .with_upgrades();
-    // Graceful shutdown as `Watcher::watch` does it (hyper-util's watcher does not
-    // take an upgradeable HTTP/1 connection): at shutdown, finish the request in
-    // progress and close; the watcher is held until then so that the listener's
-    // shutdown waits for this connection.
-    let mut conn = std::pin::pin!(conn);
-    let mut stop = std::pin::pin!(stopped(&mut shutdown));
-    let mut stopping = false;
-    let result = std::future::poll_fn(|cx| {
-        if !stopping && stop.as_mut().poll(cx).is_ready() {
-            stopping = true;
-            conn.as_mut().graceful_shutdown();
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
-    drop(watcher);
-    result.map_err(Into::into)
-}
-
-/// The service of one client connection: every request through [`Proxy::call`].
-fn service(
-    proxy: &Arc<Proxy>,
-    conn_info: ConnInfo,
-    activity: Arc<Activity>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<ProxyBody>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    let proxy = Arc::clone(proxy);
-    service_fn(move |req| {
-        let proxy = Arc::clone(&proxy);
-        let conn_info = conn_info.clone();
-        let activity = activity.clone();
-        async move {
-            let _busy = activity.request_started();
-            Ok::<_, Infallible>(proxy.call(req, &conn_info).await)
-        }
-    })
-}
-
-/// Serves HTTP/1.1 or HTTP/2 (by ALPN or prior knowledge) on one client connection.
-async fn serve_connection<I>(
-    proxy: &Arc<Proxy>,
-    stream: I,
-    conn_info: ConnInfo,
-    watcher: Watcher,
-    activity: Arc<Activity>,
-    builder: auto::Builder<TokioExecutor>,
-    timeouts: crate::config::Timeouts,
-) -> Result<(), BoxError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let io = TimedIo::new(
-        stream,
-        activity.clone(),
-        timeouts.client_header,
-        timeouts.client_idle,
-    );
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service(proxy, conn_info, activity))
-        .into_owned();
-    watcher.watch(conn).await
-}
-
-/// A connection builder with the current configuration's limits, and its timeouts.
-fn connection_builder(proxy: &Proxy) -> (auto::Builder<TokioExecutor>, crate::config::Timeouts) {
-    let snap = proxy.state.load();
-    let timeouts = snap.config.timeouts;
-    let limits = snap.config.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        // TimedIo enforces client_header and client_idle (see listener/timeouts.rs).
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
-    (builder, timeouts)
-}
-
-/// Resolves when shutdown starts (or the sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }

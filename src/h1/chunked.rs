@@ -1,6 +1,7 @@
-//! Finds where a chunked message body ends (RFC 9112, section 7.1) without
-//! decoding it: the engine relays chunked bodies byte for byte, extensions and
-//! trailers included, and only needs to know when the last one has passed.
+//! Finds where a chunked message body ends (RFC 9112, section 7.1): the engine
+//! relays chunked bodies byte for byte, extensions and trailers included, and
+//! only needs to know when the last one has passed. For an HTTP/1.0 client,
+//! which cannot read chunks, [`Scanner::feed_decoded`] also copies out the data.
 
 /// Where the scanner is in the chunked framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,15 @@ impl Scanner {
     /// Scans the next bytes of the body; returns how many of them belong to it
     /// (fewer than `bytes.len()` only when the body ended inside `bytes`).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
+        self.scan(bytes, None)
+    }
+
+    /// As [`Scanner::feed`], and appends the chunks' data to `data`.
+    pub fn feed_decoded(&mut self, bytes: &[u8], data: &mut Vec<u8>) -> Result<usize, Malformed> {
+        self.scan(bytes, Some(data))
+    }
+
+    fn scan(&mut self, bytes: &[u8], mut data: Option<&mut Vec<u8>>) -> Result<usize, Malformed> {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -92,6 +102,9 @@ impl Scanner {
                 },
                 State::Data(left) => {
                     let take = left.min((bytes.len() - i) as u64);
+                    if let Some(data) = data.as_deref_mut() {
+                        data.extend_from_slice(&bytes[i..i + take as usize]);
+                    }
                     i += take as usize;
                     self.state = match left - take {
                         0 => State::DataCr,
@@ -171,6 +184,20 @@ mod tests {
         let end = bytes.len();
         bytes.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         assert_eq!(scan(&bytes, bytes.len()), Ok((end, true)));
+    }
+
+    #[test]
+    fn decodes_the_data_in_any_split() {
+        let body = b"5\r\nhello\r\n3;x=y\r\n, w\r\n0\r\nT: 1\r\n\r\n";
+        for step in 1..=body.len() {
+            let mut s = Scanner::new();
+            let mut data = Vec::new();
+            for piece in body.chunks(step) {
+                s.feed_decoded(piece, &mut data).unwrap();
+            }
+            assert!(s.is_done());
+            assert_eq!(data, b"hello, w", "step {step}");
+        }
     }
 
     #[test]

@@ -1,39 +1,32 @@
-//! Request and response heads as the engine sees them: parsed in place with
-//! httparse (fields are offsets into the read buffer, nothing is copied), sorted
-//! into what the proxy needs to look at, and written back out rewritten per
-//! SPEC section 4.
-//!
-//! A request the engine does not take on (see [`Parsed::Other`]) goes to hyper
-//! untouched, with the bytes read so far.
+//! Request and response heads as the HTTP/1 engine sees them: parsed in place
+//! with httparse (fields are offsets into the read buffer, nothing is copied),
+//! checked strictly (RFC 9112: an ambiguous message is a 400, never
+//! forwarded), and written back out under the header policy of
+//! `crate::flow::policy`.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use crate::affinity::{self, HeaderLookup};
+use crate::affinity::HeaderLookup;
+use crate::error::ProxyError;
+use crate::flow::policy::{self, tokens, Field, Forwarding};
 
 /// As many header fields as hyper accepts.
 pub const MAX_FIELDS: usize = 100;
 
-/// What a header field is to the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Passed on as it is.
-    Other,
-    Host,
-    Cookie,
-    XForwardedFor,
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    /// Removed: hop-by-hop, named by Connection, or set by limpet itself.
-    Drop,
-}
-
 #[derive(Debug, Clone)]
-pub struct Field {
+pub struct FieldAt {
     pub name: Range<usize>,
     pub value: Range<usize>,
-    pub kind: Kind,
+    pub kind: Field,
+}
+
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    None,
+    Length(u64),
+    Chunked,
 }
 
 /// A request head in the buffer `buf[..len]`.
@@ -42,13 +35,25 @@ pub struct RequestHead {
     /// Bytes of the head, final empty line included.
     pub len: usize,
     pub method: Range<usize>,
+    /// The request target as sent (for the access log).
     pub target: Range<usize>,
-    pub fields: Vec<Field>,
-    /// The index in `fields` of the Host field.
-    pub host: usize,
-    pub content_length: u64,
-    /// The client asked to close the connection after this request.
-    pub close: bool,
+    /// What the backend gets as its target: the origin-form path and query
+    /// (an absolute-form target's after its authority; empty for `/`).
+    pub origin: Range<usize>,
+    /// The authority of an absolute-form target, which wins over Host
+    /// (RFC 9112, section 3.2.2).
+    pub authority: Option<Range<usize>>,
+    pub fields: Vec<FieldAt>,
+    /// The index in `fields` of the one Host field.
+    pub host_field: Option<usize>,
+    pub http10: bool,
+    pub body: RequestBody,
+    /// The client keeps the connection open after this request.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: limpet says 100 Continue before reading the body.
+    pub expect_continue: bool,
+    /// The Upgrade field's value, when the request asks to switch protocols.
+    pub upgrade: Option<Range<usize>>,
 }
 
 /// The outcome of parsing what has arrived of a request head.
@@ -57,40 +62,41 @@ pub enum Parsed {
     Complete(RequestHead),
     /// More bytes are needed.
     Partial,
-    /// Not for this engine: hyper answers it (HTTP/1.0, upgrades, `Expect`, a
-    /// chunked body, absolute-form targets, malformed heads, ...).
-    Other,
+    /// Answered by limpet (400, or 417 for an unknown expectation) and the
+    /// connection closed.
+    Invalid(ProxyError),
 }
 
 impl RequestHead {
-    pub fn method<'b>(&self, buf: &'b [u8]) -> &'b str {
-        text(&buf[self.method.clone()])
+    pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.method.clone()]
     }
 
-    /// The request target, path and query (origin-form).
+    /// The request target as sent.
     pub fn target<'b>(&self, buf: &'b [u8]) -> &'b str {
         text(&buf[self.target.clone()])
     }
 
     /// The path without the query, as routing sees it.
     pub fn path<'b>(&self, buf: &'b [u8]) -> &'b str {
-        let target = self.target(buf);
-        target.split_once('?').map_or(target, |(path, _)| path)
+        let origin = text(&buf[self.origin.clone()]);
+        match origin.split_once('?').map_or(origin, |(path, _)| path) {
+            "" | "*" => "/",
+            path => path,
+        }
     }
 
-    pub fn host<'b>(&self, buf: &'b [u8]) -> &'b str {
-        text(&buf[self.fields[self.host].value.clone()])
-    }
-
-    pub fn is_idempotent(&self, buf: &[u8]) -> bool {
-        matches!(
-            self.method(buf),
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
-        )
+    /// The host the request is routed and forwarded by.
+    pub fn host<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        match (&self.authority, self.host_field) {
+            (Some(a), _) => Some(&buf[a.clone()]),
+            (None, Some(i)) => Some(&buf[self.fields[i].value.clone()]),
+            (None, None) => None,
+        }
     }
 
     pub fn is_head(&self, buf: &[u8]) -> bool {
-        self.method(buf) == "HEAD"
+        self.method(buf) == b"HEAD"
     }
 }
 
@@ -98,6 +104,10 @@ impl RequestHead {
 /// never happens for what the parser let through).
 fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or("")
+}
+
+fn bad(why: &'static str) -> Parsed {
+    Parsed::Invalid(ProxyError::BadRequest(why))
 }
 
 /// Parses the request head at the start of `buf`.
@@ -108,132 +118,170 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(ProxyError::HeadTooLarge),
+        Err(_) => return bad("malformed request head"),
     };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Parsed::Other;
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return bad("malformed request line");
     };
-    if !target.starts_with('/') || !target.bytes().all(is_target_byte) {
-        return Parsed::Other;
-    }
     let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - buf.as_ptr() as usize;
         start..start + s.len()
     };
+    let target_at = at(target.as_bytes());
+    let (origin, authority) = match split_target(method, target) {
+        Ok((origin, authority)) => (at(origin.as_bytes()), authority.map(|a| at(a.as_bytes()))),
+        Err(why) => return bad(why),
+    };
+    let http10 = version == 0;
     let mut head = RequestHead {
         len,
         method: at(method.as_bytes()),
-        target: at(target.as_bytes()),
+        target: target_at,
+        origin,
+        authority,
         fields: Vec::with_capacity(req.headers.len()),
-        host: usize::MAX,
-        content_length: 0,
-        close: false,
+        host_field: None,
+        http10,
+        body: RequestBody::None,
+        keep_alive: !http10,
+        expect_continue: false,
+        upgrade: None,
     };
     let mut content_length = None;
+    let mut chunked = None;
+    let mut asks_upgrade = false;
     for h in req.headers.iter() {
-        let kind = request_kind(h.name);
+        let kind = policy::request_field(h.name.as_bytes());
         match kind {
-            Kind::Host => {
-                if head.host != usize::MAX || affinity::header_text(h.value).is_none() {
-                    return Parsed::Other;
+            Field::Host => {
+                if head.host_field.is_some() {
+                    return bad("more than one Host field");
                 }
-                head.host = head.fields.len();
+                if !is_authority(h.value) {
+                    return bad("invalid Host");
+                }
+                head.host_field = Some(head.fields.len());
             }
-            Kind::ContentLength => match (content_length, parse_length(h.value)) {
-                (_, None) => return Parsed::Other,
-                (Some(seen), Some(n)) if seen != n => return Parsed::Other,
+            Field::ContentLength => match (content_length, parse_length(h.value)) {
+                (_, None) => return bad("invalid Content-Length"),
+                (Some(seen), Some(n)) if seen != n => return bad("conflicting Content-Length"),
                 (_, Some(n)) => content_length = Some(n),
             },
-            Kind::TransferEncoding => return Parsed::Other,
-            Kind::Connection => {
+            Field::TransferEncoding => {
+                // Only `chunked`, once: anything else is a coding limpet cannot
+                // frame by, or an attempt to make two parsers disagree.
+                for token in tokens(h.value) {
+                    match (chunked, token.eq_ignore_ascii_case(b"chunked")) {
+                        (None, true) => chunked = Some(true),
+                        _ => return bad("unsupported Transfer-Encoding"),
+                    }
+                }
+                if chunked.is_none() {
+                    return bad("empty Transfer-Encoding");
+                }
+            }
+            Field::Connection => {
                 for token in tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
-                        head.close = true;
+                        head.keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                        head.keep_alive = true;
                     } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        return Parsed::Other;
+                        asks_upgrade = true;
                     }
                 }
             }
+            Field::Expect if !http10 => {
+                if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                    return Parsed::Invalid(ProxyError::Expectation);
+                }
+                head.expect_continue = true;
+            }
+            Field::Upgrade if !http10 => head.upgrade = Some(at(h.value)),
             _ => {}
         }
-        if kind == Kind::Other
-            && (h.name.eq_ignore_ascii_case("expect") || h.name.eq_ignore_ascii_case("upgrade"))
-        {
-            return Parsed::Other;
-        }
-        head.fields.push(Field {
+        head.fields.push(FieldAt {
             name: at(h.name.as_bytes()),
             value: at(h.value),
             kind,
         });
     }
-    if head.host == usize::MAX {
-        return Parsed::Other;
+    if head.host_field.is_none() && !http10 {
+        return bad("HTTP/1.1 request without Host");
     }
-    head.content_length = content_length.unwrap_or(0);
-    drop_connection_named(buf, &mut head.fields);
+    if !asks_upgrade {
+        head.upgrade = None;
+    } else if head.upgrade.is_some() && !head.keep_alive {
+        // Connection: close, upgrade: the client wants neither.
+        head.upgrade = None;
+    }
+    head.body = match (chunked, content_length) {
+        (Some(_), Some(_)) => return bad("both Transfer-Encoding and Content-Length"),
+        (Some(_), None) if http10 => return bad("Transfer-Encoding in HTTP/1.0"),
+        (Some(_), None) => RequestBody::Chunked,
+        (None, Some(0)) | (None, None) => RequestBody::None,
+        (None, Some(n)) => RequestBody::Length(n),
+    };
+    if head.body == RequestBody::None {
+        head.expect_continue = false;
+    }
+    mark_connection_named(buf, &mut head.fields);
     Parsed::Complete(head)
 }
 
-/// The request-target bytes the engine passes on as they are; anything else (a
-/// byte hyper's URI parser may refuse) goes to hyper.
-fn is_target_byte(b: u8) -> bool {
-    (0x21..0x7f).contains(&b) && !b"\"<>\\^`{|}".contains(&b)
-}
-
-fn request_kind(name: &str) -> Kind {
-    let is = |known: &str| name.eq_ignore_ascii_case(known);
-    match name.len() {
-        4 if is("host") => Kind::Host,
-        6 if is("cookie") => Kind::Cookie,
-        15 if is("x-forwarded-for") => Kind::XForwardedFor,
-        16 if is("x-forwarded-host") => Kind::Drop,
-        17 if is("x-forwarded-proto") => Kind::Drop,
-        22 if is(crate::proxy::FAILOVER_FROM.as_str()) => Kind::Drop,
-        _ => common_kind(name),
+/// The origin-form part of a request target and, for an absolute-form one,
+/// its authority.
+fn split_target<'t>(
+    method: &str,
+    target: &'t str,
+) -> Result<(&'t str, Option<&'t str>), &'static str> {
+    if target.starts_with('/') {
+        return Ok((target, None));
     }
-}
-
-/// Kinds that requests and responses share: framing, and the fixed hop-by-hop
-/// set of SPEC section 4. One comparison per field at most (by length first).
-fn common_kind(name: &str) -> Kind {
-    let is = |known: &str| name.eq_ignore_ascii_case(known);
-    match name.len() {
-        14 if is("content-length") => Kind::ContentLength,
-        17 if is("transfer-encoding") => Kind::TransferEncoding,
-        10 if is("connection") => Kind::Connection,
-        10 if is("keep-alive") => Kind::Drop,
-        16 if is("proxy-connection") => Kind::Drop,
-        18 if is("proxy-authenticate") => Kind::Drop,
-        19 if is("proxy-authorization") => Kind::Drop,
-        2 if is("te") => Kind::Drop,
-        7 if is("trailer") || is("upgrade") => Kind::Drop,
-        _ => Kind::Other,
+    if target == "*" {
+        return match method {
+            "OPTIONS" => Ok((target, None)),
+            _ => Err("asterisk-form target"),
+        };
     }
+    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
+    let rest = if lower(7).as_deref() == Some("http://") {
+        &target[7..]
+    } else if lower(8).as_deref() == Some("https://") {
+        &target[8..]
+    } else {
+        // authority-form (CONNECT) and anything else: limpet is no forward proxy.
+        return Err("unsupported request target");
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || !is_authority(authority.as_bytes()) {
+        return Err("invalid authority");
+    }
+    Ok((&rest[end..], Some(authority)))
 }
 
-/// The comma-separated tokens of a field value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
+/// A Host value or an authority: host and optional port, no user info, no
+/// whitespace (RFC 9110, section 7.2; RFC 3986, section 3.2).
+fn is_authority(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=:[]%".contains(&b))
 }
 
 /// Marks the fields that a Connection field names as dropped.
-fn drop_connection_named(buf: &[u8], fields: &mut [Field]) {
+fn mark_connection_named(buf: &[u8], fields: &mut [FieldAt]) {
     for i in 0..fields.len() {
-        if fields[i].kind != Kind::Connection {
+        if fields[i].kind != Field::Connection {
             continue;
         }
         let value = fields[i].value.clone();
-        for token in tokens(&buf[value]) {
-            if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
-                continue;
-            }
+        for token in tokens(&buf[value]).filter(|t| policy::names_a_field(t)) {
             for f in fields.iter_mut() {
-                if f.kind == Kind::Other && buf[f.name.clone()].eq_ignore_ascii_case(token) {
-                    f.kind = Kind::Drop;
+                if f.kind == Field::Pass && buf[f.name.clone()].eq_ignore_ascii_case(token) {
+                    f.kind = Field::Drop;
                 }
             }
         }
@@ -241,7 +289,6 @@ fn drop_connection_named(buf: &[u8], fields: &mut [Field]) {
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -251,81 +298,78 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 /// A parsed request head read through [`HeaderLookup`], for reading pins.
 pub struct Lookup<'a> {
     pub buf: &'a [u8],
-    pub fields: &'a [Field],
+    pub fields: &'a [FieldAt],
 }
 
 impl HeaderLookup for Lookup<'_> {
     fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let kind = request_kind(name);
+        let kind = policy::request_field(name.as_bytes());
         self.fields
             .iter()
             .filter(move |f| {
                 f.kind == kind
-                    && (kind != Kind::Other
+                    && (kind != Field::Pass
                         || self.buf[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
             })
             .map(|f| &self.buf[f.value.clone()])
     }
 }
 
-/// What the proxy adds to the request it forwards.
-pub struct Forwarding<'a> {
-    /// Strip this cookie from Cookie (`affinity = "cookie"`).
-    pub strip_cookie: Option<&'a str>,
-    /// The client's address, appended to X-Forwarded-For.
-    pub client: std::net::IpAddr,
-    pub tls: bool,
-    /// The `x-limpet-failover-from` value.
-    pub failover_from: Option<&'a str>,
-}
-
-/// Writes the request for the backend: the request line in HTTP/1.1, every field
-/// but the hop-by-hop ones and limpet's cookie, and the X-Forwarded-* fields.
+/// Writes the request for the backend: the request line in HTTP/1.1 with an
+/// origin-form target, the fields the policy passes, the Host the request was
+/// routed by, one Content-Length, and the fields limpet adds.
 pub fn write_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &Forwarding<'_>) {
     out.extend_from_slice(&buf[head.method.clone()]);
     out.push(b' ');
-    out.extend_from_slice(&buf[head.target.clone()]);
+    if head.origin.is_empty() || buf[head.origin.start] == b'?' {
+        out.push(b'/');
+    }
+    out.extend_from_slice(&buf[head.origin.clone()]);
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = fwd.host.unwrap_or_default();
     let mut cookie_written = false;
+    let mut length_written = false;
     for f in &head.fields {
+        let name = &buf[f.name.clone()];
         match f.kind {
-            Kind::Drop | Kind::Connection | Kind::XForwardedFor | Kind::TransferEncoding => {}
-            Kind::Cookie if cookie_written => {}
-            Kind::Cookie => {
+            Field::Pass => write_field(out, name, &buf[f.value.clone()]),
+            Field::Host => write_field(out, name, host),
+            Field::ContentLength if !length_written => {
+                length_written = true;
+                write_field(out, name, &buf[f.value.clone()]);
+            }
+            Field::Cookie if !cookie_written => {
                 cookie_written = true;
                 write_cookie(out, buf, &head.fields, fwd.strip_cookie);
             }
-            Kind::Other | Kind::Host | Kind::ContentLength => {
-                write_field(out, &buf[f.name.clone()], &buf[f.value.clone()]);
-            }
+            _ => {}
         }
     }
-    write_field(
-        out,
-        b"X-Forwarded-Host",
-        &buf[head.fields[head.host].value.clone()],
-    );
+    if head.host_field.is_none() {
+        write_field(out, b"Host", host);
+    }
+    if head.body == RequestBody::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if let Some(protocol) = &head.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        write_field(out, b"Upgrade", &buf[protocol.clone()]);
+    }
+    if let Some(host) = fwd.host {
+        write_field(out, b"X-Forwarded-Host", host);
+    }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for f in head.fields.iter().filter(|f| f.kind == Kind::XForwardedFor) {
-        if affinity::header_text(&buf[f.value.clone()]).is_some() {
-            out.extend_from_slice(&buf[f.value.clone()]);
-            out.extend_from_slice(b", ");
-        }
-    }
-    let mut ip = String::with_capacity(16);
-    crate::proxy::push_ip(&mut ip, fwd.client);
-    out.extend_from_slice(ip.as_bytes());
-    out.extend_from_slice(if fwd.tls {
-        b"\r\nX-Forwarded-Proto: https\r\n"
-    } else {
-        b"\r\nX-Forwarded-Proto: http\r\n"
-    });
+    let xff = head
+        .fields
+        .iter()
+        .filter(|f| f.kind == Field::XForwardedFor)
+        .map(|f| &buf[f.value.clone()]);
+    policy::write_forwarded_for(out, xff, fwd.client);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(policy::forwarded_proto(fwd.tls).as_bytes());
+    out.extend_from_slice(b"\r\n");
     if let Some(from) = fwd.failover_from {
-        write_field(
-            out,
-            crate::proxy::FAILOVER_FROM.as_str().as_bytes(),
-            from.as_bytes(),
-        );
+        write_field(out, policy::FAILOVER_FROM.as_bytes(), from.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -338,40 +382,25 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// One Cookie field for every Cookie field of the request: limpet's cookie
-/// removed, the application's pairs byte for byte, several fields joined (as
-/// `affinity::strip_cookie` does on a `HeaderMap`).
-fn write_cookie(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], strip: Option<&str>) {
-    let strip = strip.map(str::as_bytes);
-    let ours = |pair: &[u8]| strip.is_some_and(|name| affinity::is_named_bytes(pair, name));
+/// removed, the application's pairs byte for byte, several fields joined.
+fn write_cookie(out: &mut Vec<u8>, buf: &[u8], fields: &[FieldAt], strip: Option<&str>) {
     let mut values = fields
         .iter()
-        .filter(|f| f.kind == Kind::Cookie)
+        .filter(|f| f.kind == Field::Cookie)
         .map(|f| &buf[f.value.clone()]);
     let first = values.next().unwrap_or_default();
-    let mut rest = values.peekable();
-    if rest.peek().is_none() && !first.split(|&b| b == b';').any(ours) {
+    let mut rest = values.clone().peekable();
+    if rest.peek().is_none() && !policy::mentions_cookie(first, strip) {
         write_field(out, b"Cookie", first);
         return;
     }
     let start = out.len();
     out.extend_from_slice(b"Cookie: ");
-    let empty = out.len();
-    for value in std::iter::once(first).chain(rest) {
-        for pair in value.split(|&b| b == b';') {
-            let pair = pair.trim_ascii_start();
-            if pair.is_empty() || ours(pair) {
-                continue;
-            }
-            if out.len() > empty {
-                out.extend_from_slice(b"; ");
-            }
-            out.extend_from_slice(pair);
-        }
-    }
-    if out.len() == empty {
-        out.truncate(start);
-    } else {
+    let all = std::iter::once(first).chain(values);
+    if policy::write_cookie(out, all, strip) {
         out.extend_from_slice(b"\r\n");
+    } else {
+        out.truncate(start);
     }
 }
 
@@ -392,7 +421,7 @@ pub struct ResponseHead {
     pub len: usize,
     pub status: u16,
     pub reason: Range<usize>,
-    pub fields: Vec<Field>,
+    pub fields: Vec<FieldAt>,
     pub framing: Framing,
     /// The backend keeps the connection open after this response.
     pub keep_alive: bool,
@@ -403,15 +432,22 @@ pub struct ResponseHead {
 pub enum BadResponse {
     #[error("malformed response head: {0}")]
     Parse(#[from] httparse::Error),
-    #[error("conflicting Content-Length")]
+    #[error("status below 100")]
+    Status,
+    #[error("invalid or conflicting Content-Length")]
     Length,
     #[error("unexpected 101 Switching Protocols")]
     Switching,
 }
 
 /// Parses the response head at the start of `buf`; `Ok(None)` until it is all
-/// there. `head_request`: the request was HEAD (the response has no body).
-pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>, BadResponse> {
+/// there. `head_request`: the request was HEAD (the response has no body);
+/// `upgrade`: the request asked to switch protocols (a 101 may come).
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    upgrade: bool,
+) -> Result<Option<ResponseHead>, BadResponse> {
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
@@ -427,9 +463,9 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
     let status = resp.code.unwrap_or(0);
     // Three digits, but not a status (hyper's client refuses it too).
     if status < 100 {
-        return Err(BadResponse::Parse(httparse::Error::Status));
+        return Err(BadResponse::Status);
     }
-    if status == 101 {
+    if status == 101 && !upgrade {
         return Err(BadResponse::Switching);
     }
     let mut keep_alive = resp.version == Some(1);
@@ -437,9 +473,9 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
     let mut chunked = None;
     let mut fields = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
-        let kind = common_kind(h.name);
+        let kind = policy::response_field(h.name.as_bytes());
         match kind {
-            Kind::ContentLength => match (length, parse_length(h.value)) {
+            Field::ContentLength => match (length, parse_length(h.value)) {
                 (Some(seen), Some(n)) if seen != n => return Err(BadResponse::Length),
                 (_, None) => return Err(BadResponse::Length),
                 (_, n) => length = n,
@@ -447,22 +483,22 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
             // The last coding of all the fields decides (RFC 9112, section
             // 6.3); a field with none (empty) adds nothing to the list, but
             // Transfer-Encoding is there (RFC 9110, section 5.6.1).
-            Kind::TransferEncoding => match tokens(h.value).last() {
+            Field::TransferEncoding => match tokens(h.value).last() {
                 Some(t) => chunked = Some(t.eq_ignore_ascii_case(b"chunked")),
                 None => chunked = Some(chunked.unwrap_or(false)),
             },
-            Kind::Connection if tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close")) => {
+            Field::Connection if tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close")) => {
                 keep_alive = false;
             }
             _ => {}
         }
-        fields.push(Field {
+        fields.push(FieldAt {
             name: at(h.name.as_bytes()),
             value: at(h.value),
             kind,
         });
     }
-    drop_connection_named(buf, &mut fields);
+    mark_connection_named(buf, &mut fields);
     let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
         Framing::Empty
@@ -473,7 +509,7 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
             (None, Some(n)) => Framing::Length(n),
         }
     };
-    if framing == Framing::UntilClose {
+    if framing == Framing::UntilClose || status == 101 {
         keep_alive = false;
     }
     Ok(Some(ResponseHead {
@@ -491,33 +527,48 @@ pub fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseH
     }))
 }
 
-/// Writes the response for the client: HTTP/1.1, the backend's fields but the
-/// hop-by-hop ones (Transfer-Encoding stays when the chunked body is relayed as it
-/// is), then `extra` (a Set-Cookie, and `Connection: close` when the client
-/// connection ends after this response).
+/// How the response reaches the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// The client connection closes after this response.
+    pub close: bool,
+    /// The client speaks HTTP/1.0: keep-alive is said explicitly, and a
+    /// chunked body is sent decoded, delimited by the close.
+    pub http10: bool,
+    /// The body is decoded from chunks (for an HTTP/1.0 client).
+    pub dechunk: bool,
+}
+
+/// Writes the response for the client: the backend's fields but the hop-by-hop
+/// ones (Transfer-Encoding stays when the chunked body is relayed as it is),
+/// the pin's Set-Cookie, and what the connection does next.
 pub fn write_response(
     out: &mut Vec<u8>,
     buf: &[u8],
     head: &ResponseHead,
     set_cookie: Option<&str>,
-    close: bool,
+    delivery: Delivery,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(head.status).as_bytes());
     out.push(b' ');
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
+    let switching = head.status == 101;
     for f in &head.fields {
         let keep = match f.kind {
-            Kind::Drop | Kind::Connection => false,
+            Field::Drop | Field::Connection => false,
+            Field::Upgrade => switching,
             // An empty Transfer-Encoding field says nothing, and a client
             // that reads only the last field would miss the chunking.
-            Kind::TransferEncoding => {
-                head.framing != Framing::Empty && tokens(&buf[f.value.clone()]).next().is_some()
+            Field::TransferEncoding => {
+                head.framing == Framing::Chunked
+                    && !delivery.dechunk
+                    && tokens(&buf[f.value.clone()]).next().is_some()
             }
             // Transfer-Encoding frames the body when there is one: a
             // Content-Length beside it goes (RFC 9112, section 6.3).
-            Kind::ContentLength => matches!(head.framing, Framing::Empty | Framing::Length(_)),
+            Field::ContentLength => matches!(head.framing, Framing::Empty | Framing::Length(_)),
             _ => true,
         };
         if keep {
@@ -527,10 +578,37 @@ pub fn write_response(
     if let Some(cookie) = set_cookie {
         write_field(out, b"Set-Cookie", cookie.as_bytes());
     }
-    if close {
+    if switching {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if delivery.close {
         out.extend_from_slice(b"Connection: close\r\n");
+    } else if delivery.http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes limpet's own answer: status, a short plain-text body (none for
+/// HEAD, whose answer says only how long the body would be), and what the
+/// connection does next.
+pub fn write_answer(out: &mut Vec<u8>, err: &ProxyError, head_request: bool, delivery: Delivery) {
+    let status = err.status();
+    let body = err.body();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    if delivery.close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    } else if delivery.http10 {
+        out.extend_from_slice(b"\r\nconnection: keep-alive");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head_request {
+        out.extend_from_slice(body.as_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -548,6 +626,7 @@ mod tests {
         let head = complete(raw.as_bytes());
         let mut out = Vec::new();
         let fwd = Forwarding {
+            host: head.host(raw.as_bytes()),
             strip_cookie: strip,
             client: "10.0.0.9".parse().unwrap(),
             tls: false,
@@ -558,34 +637,62 @@ mod tests {
     }
 
     #[test]
-    fn takes_plain_requests_and_leaves_the_rest_to_hyper() {
+    fn parses_what_http1_allows() {
         let head = complete(b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
         assert_eq!(head.len, 52);
-        assert_eq!(head.content_length, 5);
+        assert_eq!(head.body, RequestBody::Length(5));
         assert_eq!(head.path(b"POST /a?b=1 HTTP/1.1"), "/a");
         assert!(matches!(
             parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n"),
             Parsed::Partial
         ));
-        for other in [
-            &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\n\r\n",
-            b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        let ten = complete(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(ten.http10 && !ten.keep_alive && ten.host_field.is_none());
+        let chunked = complete(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(chunked.body, RequestBody::Chunked);
+        let raw = b"GET http://shop.example:8080/p?q HTTP/1.1\r\nHost: other\r\n\r\n";
+        let absolute = complete(raw);
+        assert_eq!(absolute.host(raw), Some(&b"shop.example:8080"[..]));
+        assert_eq!(absolute.path(raw), "/p");
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert!(complete(raw).upgrade.is_some());
+        assert!(
+            complete(
+                b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+            )
+            .expect_continue
+        );
+    }
+
+    #[test]
+    fn refuses_ambiguous_requests() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
-            b"GET /{x} HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GARBAGE\r\n\r\n",
         ] {
             assert!(
-                matches!(parse_request(other), Parsed::Other),
+                matches!(parse_request(bad), Parsed::Invalid(ProxyError::BadRequest(_))),
                 "{}",
-                String::from_utf8_lossy(other)
+                String::from_utf8_lossy(bad)
             );
         }
+        assert!(matches!(
+            parse_request(b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: tea\r\n\r\n"),
+            Parsed::Invalid(ProxyError::Expectation)
+        ));
     }
 
     #[test]
@@ -593,14 +700,29 @@ mod tests {
         let out = forwarded(
             "GET /x HTTP/1.1\r\nhost: shop\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\n\
              Keep-Alive: 5\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n\
-             x-limpet-failover-from: forged\r\nAccept: */*\r\n\r\n",
+             x-limpet-failover-from: forged\r\nTransfer_Encoding: chunked\r\n\
+             Content-Length: 0\r\ncontent-length: 0\r\nAccept: */*\r\n\r\n",
             None,
         );
         assert_eq!(
             out,
-            "GET /x HTTP/1.1\r\nhost: shop\r\nAccept: */*\r\nX-Forwarded-Host: shop\r\n\
-             X-Forwarded-For: 1.1.1.1, 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n"
+            "GET /x HTTP/1.1\r\nhost: shop\r\nContent-Length: 0\r\nAccept: */*\r\n\
+             X-Forwarded-Host: shop\r\nX-Forwarded-For: 1.1.1.1, 10.0.0.9\r\n\
+             X-Forwarded-Proto: http\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn forwards_an_absolute_form_target_by_its_authority() {
+        let out = forwarded(
+            "GET http://shop.example?q=1 HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+            None,
+        );
+        assert!(
+            out.starts_with("GET /?q=1 HTTP/1.1\r\nHost: shop.example\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("X-Forwarded-Host: shop.example\r\n"), "{out}");
     }
 
     #[test]
@@ -631,7 +753,7 @@ mod tests {
     #[test]
     fn frames_responses() {
         let framing = |raw: &str, head_req: bool| {
-            parse_response(raw.as_bytes(), head_req)
+            parse_response(raw.as_bytes(), head_req, false)
                 .unwrap()
                 .map(|h| (h.framing, h.keep_alive))
         };
@@ -658,16 +780,23 @@ mod tests {
             framing("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
             Some((Framing::Length(0), false))
         );
-        assert_eq!(
-            framing(
-                "HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n",
-                false
-            ),
-            Some((Framing::Empty, false))
-        );
         assert_eq!(framing("HTTP/1.1 200 OK\r\n", false), None);
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
-        assert!(parse_response(b"garbage\r\n\r\n", false).is_err());
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad, false, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(parse_response(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false, true).is_ok());
     }
 
     #[test]
@@ -675,19 +804,40 @@ mod tests {
         let raw = "HTTP/1.1 200 Fine\r\nConnection: keep-alive, X-Internal\r\nX-Internal: 1\r\n\
                    Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\
                    Content-Type: text/plain\r\n\r\n";
-        let head = parse_response(raw.as_bytes(), false).unwrap().unwrap();
+        let head = parse_response(raw.as_bytes(), false, false)
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
+        let delivery = Delivery {
+            close: true,
+            http10: false,
+            dechunk: false,
+        };
         write_response(
             &mut out,
             raw.as_bytes(),
             &head,
             Some("limpet=v; Path=/"),
-            true,
+            delivery,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\
              Set-Cookie: limpet=v; Path=/\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn answers_head_without_a_body() {
+        let mut out = Vec::new();
+        let delivery = Delivery {
+            close: false,
+            http10: false,
+            dechunk: false,
+        };
+        write_answer(&mut out, &ProxyError::NoRoute, true, delivery);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(text.ends_with("content-length: 13\r\n\r\n"), "{text}");
     }
 }

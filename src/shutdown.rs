@@ -1,7 +1,8 @@
-//! Tells idle connections of limpet's HTTP/1 engine that shutdown has started,
-//! for 16 bytes per connection: each idle connection leaves its waker here
-//! instead of holding a waiter on the shutdown channel (160 bytes in every
-//! connection's task, idle or not).
+//! Shutdown, as the tasks see it: [`stopped`] for the tasks that await the
+//! shutdown channel, and [`Closing`], which tells idle connections of limpet's
+//! HTTP/1 engine that shutdown has started for 16 bytes per connection: each
+//! idle connection leaves its waker here instead of holding a waiter on the
+//! shutdown channel (160 bytes in every connection's task, idle or not).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,6 @@ use tokio::sync::watch;
 pub(crate) struct Closing {
     closing: AtomicBool,
     wakers: Mutex<Wakers>,
-    /// The listener's shutdown channel, for connections handed to hyper.
-    shutdown: watch::Receiver<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -25,11 +24,10 @@ struct Wakers {
 }
 
 impl Closing {
-    pub(crate) fn new(shutdown: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new() -> Self {
         Closing {
             closing: AtomicBool::new(false),
             wakers: Mutex::default(),
-            shutdown,
         }
     }
 
@@ -69,11 +67,6 @@ impl Watch {
 
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.is_closing()
-    }
-
-    /// The listener's shutdown channel.
-    pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
-        self.closing.shutdown.clone()
     }
 
     /// Ready once shutdown has started; until then, the task is woken when it does.
@@ -116,6 +109,11 @@ impl Drop for Watch {
     }
 }
 
+/// Resolves when shutdown starts (or the sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,8 +121,7 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_every_waiting_connection_and_recycles_slots() {
-        let (_stop, shutdown) = watch::channel(false);
-        let closing = Arc::new(Closing::new(shutdown));
+        let closing = Arc::new(Closing::new());
         let mut waiting = Vec::new();
         for _ in 0..3 {
             let mut watch = Watch::new(closing.clone());

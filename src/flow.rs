@@ -1,0 +1,302 @@
+//! The one request flow of SPEC sections 3 and 4, for every protocol: route,
+//! read the pin, choose the backend, the attempts and their retry rules, the
+//! header policy ([`policy`]), the Set-Cookie that re-pins, and recording
+//! (metrics and the access log).
+//!
+//! The engines (`crate::h1` for every HTTP/1.x connection, `crate::h2` for
+//! HTTP/2) only move bytes: each reads a request head, asks [`Proxy::decide`]
+//! where it goes, sends it through [`Attempts`], writes the response with the
+//! header policy, and calls [`Proxy::record`]. limpet's own answers are
+//! [`ProxyError`]s, whose status and body are decided in `crate::error`.
+
+pub mod policy;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::affinity::HeaderLookup;
+use crate::config::{Failover, SameSite, Secure};
+use crate::error::{BoxError, ProxyError};
+use crate::metrics::{code_class, Metrics};
+use crate::state::{Decision, Outcome, SharedState, Snapshot, Upstream};
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The proxy shared by every listener and connection: the live configuration
+/// and the metrics.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub state: SharedState,
+    pub metrics: Metrics,
+}
+
+/// What the access log and the metrics say about a request: indices into the
+/// request's snapshot.
+#[derive(Default)]
+pub(crate) struct Trace {
+    pub(crate) upstream: Option<usize>,
+    pub(crate) backend: Option<usize>,
+    pub(crate) outcome: Option<Outcome>,
+}
+
+/// What routing needs of a request head, whatever its protocol.
+pub(crate) struct RequestView<'a, H: HeaderLookup> {
+    /// The authority of an absolute-form target or HTTP/2 `:authority`, else
+    /// the Host field: what the request is routed and forwarded by.
+    pub host: Option<&'a str>,
+    /// The path without the query.
+    pub path: &'a str,
+    pub headers: &'a H,
+    pub peer: IpAddr,
+}
+
+impl Proxy {
+    pub fn new(state: SharedState, metrics: Metrics) -> Self {
+        Proxy { state, metrics }
+    }
+
+    /// SPEC section 3: the upstream of the request and the backend it goes to
+    /// first (pinned, its replica chain, or a new pick); 404 and 503 here.
+    pub(crate) fn decide<'s, H: HeaderLookup>(
+        snap: &'s Snapshot,
+        request: &RequestView<'_, H>,
+        trace: &mut Trace,
+    ) -> Result<(&'s Upstream, Decision), ProxyError> {
+        let index = snap
+            .router
+            .route(request.host, request.path)
+            .ok_or(ProxyError::NoRoute)?;
+        let upstream = &snap.upstreams[index];
+        trace.upstream = Some(index);
+        let pin = upstream.read_pin(request.headers, request.path, request.peer);
+        let decision = upstream.choose(pin);
+        trace.outcome = Some(decision.outcome);
+        if decision.outcome == Outcome::Rejected {
+            let reject = upstream.config.failover == Failover::Reject;
+            return Err(match reject && pin.is_some() {
+                true => ProxyError::Rejected,
+                false => ProxyError::NoBackend,
+            });
+        }
+        Ok((upstream, decision))
+    }
+
+    /// Writes a finished request's metrics and, when `access` carries its method and
+    /// path, its access-log line.
+    pub(crate) fn record(
+        &self,
+        snap: &Snapshot,
+        trace: &Trace,
+        status: u16,
+        elapsed: Duration,
+        access: Option<(&str, &str)>,
+    ) {
+        let up = trace.upstream.map(|u| &snap.upstreams[u]);
+        let upstream = up.map(|u| &*u.name).unwrap_or("");
+        let backend = match (up, trace.backend) {
+            (Some(u), Some(b)) => Some((b, &*u.backends[b].name)),
+            _ => None,
+        };
+        match (up, backend) {
+            (Some(u), Some(b)) => {
+                u.series.requests(&self.metrics, upstream, b, status).inc();
+                u.series
+                    .duration(&self.metrics, upstream, b)
+                    .observe(elapsed.as_secs_f64());
+            }
+            _ => self
+                .metrics
+                .requests
+                .with_label_values(&[upstream, "", code_class(status)])
+                .inc(),
+        }
+        if let (Some(u), Some(outcome)) = (up, trace.outcome) {
+            u.series.affinity(&self.metrics, upstream, outcome).inc();
+        }
+        if let Some((method, path)) = access {
+            tracing::info!(
+                target: "limpet::access",
+                method,
+                path = %path,
+                status,
+                upstream,
+                backend = backend.map(|b| b.1).unwrap_or(""),
+                affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
+                duration_us = elapsed.as_micros() as u64,
+            );
+        }
+    }
+}
+
+/// Whether the access log is on (the path is then copied for it).
+pub(crate) fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "limpet::access", tracing::Level::INFO)
+}
+
+/// The methods whose request may be sent twice (RFC 9110, section 9.2.2).
+pub(crate) fn is_idempotent(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE")
+}
+
+/// The Set-Cookie value to send with the response when the decision re-pins
+/// the client (`affinity = "cookie"`).
+pub(crate) fn pin_cookie(upstream: &Upstream, decision: &Decision, tls: bool) -> Option<String> {
+    let codec = upstream.cookie.as_ref()?;
+    decision
+        .set_cookie
+        .then(|| set_cookie(upstream, &codec.encode(decision.backend), tls))
+}
+
+/// The Set-Cookie value for a pin, with the attributes of `[upstream.NAME.cookie]`.
+pub(crate) fn set_cookie(upstream: &Upstream, value: &str, tls: bool) -> String {
+    let c = &upstream.config.cookie;
+    let mut cookie = cookie::Cookie::build((c.name.as_str(), value))
+        .path(c.path.as_str())
+        .http_only(c.http_only)
+        .secure(match c.secure {
+            Secure::Always => true,
+            Secure::Never => false,
+            Secure::Auto => tls,
+        })
+        .same_site(match c.same_site {
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::None => cookie::SameSite::None,
+        });
+    if !c.max_age.is_zero() {
+        cookie = cookie.max_age(cookie::time::Duration::seconds(c.max_age.as_secs() as i64));
+    }
+    cookie.build().to_string()
+}
+
+/// Why an attempt got no usable response from a backend.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Nothing of the request reached the backend (connect failed).
+    NotSent(crate::pool::ConnectError),
+    /// The connection closed (or was reset) before a single byte of a response:
+    /// a pooled connection the backend had closed, or a backend that died.
+    Closed(BoxError),
+    /// The backend answered something that is not a usable response head.
+    BadResponse(BoxError),
+    /// No response head within `upstream_response`.
+    Timeout(Duration),
+    /// The client's own request body broke (malformed, cut short): its fault,
+    /// not the backend's.
+    ClientBody(BoxError),
+}
+
+/// What to do after an attempt failed.
+pub(crate) enum Retry {
+    /// Send it again to the same backend, on a new connection.
+    SameBackend,
+    /// Send it to this target.
+    Next(Decision),
+}
+
+/// The retry rules of SPEC section 4 for one request.
+pub(crate) struct Attempts<'a> {
+    upstream: &'a Upstream,
+    metrics: &'a Metrics,
+    /// Backends that failed this request (no allocation until one does).
+    tried: Vec<usize>,
+    retries_left: u32,
+    stale_retried: bool,
+    /// The request can be sent again after it was sent (idempotent, bodiless).
+    replayable: bool,
+}
+
+impl<'a> Attempts<'a> {
+    pub(crate) fn new(upstream: &'a Upstream, metrics: &'a Metrics, replayable: bool) -> Self {
+        Attempts {
+            upstream,
+            metrics,
+            tried: Vec::new(),
+            retries_left: upstream.config.retries,
+            stale_retried: false,
+            replayable,
+        }
+    }
+
+    /// The attempt on `failed`'s backend failed: where to send the request
+    /// next, or the error to answer. `reused`: the connection came from the pool.
+    pub(crate) fn after(
+        &mut self,
+        failed: Decision,
+        failure: Failure,
+        reused: bool,
+    ) -> Result<Retry, ProxyError> {
+        match failure {
+            Failure::NotSent(cause) => {
+                crate::health::passive_failure(self.upstream, failed.backend, &cause);
+                if self.retries_left == 0 {
+                    return Err(ProxyError::Unreachable(cause));
+                }
+                self.next(failed).map(Retry::Next)
+            }
+            Failure::Closed(cause) => self.closed(failed, cause, reused),
+            // The backend took the request and answered garbage: it is sick,
+            // and the request is not sent again (it may have had effects).
+            Failure::BadResponse(cause) => {
+                crate::health::passive_failure(self.upstream, failed.backend, &cause);
+                Err(ProxyError::BadGateway(cause))
+            }
+            Failure::Timeout(after) => Err(ProxyError::Timeout(after)),
+            Failure::ClientBody(cause) => Err(ProxyError::BadBody(cause)),
+        }
+    }
+
+    /// The request was (maybe partly) sent and the connection closed before a
+    /// byte of a response.
+    fn closed(
+        &mut self,
+        failed: Decision,
+        cause: BoxError,
+        reused: bool,
+    ) -> Result<Retry, ProxyError> {
+        if !reused {
+            crate::health::passive_failure(self.upstream, failed.backend, &cause);
+        }
+        if !self.replayable {
+            return Err(ProxyError::BadGateway(cause));
+        }
+        // A pooled keep-alive connection the backend closed as we sent on it says
+        // nothing about the backend: once per request, send again to the same
+        // backend on a new connection rather than fail over (which would move the
+        // session to the replica).
+        if reused && !self.stale_retried {
+            self.stale_retried = true;
+            let backend = &self.upstream.backends[failed.backend];
+            backend.state.pool.clear();
+            self.count_retry(failed.backend);
+            return Ok(Retry::SameBackend);
+        }
+        if self.retries_left > 0 {
+            return self.next(failed).map(Retry::Next);
+        }
+        Err(ProxyError::BadGateway(cause))
+    }
+
+    fn next(&mut self, failed: Decision) -> Result<Decision, ProxyError> {
+        self.retries_left -= 1;
+        self.count_retry(failed.backend);
+        self.tried.push(failed.backend);
+        let next = self.upstream.after_failure(failed, &self.tried);
+        if next.outcome == Outcome::Rejected {
+            return Err(ProxyError::NoBackend);
+        }
+        Ok(next)
+    }
+
+    fn count_retry(&self, backend: usize) {
+        self.metrics
+            .retries
+            .with_label_values(&[&self.upstream.name, &self.upstream.backends[backend].name])
+            .inc();
+    }
+}

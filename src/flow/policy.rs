@@ -1,0 +1,368 @@
+//! The header policy of SPEC section 4, in one place for both engines: which
+//! fields of a request or response pass, which are hop-by-hop or limpet's own,
+//! and what limpet adds (X-Forwarded-*, `x-limpet-failover-from`, its cookie
+//! stripped). Two writers apply it: raw HTTP/1 bytes (`crate::h1::head`) and
+//! an `http::HeaderMap` ([`rewrite_request`], [`rewrite_response`], for HTTP/2).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::affinity;
+
+/// The header limpet adds to a request that fails over from its pinned backend.
+pub const FAILOVER_FROM: &str = "x-limpet-failover-from";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// What a header field is to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// Passed on as it is.
+    Pass,
+    Host,
+    Cookie,
+    XForwardedFor,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Passed on only with an upgrade (request) or a 101 (response).
+    Upgrade,
+    /// Answered by limpet itself (`100-continue`), never forwarded.
+    Expect,
+    /// Removed: hop-by-hop, set by limpet itself, or a name a backend would
+    /// read as a framing field.
+    Drop,
+}
+
+/// What a request field is. One comparison per field at most (by length first).
+pub fn request_field(name: &[u8]) -> Field {
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    match name.len() {
+        4 if is("host") => Field::Host,
+        6 if is("cookie") => Field::Cookie,
+        6 if is("expect") => Field::Expect,
+        15 if is("x-forwarded-for") => Field::XForwardedFor,
+        16 if is("x-forwarded-host") => Field::Drop,
+        17 if is("x-forwarded-proto") => Field::Drop,
+        22 if is(FAILOVER_FROM) => Field::Drop,
+        // CGI and WSGI servers read `_` as `-`: a backend could take these for
+        // the framing fields limpet did not frame the request by.
+        14 if is("content_length") => Field::Drop,
+        17 if is("transfer_encoding") => Field::Drop,
+        _ => common_field(name),
+    }
+}
+
+/// What a response field is.
+pub fn response_field(name: &[u8]) -> Field {
+    common_field(name)
+}
+
+/// Kinds that requests and responses share: framing, and the fixed hop-by-hop
+/// set.
+fn common_field(name: &[u8]) -> Field {
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    match name.len() {
+        14 if is("content-length") => Field::ContentLength,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        10 if is("connection") => Field::Connection,
+        7 if is("upgrade") => Field::Upgrade,
+        10 if is("keep-alive") => Field::Drop,
+        16 if is("proxy-connection") => Field::Drop,
+        18 if is("proxy-authenticate") => Field::Drop,
+        19 if is("proxy-authorization") => Field::Drop,
+        2 if is("te") => Field::Drop,
+        7 if is("trailer") => Field::Drop,
+        _ => Field::Pass,
+    }
+}
+
+/// The comma-separated tokens of a field value, trimmed.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a Connection token names a field to remove (rather than being an
+/// option of the connection itself).
+pub fn names_a_field(token: &[u8]) -> bool {
+    !(token.eq_ignore_ascii_case(b"close")
+        || token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// What limpet adds to the request it forwards.
+pub struct Forwarding<'a> {
+    /// The host the request was routed by, sent as Host and X-Forwarded-Host.
+    pub host: Option<&'a [u8]>,
+    /// Strip this cookie from Cookie (`affinity = "cookie"`).
+    pub strip_cookie: Option<&'a str>,
+    /// The client's address, appended to X-Forwarded-For.
+    pub client: IpAddr,
+    pub tls: bool,
+    /// The `x-limpet-failover-from` value.
+    pub failover_from: Option<&'a str>,
+}
+
+/// Appends the value of the one Cookie field to forward: every pair of
+/// `values` but limpet's cookie, joined with `; `, the application's pairs byte
+/// for byte (text or not). False when nothing is left.
+pub fn write_cookie<'v>(
+    out: &mut Vec<u8>,
+    values: impl Iterator<Item = &'v [u8]>,
+    strip: Option<&str>,
+) -> bool {
+    let strip = strip.map(str::as_bytes);
+    let start = out.len();
+    for value in values {
+        for pair in value.split(|&b| b == b';') {
+            let pair = pair.trim_ascii_start();
+            let ours = strip.is_some_and(|name| affinity::is_named_bytes(pair, name));
+            if pair.is_empty() || ours {
+                continue;
+            }
+            if out.len() > start {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(pair);
+        }
+    }
+    out.len() > start
+}
+
+/// Whether `value` holds limpet's cookie `strip`.
+pub fn mentions_cookie(value: &[u8], strip: Option<&str>) -> bool {
+    strip.is_some_and(|name| {
+        value
+            .split(|&b| b == b';')
+            .any(|pair| affinity::is_named_bytes(pair.trim_ascii_start(), name.as_bytes()))
+    })
+}
+
+/// Appends the X-Forwarded-For value: the client's entries that are text,
+/// then the peer's address.
+pub fn write_forwarded_for<'v>(
+    out: &mut Vec<u8>,
+    values: impl Iterator<Item = &'v [u8]>,
+    client: IpAddr,
+) {
+    for value in values {
+        if affinity::header_text(value).is_some() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    let mut ip = String::with_capacity(16);
+    push_ip(&mut ip, client);
+    out.extend_from_slice(ip.as_bytes());
+}
+
+/// Appends `ip` as its `Display` would, IPv4 without the formatting machinery.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// The X-Forwarded-Proto value.
+pub fn forwarded_proto(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Removes what [`request_field`] or [`response_field`] (`field`) does not
+/// pass, and every field a Connection field names.
+fn remove_hop_by_hop(headers: &mut HeaderMap, field: fn(&[u8]) -> Field, keep: &[Field]) {
+    let mut named: Vec<Vec<u8>> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in tokens(value.as_bytes()).filter(|t| names_a_field(t)) {
+            named.push(token.to_ascii_lowercase());
+        }
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let kind = field(name.as_str().as_bytes());
+            let passes = kind == Field::Pass || keep.contains(&kind);
+            !passes || named.iter().any(|n| n == name.as_str().as_bytes())
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// The request's fields for the backend, on a `HeaderMap`: the header policy,
+/// the same as `crate::h1::head::write_request` writes.
+pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    let xff: Vec<u8> = {
+        let mut v = Vec::with_capacity(24);
+        write_forwarded_for(
+            &mut v,
+            headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes()),
+            fwd.client,
+        );
+        v
+    };
+    let cookies = headers.get_all(header::COOKIE).iter().count();
+    let rewrite_cookie = cookies > 1
+        || headers
+            .get(header::COOKIE)
+            .is_some_and(|v| mentions_cookie(v.as_bytes(), fwd.strip_cookie));
+    let cookie = rewrite_cookie.then(|| {
+        let mut v = Vec::new();
+        let values = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+        write_cookie(&mut v, values, fwd.strip_cookie).then_some(v)
+    });
+    remove_hop_by_hop(
+        headers,
+        request_field,
+        &[
+            Field::Cookie,
+            Field::Host,
+            Field::ContentLength,
+            Field::XForwardedFor,
+        ],
+    );
+    if let Some(cookie) = cookie {
+        headers.remove(header::COOKIE);
+        if let Some(v) = cookie.and_then(|v| HeaderValue::from_maybe_shared(v).ok()) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+    let host = fwd
+        .host
+        .and_then(|h| HeaderValue::from_bytes(h).ok())
+        .unwrap_or(HeaderValue::from_static(""));
+    headers.insert(header::HOST, host.clone());
+    match fwd.host {
+        Some(_) => {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(forwarded_proto(fwd.tls)),
+    );
+    if let Some(v) = fwd
+        .failover_from
+        .and_then(|from| HeaderValue::from_str(from).ok())
+    {
+        headers.insert(HeaderName::from_static(FAILOVER_FROM), v);
+    }
+}
+
+/// The response's fields for an HTTP/2 client: no hop-by-hop fields (HTTP/2
+/// has no connection-specific fields at all), the pin's Set-Cookie added.
+pub fn rewrite_response(headers: &mut HeaderMap, set_cookie: Option<String>) {
+    remove_hop_by_hop(headers, response_field, &[Field::ContentLength]);
+    if let Some(v) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        let ips = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "::ffff:10.0.0.1",
+        ];
+        for text in ips {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
+
+    #[test]
+    fn framing_names_with_underscores_are_dropped() {
+        for name in ["Transfer_Encoding", "content_length", "CONTENT_LENGTH"] {
+            assert_eq!(request_field(name.as_bytes()), Field::Drop, "{name}");
+        }
+        assert_eq!(request_field(b"Content-Length"), Field::ContentLength);
+    }
+
+    #[test]
+    fn the_header_map_writer_follows_the_policy() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("ignored"));
+        headers.insert("connection", HeaderValue::from_static("x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        headers.insert(FAILOVER_FROM, HeaderValue::from_static("forged"));
+        headers.insert(
+            "cookie",
+            HeaderValue::from_bytes(b"a=\xe9; limpet=zzz").unwrap(),
+        );
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        let fwd = Forwarding {
+            host: Some(b"shop"),
+            strip_cookie: Some("limpet"),
+            client: "10.0.0.9".parse().unwrap(),
+            tls: true,
+            failover_from: None,
+        };
+        rewrite_request(&mut headers, &fwd);
+        let mut seen: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        seen.sort();
+        let expect: Vec<(String, Vec<u8>)> = [
+            ("accept", &b"*/*"[..]),
+            ("cookie", b"a=\xe9"),
+            ("host", b"shop"),
+            ("x-forwarded-for", b"1.1.1.1, 10.0.0.9"),
+            ("x-forwarded-host", b"shop"),
+            ("x-forwarded-proto", b"https"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect();
+        assert_eq!(seen, expect);
+    }
+}

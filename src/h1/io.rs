@@ -1,0 +1,261 @@
+//! The engine's IO: reads and writes with deadlines on any stream (TCP, or
+//! TLS over TCP), one timer per connection for every deadline, and the
+//! per-thread spare buffers that let an idle connection hold none.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BufMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+/// The size of the buffers request and response heads are read into: most heads
+/// and many whole responses fit, and the buffers of the requests in progress
+/// are what limpet's memory grows with.
+pub const BUFFER: usize = 4 * 1024;
+/// What a buffer grows to once a body fills it (a large body moves in larger
+/// reads and writes).
+pub const BODY_BUFFER: usize = 32 * 1024;
+/// Buffers kept per thread for the next request.
+const SPARE_BUFFERS: usize = 16;
+
+/// How long an IO operation may wait.
+#[derive(Clone, Copy)]
+pub enum Wait {
+    /// Until this instant, however much traffic there was before.
+    Until(Instant),
+    /// This long from the start of the wait (inactivity).
+    Idle(Duration),
+}
+
+impl Wait {
+    pub fn deadline(self) -> Instant {
+        match self {
+            Wait::Until(at) => at,
+            Wait::Idle(limit) => Instant::now() + limit,
+        }
+    }
+}
+
+pub fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timed out")
+}
+
+/// One timer per connection for all its deadlines.
+///
+/// Arming a timer for every wait would cost a timer-wheel registration per
+/// request; instead the timer is moved earlier only when a wait's deadline comes
+/// before it, and when it fires before the wait's deadline it is re-armed. With
+/// steady traffic it fires about once per `upstream_response`.
+pub struct Clock {
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Clock {
+    pub fn new(first: Instant) -> Self {
+        Clock {
+            sleep: Box::pin(tokio::time::sleep_until(first)),
+        }
+    }
+
+    /// `fut`'s output, or `None` if `deadline` passes first.
+    pub async fn within<F: Future>(&mut self, deadline: Instant, fut: F) -> Option<F::Output> {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| match fut.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending => self.poll_passed(cx, deadline).map(|()| None),
+        })
+        .await
+    }
+
+    /// Ready once `deadline` has passed.
+    pub fn poll_passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        if self.sleep.deadline() > deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+/// One read into `buf`'s spare capacity, registering for wake-up when nothing
+/// is there; `Ok(0)` at the end of the stream.
+pub fn poll_read_buf<S: AsyncRead + Unpin, B: BufMut>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut B,
+) -> Poll<io::Result<usize>> {
+    pin!(stream.read_buf(buf)).poll(cx)
+}
+
+/// Reads what is there into `buf` (growing it if full); `Ok(0)` at the end of
+/// the stream.
+pub async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    clock: &mut Clock,
+    wait: Wait,
+) -> io::Result<usize> {
+    if buf.capacity() == buf.len() {
+        buf.reserve(BUFFER);
+    }
+    read_into(stream, buf, clock, wait).await
+}
+
+/// Reads what is there into `buf`, which has room.
+pub async fn read_into<S: AsyncRead + Unpin, B: BufMut>(
+    stream: &mut S,
+    buf: &mut B,
+    clock: &mut Clock,
+    wait: Wait,
+) -> io::Result<usize> {
+    let mut deadline = None;
+    poll_fn(|cx| match poll_read_buf(stream, cx, buf) {
+        Poll::Ready(read) => Poll::Ready(read),
+        Poll::Pending => {
+            let until = *deadline.get_or_insert_with(|| wait.deadline());
+            clock.poll_passed(cx, until).map(|()| Err(timed_out()))
+        }
+    })
+    .await
+}
+
+/// Writes all of `bytes` and flushes them (a TLS stream holds records until
+/// flushed).
+pub async fn write_all<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut bytes: &[u8],
+    clock: &mut Clock,
+    wait: Wait,
+) -> io::Result<()> {
+    let mut deadline = None;
+    poll_fn(|cx| loop {
+        let polled = match bytes.is_empty() {
+            false => Pin::new(&mut *stream).poll_write(cx, bytes),
+            true => match Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(done) => return Poll::Ready(done),
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        match polled {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => bytes = &bytes[n..],
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let until = *deadline.get_or_insert_with(|| wait.deadline());
+                return clock.poll_passed(cx, until).map(|()| Err(timed_out()));
+            }
+        }
+    })
+    .await
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer of [`BUFFER`] bytes' capacity, from this thread's spares.
+pub fn take_buffer() -> Vec<u8> {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(BUFFER))
+}
+
+pub fn give_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() != BUFFER {
+        return;
+    }
+    buf.clear();
+    BUFFERS.with(|b| {
+        let mut spares = b.borrow_mut();
+        if spares.len() < SPARE_BUFFERS {
+            spares.push(buf);
+        }
+    });
+}
+
+/// A body that filled its buffer is large: the buffer grows to [`BODY_BUFFER`].
+pub fn grow_if_full(buf: &mut Vec<u8>) {
+    if buf.len() == buf.capacity() && buf.capacity() < BODY_BUFFER {
+        buf.clear();
+        buf.reserve_exact(BODY_BUFFER);
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+/// (An h2c connection is recognised by its first bytes, read by the HTTP/1
+/// engine, and then served by `crate::h2` from its start.)
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,414 @@
+//! HTTP/2 connections (ALPN `h2` on TLS listeners, prior knowledge h2c on plain
+//! ones): hyper serves the protocol, and each request walks `crate::flow` as
+//! the HTTP/1 engine's do: [`Proxy::decide`], [`Attempts`], the header policy
+//! on a `HeaderMap` ([`policy::rewrite_request`]), [`Proxy::record`].
+//!
+//! Backends get HTTP/1.1 on the sockets of `crate::pool`: hyper's HTTP/1
+//! client writes the request on a pooled (or new) socket, and when the
+//! response body has been read to its end the socket goes back to the pool.
+
+mod timeouts;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::backend::{BackendState, InFlight};
+use crate::config::Timeouts;
+use crate::error::{BoxError, ProxyError};
+use crate::flow::policy::{self, Forwarding};
+use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Retry, Trace};
+use crate::state::Snapshot;
+use timeouts::{Activity, TimedIo};
+
+/// The body of a request sent to a backend: the client's, streamed, or none
+/// when a bodiless request is sent again.
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// Serves an HTTP/2 connection until it closes, or until shutdown (the
+/// listener's graceful shutdown, through `watcher`).
+pub(crate) async fn serve<I>(
+    proxy: &Arc<Proxy>,
+    io: I,
+    info: ConnInfo,
+    watcher: Watcher,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (timeouts, max_header_bytes) = {
+        let snap = proxy.state.load();
+        (snap.config.timeouts, snap.config.limits.max_header_bytes)
+    };
+    let activity = Activity::new();
+    let io = TimedIo::new(
+        io,
+        activity.clone(),
+        timeouts.client_header,
+        timeouts.client_idle,
+    );
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes.min(u32::MAX as usize) as u32);
+    let proxy = Arc::clone(proxy);
+    let service = service_fn(move |req| {
+        let proxy = Arc::clone(&proxy);
+        let info = info.clone();
+        let activity = activity.clone();
+        async move {
+            let _busy = activity.request_started();
+            Ok::<_, Infallible>(call(&proxy, req, &info).await)
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    watcher.watch(conn).await.map_err(Into::into)
+}
+
+/// Answers one request; never fails.
+async fn call(proxy: &Proxy, req: Request<Incoming>, info: &ConnInfo) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let head_request = req.method() == Method::HEAD;
+    // Copied for the access log only when it is on.
+    let access = flow::access_log_enabled().then(|| {
+        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
+        (req.method().clone(), path.unwrap_or_default())
+    });
+    let snap = proxy.state.load_full();
+    let mut trace = Trace::default();
+    let response = match handle(proxy, &snap, req, info, &mut trace).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            if err.status().is_server_error() {
+                tracing::debug!(error = %err, "request failed");
+            }
+            answer(&err, head_request)
+        }
+    };
+    let status = response.status().as_u16();
+    let access = access.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
+    proxy.record(&snap, &trace, status, started.elapsed(), access);
+    response
+}
+
+/// limpet's own answer: status and a short plain-text body (none for HEAD).
+fn answer(err: &ProxyError, head_request: bool) -> Response<ProxyBody> {
+    let body = match head_request {
+        true => "",
+        false => err.body(),
+    };
+    let mut resp = Response::new(ProxyBody::Local(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    *resp.status_mut() = err.status();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(err.body().len()));
+    resp
+}
+
+async fn handle(
+    proxy: &Proxy,
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    info: &ConnInfo,
+    trace: &mut Trace,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // `:authority` wins over a `host` field (RFC 9113, section 8.3.1).
+    let host: Option<Bytes> = match (req.uri().authority(), req.headers().get(header::HOST)) {
+        (Some(a), _) => Some(Bytes::copy_from_slice(a.as_str().as_bytes())),
+        (None, Some(h)) => Some(Bytes::copy_from_slice(h.as_bytes())),
+        (None, None) => None,
+    };
+    let host_text = host.as_deref().and_then(|h| std::str::from_utf8(h).ok());
+    let view = RequestView {
+        host: host_text,
+        path: req.uri().path(),
+        headers: req.headers(),
+        peer: info.peer.ip(),
+    };
+    let (upstream, mut decision) = Proxy::decide(snap, &view, trace)?;
+    let (parts, body) = req.into_parts();
+    let origin: Uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("bad request target"))?;
+    let replayable = flow::is_idempotent(parts.method.as_str().as_bytes()) && body.is_end_stream();
+    let mut attempts = Attempts::new(upstream, &proxy.metrics, replayable);
+    let mut body = Some(body);
+    let mut fresh = false;
+    let timeouts = snap.config.timeouts;
+    loop {
+        let backend = &upstream.backends[decision.backend];
+        trace.backend = Some(decision.backend);
+        let mut headers = parts.headers.clone();
+        let fwd = Forwarding {
+            host: host.as_deref(),
+            strip_cookie: upstream
+                .cookie
+                .as_ref()
+                .map(|_| &*upstream.config.cookie.name),
+            client: info.peer.ip(),
+            tls: info.tls,
+            failover_from: decision.failover_from.map(|f| &*upstream.backends[f].name),
+        };
+        policy::rewrite_request(&mut headers, &fwd);
+        let body = match body.take() {
+            Some(b) => Either::Left(b),
+            None => Either::Right(Empty::new()),
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = origin.clone();
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        let in_flight = InFlight::start(&backend.state);
+        let (failure, reused) = match send(&backend.state, fresh, request, timeouts).await {
+            Ok((resp, lease)) => {
+                backend.state.passive_failures.store(0, Relaxed);
+                backend.state.requests.fetch_add(1, Relaxed);
+                trace.outcome = Some(decision.outcome);
+                let set_cookie = flow::pin_cookie(upstream, &decision, info.tls);
+                let (mut parts, incoming) = resp.into_parts();
+                policy::rewrite_response(&mut parts.headers, set_cookie);
+                parts.version = Version::HTTP_2;
+                let body = StreamedBody::new(incoming, lease, in_flight);
+                return Ok(Response::from_parts(parts, ProxyBody::Streamed(body)));
+            }
+            Err(failed) => failed,
+        };
+        drop(in_flight);
+        match attempts.after(decision, failure, reused)? {
+            Retry::SameBackend => fresh = true,
+            Retry::Next(next) => {
+                decision = next;
+                fresh = false;
+            }
+        }
+    }
+}
+
+/// Sends `req` to a backend on a pooled socket (unless `fresh`) or a new one;
+/// a pooled socket the backend closed before the request was written is
+/// replaced by a new one. The error says how the attempt failed and whether
+/// its connection came from the pool.
+async fn send(
+    state: &Arc<BackendState>,
+    fresh: bool,
+    mut req: Request<UpstreamBody>,
+    timeouts: Timeouts,
+) -> Result<(Response<Incoming>, Lease), (Failure, bool)> {
+    let mut pooled = match fresh {
+        true => None,
+        false => state.pool.take(),
+    };
+    loop {
+        let reused = pooled.is_some();
+        let socket = match pooled.take() {
+            Some(socket) => socket,
+            None => crate::pool::connect(state.pool.addr(), timeouts.upstream_connect)
+                .await
+                .map_err(|e| (Failure::NotSent(e), false))?,
+        };
+        let (mut sender, conn) = http1::handshake(TokioIo::new(socket))
+            .await
+            .map_err(|e| (Failure::Closed(e.into()), reused))?;
+        let connection = tokio::spawn(conn.without_shutdown());
+        let sent = tokio::time::timeout(timeouts.upstream_response, sender.try_send_request(req));
+        match sent.await {
+            Err(_) => return Err((Failure::Timeout(timeouts.upstream_response), reused)),
+            Ok(Ok(resp)) => {
+                let lease = Lease {
+                    sender,
+                    connection,
+                    keep_alive: keeps_alive(&resp),
+                };
+                return Ok((resp, lease));
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // Never written: a stale pooled socket; a new one.
+                Some(back) if reused => req = back,
+                _ => return Err((failure_of(e.into_error()), reused)),
+            },
+        }
+    }
+}
+
+/// How hyper's client failed, in the terms of the retry rules.
+fn failure_of(e: hyper::Error) -> Failure {
+    if e.is_user() {
+        // The client's own body broke (a reset mid-upload).
+        Failure::ClientBody(e.into())
+    } else if e.is_parse() || e.is_parse_status() {
+        Failure::BadResponse(e.into())
+    } else {
+        Failure::Closed(e.into())
+    }
+}
+
+/// The backend keeps the connection open after `resp`.
+fn keeps_alive(resp: &Response<Incoming>) -> bool {
+    resp.version() == Version::HTTP_11
+        && !resp
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| policy::tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")))
+}
+
+/// A backend connection lent to one exchange.
+#[derive(Debug)]
+struct Lease {
+    sender: http1::SendRequest<UpstreamBody>,
+    /// hyper's connection task; it ends, handing the socket back, once the
+    /// sender is dropped and the exchange is over.
+    connection: JoinHandle<hyper::Result<http1::Parts<TokioIo<TcpStream>>>>,
+    keep_alive: bool,
+}
+
+impl Lease {
+    /// The response body was read to its end: the socket goes back to the
+    /// pool when nothing is left over on it.
+    fn release(self, state: Arc<BackendState>) {
+        let Lease {
+            sender,
+            connection,
+            keep_alive,
+        } = self;
+        drop(sender);
+        if !keep_alive {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Ok(Ok(parts)) = connection.await {
+                if parts.read_buf.is_empty() {
+                    state.pool.put(parts.io.into_inner());
+                }
+            }
+        });
+    }
+}
+
+/// A backend's response body on its way to the client. When it ends, the
+/// connection goes back to the pool; when it ends or is dropped, the in-flight
+/// count falls.
+#[derive(Debug)]
+pub struct StreamedBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+    in_flight: Option<InFlight>,
+    state: Arc<BackendState>,
+}
+
+impl StreamedBody {
+    fn new(inner: Incoming, lease: Lease, in_flight: InFlight) -> Self {
+        let state = in_flight.state().clone();
+        let mut body = StreamedBody {
+            inner,
+            lease: Some(lease),
+            in_flight: Some(in_flight),
+            state,
+        };
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release(self.state.clone());
+        }
+        self.in_flight = None;
+    }
+}
+
+impl Body for StreamedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                this.lease = None;
+                this.in_flight = None;
+            }
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of every response limpet sends on HTTP/2.
+#[derive(Debug)]
+pub enum ProxyBody {
+    Streamed(StreamedBody),
+    Local(Full<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Streamed(b) => b.is_end_stream(),
+            ProxyBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Streamed(b) => b.size_hint(),
+            ProxyBody::Local(b) => b.size_hint(),
+        }
+    }
+}
