@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # limpet against HAProxy and nginx on this machine: keep-alive load through each
-# proxy (sticky cookie sent back), then N idle keep-alive connections per proxy.
+# proxy (sticky cookie sent back), over plain HTTP and over TLS 1.3, then N idle
+# keep-alive connections per proxy. Every load row carries the proxy's CPU time
+# per request (user + system, from /proc/PID/stat, over the measured wrk window),
+# steadier on this shared machine than req/s (though not independent of load: it
+# rises when the proxy's core is shared and each wake-up serves fewer requests,
+# so compare rows of the same run).
 #
 #   bench/load.sh [ROUNDS]
 #
@@ -13,6 +18,16 @@
 #                     limpet-cookie-nocolor limpet-iphash limpet-iphash-warn
 #                     (and base-cookie, base-cookie-warn: the LIMPET_BASE binary;
 #                     bare: bench/bare-proxy, hyper with none of limpet's logic)
+#                     and the TLS variants haproxy-tls nginx-tls limpet-tls
+#                     limpet-tls-warn (base-tls, base-tls-warn with LIMPET_BASE):
+#                     TLS 1.3 terminated by the proxy with one ECDSA P-256
+#                     certificate (made with openssl in the temporary directory),
+#                     HTTP/1.1 keep-alive from wrk over https, plain HTTP to the
+#                     backends; not in the default list, nor in the idle and
+#                     paced scenarios (their clients speak plain HTTP). The TLS
+#                     comparison, with the plain rows in the same rounds:
+#                       IDLE_CONNS=0 VARIANTS="haproxy-tls limpet-tls limpet-tls-warn
+#                         haproxy limpet-cookie-warn" bench/load.sh
 #   IDLE_VARIANTS="haproxy nginx limpet-cookie bare" (and base-cookie with LIMPET_BASE)
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
 #   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
@@ -26,8 +41,16 @@
 #
 # Each proxy runs alone on CPU 0 (taskset -c 0); wrk, the idle client and the
 # backends (one nginx worker serving three ports with a fixed 3-byte body) share
-# CPU 1. Everything listens on 127.0.0.1:18081-18093. Every process started here
+# CPU 1. Everything listens on 127.0.0.1:18081-18097. Every process started here
 # is stopped by PID on exit; temporary files live in a mktemp -d directory.
+#
+# CPU per request: utime + stime of the proxy's process (all its threads) and of
+# any child processes (live ones summed, reaped ones through cutime/cstime),
+# read from /proc just before the measured wrk starts and just after it exits,
+# divided by the requests wrk completed. The warm-up is not counted; the
+# measured window includes wrk's connection set-up (CONNS TLS handshakes for the
+# TLS variants, a fixed cost that a longer DURATION dilutes). /proc counts in
+# clock ticks (10 ms): 0.3% of a 3 s run at full load, 0.1% of a 10 s one.
 set -euo pipefail
 
 ROUNDS=${1:-${ROUNDS:-3}}
@@ -49,6 +72,9 @@ NGINX_PORT=18091
 LIMPET_COOKIE_PORT=18092
 LIMPET_IPHASH_PORT=18093
 BARE_PORT=18094
+HAPROXY_TLS_PORT=18095
+NGINX_TLS_PORT=18096
+LIMPET_TLS_PORT=18097
 
 need() {
     local missing=()
@@ -59,7 +85,7 @@ need() {
         echo "installing ${missing[*]}" >&2
         apt-get update && apt-get install -y haproxy nginx wrk
     fi
-    for tool in taskset curl python3; do
+    for tool in taskset curl python3 openssl ps; do
         command -v "$tool" >/dev/null 2>&1 || { echo "load.sh needs $tool" >&2; exit 1; }
     done
 }
@@ -99,10 +125,13 @@ case " $VARIANTS $IDLE_VARIANTS " in
 *" bare "*) (cd "$HERE/bare-proxy" && cargo build --release --quiet) ;;
 esac
 
+# http, or https for the TLS variants (set by start_proxy).
+SCHEME=http
+
 wait_port() {
-    local port=$1
+    local port=$1 scheme=${2:-http}
     for _ in $(seq 100); do
-        if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+        if curl -sk -o /dev/null "$scheme://127.0.0.1:$port/"; then
             return 0
         fi
         sleep 0.05
@@ -124,7 +153,13 @@ stop() {
 
 # --- configurations -----------------------------------------------------------
 
-mkdir -p "$DIR/backends/logs" "$DIR/nginx-lb/logs"
+mkdir -p "$DIR/backends/logs" "$DIR/nginx-lb/logs" "$DIR/nginx-lb-tls/logs" "$DIR/tls"
+# One ECDSA P-256 certificate for every TLS variant; HAProxy wants it and its key
+# in one file.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$DIR/tls/key.pem" -out "$DIR/tls/cert.pem" 2>/dev/null
+cat "$DIR/tls/cert.pem" "$DIR/tls/key.pem" >"$DIR/tls/haproxy.pem"
 cat >"$DIR/backends/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -147,7 +182,9 @@ http {
 }
 EOF
 
-cat >"$DIR/haproxy.cfg" <<EOF
+haproxy_config() {
+    local bind=$1
+    cat <<EOF
 global
     nbthread 1
     maxconn 12000
@@ -161,7 +198,7 @@ defaults
     timeout server 30s
     timeout http-keep-alive 60s
 frontend fe
-    bind 127.0.0.1:$HAPROXY_PORT
+    bind $bind
     default_backend be
 backend be
     balance roundrobin
@@ -170,13 +207,23 @@ backend be
     server app2 127.0.0.1:${BACKEND_PORTS[1]} cookie app2 check inter 2s
     server app3 127.0.0.1:${BACKEND_PORTS[2]} cookie app3 check inter 2s
 EOF
+}
+haproxy_config "127.0.0.1:$HAPROXY_PORT" >"$DIR/haproxy.cfg"
+haproxy_config "127.0.0.1:$HAPROXY_TLS_PORT ssl crt $DIR/tls/haproxy.pem ssl-min-ver TLSv1.3" \
+    >"$DIR/haproxy-tls.cfg"
 
-cat >"$DIR/nginx-lb/nginx.conf" <<EOF
+nginx_lb_config() {
+    local dir=$1 listen=$2 ssl=""
+    case $listen in *" ssl")
+        ssl="ssl_certificate $DIR/tls/cert.pem; ssl_certificate_key $DIR/tls/key.pem; ssl_protocols TLSv1.3;"
+        ;;
+    esac
+    cat <<EOF
 worker_processes 1;
 daemon off;
 master_process off;
-pid $DIR/nginx-lb/nginx.pid;
-error_log $DIR/nginx-lb/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 worker_rlimit_nofile 20000;
 events { worker_connections 16000; }
 http {
@@ -192,7 +239,8 @@ http {
         keepalive_requests 100000000;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen $listen;
+        $ssl
         location / {
             proxy_pass http://be;
             proxy_http_version 1.1;
@@ -201,12 +249,27 @@ http {
     }
 }
 EOF
+}
+nginx_lb_config "$DIR/nginx-lb" "127.0.0.1:$NGINX_PORT" >"$DIR/nginx-lb/nginx.conf"
+nginx_lb_config "$DIR/nginx-lb-tls" "127.0.0.1:$NGINX_TLS_PORT ssl" >"$DIR/nginx-lb-tls/nginx.conf"
 
 limpet_config() {
-    local port=$1 affinity=$2
-    cat <<EOF
+    local port=$1 affinity=$2 tls=${3:-}
+    if [ -n "$tls" ]; then
+        cat <<EOF
+[listen]
+https = ["127.0.0.1:$port"]
+
+[tls]
+certs = [ { cert = "$DIR/tls/cert.pem", key = "$DIR/tls/key.pem" } ]
+EOF
+    else
+        cat <<EOF
 [listen]
 http = ["127.0.0.1:$port"]
+EOF
+    fi
+    cat <<EOF
 
 [limits]
 max_connections = 15000
@@ -238,8 +301,10 @@ EOF
 }
 limpet_config $LIMPET_COOKIE_PORT cookie >"$DIR/limpet-cookie.toml"
 limpet_config $LIMPET_IPHASH_PORT ip-hash >"$DIR/limpet-iphash.toml"
-"$LIMPET" check --config "$DIR/limpet-cookie.toml" >/dev/null
-"$LIMPET" check --config "$DIR/limpet-iphash.toml" >/dev/null
+limpet_config $LIMPET_TLS_PORT cookie tls >"$DIR/limpet-tls.toml"
+for config in cookie iphash tls; do
+    "$LIMPET" check --config "$DIR/limpet-$config.toml" >/dev/null
+done
 
 # --- processes ----------------------------------------------------------------
 
@@ -247,10 +312,13 @@ taskset -c $LOAD_CPU nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" &
 PIDS+=($!)
 for p in "${BACKEND_PORTS[@]}"; do wait_port "$p"; done
 
-# Starts a variant's proxy on CPU 0; sets PROXY_PID and PORT (PROXY_PID empty for direct).
+# Starts a variant's proxy on CPU 0; sets PROXY_PID, PORT and SCHEME (PROXY_PID
+# empty for direct).
 start_proxy() {
     local name=$1
     PROXY_PID=""
+    SCHEME=http
+    case $name in *-tls | *-tls-*) SCHEME=https ;; esac
     case $name in
     direct)
         PORT=${BACKEND_PORTS[0]}
@@ -260,21 +328,34 @@ start_proxy() {
         PORT=$HAPROXY_PORT
         taskset -c $PROXY_CPU haproxy -db -f "$DIR/haproxy.cfg" 2>"$DIR/haproxy.log" &
         ;;
+    haproxy-tls)
+        PORT=$HAPROXY_TLS_PORT
+        taskset -c $PROXY_CPU haproxy -db -f "$DIR/haproxy-tls.cfg" 2>"$DIR/haproxy.log" &
+        ;;
     nginx)
         PORT=$NGINX_PORT
         taskset -c $PROXY_CPU nginx -p "$DIR/nginx-lb" -c "$DIR/nginx-lb/nginx.conf" &
+        ;;
+    nginx-tls)
+        PORT=$NGINX_TLS_PORT
+        taskset -c $PROXY_CPU nginx -p "$DIR/nginx-lb-tls" -c "$DIR/nginx-lb-tls/nginx.conf" &
         ;;
     bare)
         PORT=$BARE_PORT
         taskset -c $PROXY_CPU "$BARE" "127.0.0.1:$PORT" "${BACKEND_PORTS[@]/#/127.0.0.1:}" &
         ;;
     limpet-* | base-*)
-        # limpet-AFFINITY[-warn|-nocolor], base-AFFINITY[-warn] (the LIMPET_BASE binary)
+        # limpet-AFFINITY[-warn|-nocolor], base-AFFINITY[-warn] (the LIMPET_BASE binary);
+        # AFFINITY tls is cookie affinity behind a TLS listener.
         local bin=$LIMPET config=cookie log="" color=""
         case $name in base-*) bin=${LIMPET_BASE:?base-* variants need LIMPET_BASE} ;; esac
-        case $name in *iphash*) config=iphash ;; esac
+        case $name in *iphash*) config=iphash ;; *-tls | *-tls-*) config=tls ;; esac
         case $name in *-warn) log=warn ;; *-nocolor) color=1 ;; esac
-        if [ $config = cookie ]; then PORT=$LIMPET_COOKIE_PORT; else PORT=$LIMPET_IPHASH_PORT; fi
+        case $config in
+        cookie) PORT=$LIMPET_COOKIE_PORT ;;
+        iphash) PORT=$LIMPET_IPHASH_PORT ;;
+        tls) PORT=$LIMPET_TLS_PORT ;;
+        esac
         # RUST_LOG unset is limpet's default (info, access log on); the log goes
         # to a file as it would to journald or a container log. NO_COLOR=1 turns
         # off the ANSI colours tracing-subscriber writes even to a file.
@@ -288,12 +369,12 @@ start_proxy() {
     esac
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
-    wait_port "$PORT"
+    wait_port "$PORT" "$SCHEME"
 }
 
 # The affinity cookie a first request gets (empty for ip-hash and direct).
 fetch_cookie() {
-    curl -s -D - -o /dev/null "http://127.0.0.1:$1/" |
+    curl -sk -D - -o /dev/null "$SCHEME://127.0.0.1:$1/" |
         awk 'tolower($1) == "set-cookie:" { sub(/\r$/, ""); split($2, a, ";"); print a[1]; exit }'
 }
 
@@ -306,6 +387,33 @@ vmhwm() {
     awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
 }
 
+CLK_TCK=$(getconf CLK_TCK)
+
+# "USER SYS": CPU clock ticks used so far by process $1 (all its threads) and its
+# descendants: live children summed, reaped ones counted in cutime/cstime.
+proc_cpu() {
+    local pid=$1 stat child cu cs
+    local -a f
+    stat=$(<"/proc/$pid/stat")
+    # Fields after "pid (comm) ": state is [0], utime [11], stime [12], cutime [13], cstime [14].
+    read -r -a f <<<"${stat##*) }"
+    local u=$((f[11] + f[13])) s=$((f[12] + f[14]))
+    for child in $(ps -o pid= --ppid "$pid"); do
+        read -r cu cs <<<"$(proc_cpu "$child" 2>/dev/null || echo "0 0")"
+        u=$((u + cu))
+        s=$((s + cs))
+    done
+    echo "$u $s"
+}
+
+# What a TLS client negotiates with the proxy on $1: protocol, cipher, key exchange.
+tls_session() {
+    openssl s_client -connect "127.0.0.1:$1" -servername localhost </dev/null 2>/dev/null |
+        awk -F', ' '/^New, / { proto = $2; sub(/^Cipher is /, "", $3); cipher = $3 }
+            /^Server Temp Key:/ { sub(/^Server Temp Key: /, "", $1); group = $1 }
+            END { print proto, cipher, group }'
+}
+
 run_load() {
     local name=$1 round=$2
     start_proxy "$name"
@@ -313,22 +421,53 @@ run_load() {
     cookie=$(fetch_cookie "$PORT")
     local header=()
     if [ -n "$cookie" ]; then header=(-H "Cookie: $cookie"); fi
-    taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "${header[@]}" "http://127.0.0.1:$PORT/" >/dev/null
-    local out
+    local url="$SCHEME://127.0.0.1:$PORT/" tls=""
+    if [ "$SCHEME" = https ]; then tls=$(tls_session "$PORT"); fi
+    taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "${header[@]}" "$url" >/dev/null
+    # CPU is read just around the measured run: the warm-up and start-up are not in it.
+    local out cpu0="" cpu1="" t0 t1
+    if [ -n "$PROXY_PID" ]; then cpu0=$(proc_cpu "$PROXY_PID"); fi
+    t0=$(date +%s%N)
     out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"$DURATION" --latency \
-        -s "$HERE/wrk-summary.lua" "${header[@]}" "http://127.0.0.1:$PORT/")
-    local json hwm=null
+        -s "$HERE/wrk-summary.lua" "${header[@]}" "$url")
+    t1=$(date +%s%N)
+    if [ -n "$PROXY_PID" ]; then cpu1=$(proc_cpu "$PROXY_PID"); fi
+    local json hwm=null cpu=null
     json=$(sed -n 's/^WRK_JSON //p' <<<"$out")
-    if [ -n "$PROXY_PID" ]; then hwm=$(vmhwm "$PROXY_PID"); fi
+    if [ -n "$PROXY_PID" ]; then
+        hwm=$(vmhwm "$PROXY_PID")
+        local u0 s0 u1 s1
+        read -r u0 s0 <<<"$cpu0"
+        read -r u1 s1 <<<"$cpu1"
+        cpu=$(printf '{"user_ticks":%d,"sys_ticks":%d,"hz":%d,"wall_us":%d}' \
+            $((u1 - u0)) $((s1 - s0)) "$CLK_TCK" $(((t1 - t0) / 1000)))
+    fi
     stop_proxy
-    printf '{"kind":"load","name":"%s","round":%d,"cookie":"%s","hwm_kb":%s,"wrk":%s}\n' \
-        "$name" "$round" "${cookie:+yes}" "$hwm" "$json" >>"$RESULTS"
-    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); w=r["wrk"]; print("  %-20s round %d: %8.0f req/s  p50 %5d us  p99 %6d us  errors %d" % (r["name"], r["round"], w["requests"]/(w["duration_us"]/1e6), w["p50_us"], w["p99_us"], w["status"]+w["connect"]+w["read"]+w["write"]+w["timeout"]))' \
-        "$(tail -n1 "$RESULTS")" >&2
+    printf '{"kind":"load","name":"%s","round":%d,"cookie":"%s","tls":"%s","hwm_kb":%s,"cpu":%s,"wrk":%s}\n' \
+        "$name" "$round" "${cookie:+yes}" "$tls" "$hwm" "$cpu" "$json" >>"$RESULTS"
+    python3 -c '
+import json, sys
+r = json.loads(sys.argv[1]); w = r["wrk"]; c = r["cpu"]
+line = "  %-20s round %d: %8.0f req/s  p50 %5d us  p99 %6d us  errors %d" % (
+    r["name"], r["round"], w["requests"] / (w["duration_us"] / 1e6), w["p50_us"], w["p99_us"],
+    w["status"] + w["connect"] + w["read"] + w["write"] + w["timeout"])
+if c and w["requests"]:
+    per = 1e6 / c["hz"] / w["requests"]
+    line += "  cpu %5.2f us/req (user %.2f sys %.2f), %3.0f%% of a core" % (
+        (c["user_ticks"] + c["sys_ticks"]) * per, c["user_ticks"] * per, c["sys_ticks"] * per,
+        100 * (c["user_ticks"] + c["sys_ticks"]) / c["hz"] / (c["wall_us"] / 1e6))
+if r["tls"]:
+    line += "  [" + r["tls"] + "]"
+print(line)' "$(tail -n1 "$RESULTS")" >&2
 }
 
 run_idle() {
     local name=$1
+    case $name in *-tls | *-tls-*)
+        echo "  $name idle: skipped (idle_conns.py speaks plain HTTP only)" >&2
+        return 0
+        ;;
+    esac
     start_proxy "$name"
     local cookie
     cookie=$(fetch_cookie "$PORT")
@@ -342,6 +481,11 @@ run_idle() {
 
 run_paced() {
     local name=$1 round=$2
+    case $name in *-tls | *-tls-*)
+        echo "  $name paced: skipped (bench/paced speaks plain HTTP only)" >&2
+        return 0
+        ;;
+    esac
     start_proxy "$name"
     local cookie
     cookie=$(fetch_cookie "$PORT")
