@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::scripted::{ok, write, ScriptedBackend};
+use common::scripted::{ok, raw_backend, write, ScriptedBackend};
 use common::wire::*;
 
 both_sides!(
@@ -103,39 +103,31 @@ async fn an_empty_transfer_encoding_field_does_not_hide_the_chunking(side: Side)
 /// connection after it (the rest of the body is still on its way).
 async fn an_early_answer_to_an_upload_is_passed_on(side: Side) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match conn.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                if head.starts_with(b"GET /health") {
-                    let _ = conn
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
-                    return;
-                }
-                let _ = conn
-                    .write_all(
-                        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\
-                          Connection: close\r\n\r\ntoo big\n",
-                    )
-                    .await;
-                // Not a byte of the body is read; then the connection goes.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            });
+    let backend = raw_backend(|mut conn| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
         }
-    });
+        if head.starts_with(b"GET /health") {
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            return;
+        }
+        let _ = conn
+            .write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\
+                  Connection: close\r\n\r\ntoo big\n",
+            )
+            .await;
+        // Not a byte of the body is read; then the connection goes.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    })
+    .await;
     let lb = WireLb::start(side, &config(backend, "", "retries = 0")).await;
     let (mut read, mut write) = tokio::io::split(lb.stream().await);
     let body_len = 64 * 1024 * 1024;

@@ -771,11 +771,7 @@ async fn a_response_with_both_chunked_and_content_length_is_framed_by_the_chunks
 /// on the connection to one of three backends (round-robin would spread them),
 /// also amid other cookies, which reach the backend without limpet's.
 async fn the_affinity_cookie_pins_and_is_stripped_on_the_wire(side: Side) {
-    let backends = [
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    ];
+    let backends = three_backends().await;
     let refs: Vec<&TestBackend> = backends.iter().collect();
     let lb = WireLb::start(side, &ring_config(&refs, "balance = \"round-robin\"")).await;
     let mut wire = lb.connect().await;

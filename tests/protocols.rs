@@ -29,20 +29,12 @@ fn https_config(backends: &[&TestBackend], certs: &[&TestCert], extra: &str) -> 
     with_https(&ring_config(backends, extra), certs)
 }
 
-async fn three() -> (TestBackend, TestBackend, TestBackend) {
-    (
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    )
-}
-
 #[tokio::test]
 async fn https_with_sni_alpn_and_secure_cookie() {
     let dir = temp_dir("sni");
     let shop = make_cert(&dir, "shop", &["shop.example.com"]);
     let blog = make_cert(&dir, "blog", &["blog.example.com"]);
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&shop, &blog], "")).await;
     let addr = lb.limpet.https_addrs[0];
 
@@ -97,7 +89,7 @@ async fn https_with_sni_alpn_and_secure_cookie() {
 async fn garbage_and_plain_http_on_the_tls_port_fail_alone() {
     let dir = temp_dir("garbage");
     let cert = make_cert(&dir, "site", &["localhost"]);
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&cert], "")).await;
     let addr = lb.limpet.https_addrs[0];
 
@@ -162,7 +154,7 @@ where
 async fn h2_over_tls_and_h2c_keep_affinity_with_split_cookie_headers() {
     let dir = temp_dir("h2");
     let cert = make_cert(&dir, "site", &["localhost"]);
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&cert], "")).await;
 
     // Pin over HTTP/1.1.
@@ -413,7 +405,7 @@ fn app_cookie_config(backends: &[&TestBackend]) -> String {
 
 #[tokio::test]
 async fn app_cookie_routes_by_the_session_suffix() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&app_cookie_config(&[&a, &b, &c])).await;
     let mut client = lb.client();
 
@@ -469,7 +461,7 @@ async fn app_cookie_routes_by_the_session_suffix() {
 async fn certificates_are_re_read_on_reload() {
     let dir = temp_dir("reload");
     let old = make_cert(&dir, "site", &["localhost"]);
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let toml = https_config(&[&a, &b, &c], &[&old], "");
     let lb = TestLb::start(&toml).await;
     let addr = lb.limpet.https_addrs[0];

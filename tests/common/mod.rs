@@ -202,6 +202,15 @@ async fn answer(
         .unwrap()
 }
 
+/// Three backends, `app1`, `app2` and `app3`.
+pub async fn three_backends() -> [TestBackend; 3] {
+    [
+        TestBackend::spawn("app1").await,
+        TestBackend::spawn("app2").await,
+        TestBackend::spawn("app3").await,
+    ]
+}
+
 /// limpet running in-process.
 pub struct TestLb {
     pub limpet: limpet::Limpet,

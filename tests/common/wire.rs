@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::scripted::{Recorded, ScriptedBackend};
+use super::scripted::{header_values, Recorded, ScriptedBackend};
 use super::tls::{make_cert, temp_dir, tls_connect, with_https, TestCert};
 use super::TestLb;
 
@@ -240,11 +240,7 @@ impl std::fmt::Debug for Resp {
 impl Resp {
     /// The values of every `name` header (case-insensitive), in order.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
 
     /// The first `name` header's value (case-insensitive).
