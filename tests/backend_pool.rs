@@ -24,6 +24,7 @@ async fn expired_pooled_backend_sockets_are_not_kept_forever() {
             steps
         })
         .await;
+        // Plain only: the pool is on the backend side, the same for both listeners.
         let lb = lb_for(Side::Plain, &backend).await;
         let idle = || {
             let snap = lb.lb.limpet.state.load();
