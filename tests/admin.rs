@@ -30,17 +30,9 @@ fn is_rfc3339_utc_seconds(s: &str) -> bool {
         })
 }
 
-async fn three() -> (TestBackend, TestBackend, TestBackend) {
-    (
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    )
-}
-
 #[tokio::test]
 async fn healthz_answers_ok() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], "", "1s")).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
     let r = admin.get("/healthz").await;
@@ -50,7 +42,7 @@ async fn healthz_answers_ok() {
 
 #[tokio::test]
 async fn status_shows_the_config_and_every_backend() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     // Checks a day apart: no check has run yet.
     let lb = start_from_file(&config(&[&a, &b, &c], "", "24h")).await;
     let mut client = lb.client();
@@ -101,7 +93,7 @@ async fn status_shows_the_config_and_every_backend() {
 
 #[tokio::test]
 async fn status_shows_the_last_check_and_requests_in_flight() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], "", "50ms")).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
     assert!(
@@ -136,7 +128,7 @@ async fn status_shows_the_last_check_and_requests_in_flight() {
 
 #[tokio::test]
 async fn a_draining_backend_keeps_its_clients_and_takes_no_new_ones() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], "", "1s")).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
     let mut pinned_client = lb.client();
@@ -177,7 +169,7 @@ async fn a_draining_backend_keeps_its_clients_and_takes_no_new_ones() {
 
 #[tokio::test]
 async fn a_backend_in_maintenance_hands_its_clients_to_its_replica() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let ring = [&a, &b, &c];
     let lb = TestLb::start(&config(&ring, "", "1s")).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
@@ -209,7 +201,7 @@ async fn a_backend_in_maintenance_hands_its_clients_to_its_replica() {
 
 #[tokio::test]
 async fn unknown_names_and_paths_are_404_and_wrong_methods_405() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], "", "1s")).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
     for path in [
@@ -247,7 +239,7 @@ async fn unknown_names_and_paths_are_404_and_wrong_methods_405() {
 
 #[tokio::test]
 async fn with_a_token_every_post_needs_it() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let mut toml = config(&[&a, &b, &c], "", "1s");
     toml.push_str("token = \"s3cret-token\"\n");
     let lb = start_from_file(&toml).await;

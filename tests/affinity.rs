@@ -8,14 +8,6 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use common::*;
 
-async fn three() -> [TestBackend; 3] {
-    [
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    ]
-}
-
 /// One upstream `shop` over `backends` with `upstream` keys and a `[upstream.shop.cookie]`
 /// table holding `cookie` keys.
 fn config(backends: &[&TestBackend], upstream: &str, cookie: &str) -> String {
@@ -86,7 +78,7 @@ async fn cookie_per_backend(lb: &TestLb) -> HashMap<String, String> {
 
 #[tokio::test]
 async fn a_cookie_client_sticks_to_one_backend() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "affinity = \"cookie\"")).await;
     let mut client = lb.client();
     let first = client.get("/").await;
@@ -106,7 +98,7 @@ async fn a_cookie_client_sticks_to_one_backend() {
 
 #[tokio::test]
 async fn an_ip_hash_client_sticks_to_one_backend() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ip_hash_config(&[&a, &b, &c], "")).await;
     let mut client = lb.client();
     let first = client.get("/").await;
@@ -126,7 +118,7 @@ async fn an_ip_hash_client_sticks_to_one_backend() {
 
 #[tokio::test]
 async fn invalid_cookies_start_a_new_session_never_an_error() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "balance = \"round-robin\"")).await;
     let other = TestLb::start(&config(
         &[&a, &b, &c],
@@ -170,7 +162,7 @@ async fn invalid_cookies_start_a_new_session_never_an_error() {
 
 #[tokio::test]
 async fn another_upstreams_cookie_is_a_new_pin() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     // Two upstreams with the same cookie name, secret and backend names.
     let mut toml = String::from(
         "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n\
@@ -217,7 +209,7 @@ async fn another_upstreams_cookie_is_a_new_pin() {
 
 #[tokio::test]
 async fn a_cookie_signed_with_a_previous_secret_pins_and_is_reissued() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let backends = [&a, &b, &c];
     let old = TestLb::start(&config(
         &backends,
@@ -256,7 +248,7 @@ async fn a_cookie_signed_with_a_previous_secret_pins_and_is_reissued() {
 
 #[tokio::test]
 async fn limpets_cookie_is_stripped_and_app_cookies_pass_byte_for_byte() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "")).await;
     let mut client = lb.client();
     let first = client.get("/").await;
@@ -309,7 +301,7 @@ async fn limpets_cookie_is_stripped_and_app_cookies_pass_byte_for_byte() {
 
 #[tokio::test]
 async fn two_instances_with_the_same_config_pin_alike() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let toml = ring_config(&[&a, &b, &c], "balance = \"random\"");
     let (one, two) = (TestLb::start(&toml).await, TestLb::start(&toml).await);
     let mut seen = std::collections::HashSet::new();
@@ -391,7 +383,7 @@ async fn removing_one_of_four_ip_hash_backends_moves_only_its_keys() {
 
 #[tokio::test]
 async fn x_forwarded_for_counts_only_from_a_trusted_peer() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let ips = client_ips(60);
 
     let untrusted = TestLb::start(&ip_hash_config(&[&a, &b, &c], "\"10.0.0.0/8\"")).await;
@@ -425,7 +417,7 @@ async fn x_forwarded_for_counts_only_from_a_trusted_peer() {
 
 #[tokio::test]
 async fn the_affinity_cookie_has_the_configured_attributes() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "")).await;
     let r = lb.client().get("/").await;
     let set = r.header("set-cookie").unwrap().to_string();
@@ -471,7 +463,7 @@ async fn the_affinity_cookie_has_the_configured_attributes() {
 
 #[tokio::test]
 async fn app_cookie_routes_by_the_apps_session_suffix() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let toml = format!(
         "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\naffinity = \"app-cookie\"\n\
          balance = \"round-robin\"\n\n[upstream.shop.health]\ninterval = \"100ms\"\nrise = 1\nfall = 1\n\n\

@@ -50,19 +50,11 @@ fn assert_shares(counts: &HashMap<String, usize>, names: &[&str], weights: &[u32
     assert_eq!(counts.values().sum::<usize>(), n, "{counts:?}");
 }
 
-async fn three() -> [TestBackend; 3] {
-    [
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    ]
-}
-
 const NAMES: [&str; 3] = ["app1", "app2", "app3"];
 
 #[tokio::test]
 async fn round_robin_shares_new_clients_evenly() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], &[1, 1, 1], "round-robin")).await;
     let counts = new_clients(&lb, 1000).await;
     assert_shares(&counts, &NAMES, &[1, 1, 1], 1000);
@@ -74,7 +66,7 @@ async fn round_robin_shares_new_clients_evenly() {
 
 #[tokio::test]
 async fn least_requests_shares_new_clients_evenly() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], &[1, 1, 1], "least-requests")).await;
     let counts = new_clients(&lb, 1000).await;
     assert_shares(&counts, &NAMES, &[1, 1, 1], 1000);
@@ -82,7 +74,7 @@ async fn least_requests_shares_new_clients_evenly() {
 
 #[tokio::test]
 async fn weights_give_proportional_shares_under_every_policy() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     for (balance, n) in [
         ("round-robin", 1200),
         ("least-requests", 1200),
@@ -99,7 +91,7 @@ async fn weights_give_proportional_shares_under_every_policy() {
 async fn pinned_traffic_does_not_starve_a_backend_of_new_sessions() {
     // A busy pinned client on one backend must not keep every new session away
     // from it: the policy balances requests in flight, not a lifetime count.
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], &[1, 1, 1], "least-requests")).await;
     let mut pinned = lb.client();
     let first = pinned.get("/").await.backend().to_string();
@@ -112,7 +104,7 @@ async fn pinned_traffic_does_not_starve_a_backend_of_new_sessions() {
 
 #[tokio::test]
 async fn a_backend_added_by_reload_gets_its_share_not_every_new_session() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b], &[1, 1], "least-requests")).await;
     let counts = new_clients(&lb, 300).await;
     assert_shares(&counts, &NAMES[..2], &[1, 1], 300);
@@ -135,7 +127,7 @@ fn in_flight(lb: &TestLb, backend: &str) -> usize {
 
 #[tokio::test]
 async fn least_requests_avoids_a_backend_with_requests_in_flight() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], &[1, 1, 1], "least-requests")).await;
     // Five clients pinned to app1 (while nothing is in flight)...
     let mut pinned = Vec::new();

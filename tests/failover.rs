@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::scripted::raw_backend;
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -16,14 +17,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// restarted one up) within a fraction of a second.
 const FAST_HEALTH: &str =
     "\n[upstream.shop.health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n";
-
-async fn three() -> [TestBackend; 3] {
-    [
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    ]
-}
 
 /// `n` clients, each pinned by a first request; grouped by backend.
 async fn pinned_clients(lb: &TestLb, n: usize) -> HashMap<String, Vec<Client>> {
@@ -54,7 +47,7 @@ async fn client_pinned_to(lb: &TestLb, backend: &str) -> Client {
 
 #[tokio::test]
 async fn a_dead_backends_clients_move_to_its_replica_and_stay_there() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let extra = format!("balance = \"round-robin\"\n{FAST_HEALTH}");
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], &extra)).await;
     let mut clients = pinned_clients(&lb, 30).await;
@@ -117,7 +110,7 @@ async fn a_dead_backends_clients_move_to_its_replica_and_stay_there() {
 
 #[tokio::test]
 async fn the_replica_chain_skips_a_dead_replica() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     // app1 -> app2 -> app3 -> app1. Two retries: app1 and app2 refuse, app3 answers.
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "retries = 2")).await;
     let mut first = client_pinned_to(&lb, "app1").await;
@@ -154,7 +147,7 @@ async fn the_replica_chain_skips_a_dead_replica() {
 async fn the_replica_chain_ends_in_a_rebalance() {
     // app1 -> app2 and app2 -> app1: with both dead the chain is exhausted and the
     // client is balanced onto app3 and re-pinned there.
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let mut toml = String::from(
         "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\nretries = 2\n\n\
          [upstream.shop.cookie]\nsecret = \"test-secret\"\n",
@@ -184,7 +177,7 @@ async fn the_replica_chain_ends_in_a_rebalance() {
 
 #[tokio::test]
 async fn failover_reject_answers_503() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let extra = format!("failover = \"reject\"\n{FAST_HEALTH}");
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], &extra)).await;
     let mut pinned = client_pinned_to(&lb, "app1").await;
@@ -214,7 +207,7 @@ async fn failover_reject_answers_503() {
 
 #[tokio::test]
 async fn failover_rebalance_repins_by_balance() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "failover = \"rebalance\"")).await;
     let mut pinned = client_pinned_to(&lb, "app1").await;
     a.stop().await;
@@ -233,7 +226,7 @@ async fn failover_rebalance_repins_by_balance() {
 
 #[tokio::test]
 async fn a_post_with_a_body_to_a_dead_pinned_backend_is_retried() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let toml = ring_config(&[&a, &b, &c], "");
     let lb = TestLb::start(&toml).await;
     // Clients pinned through this instance (it has pooled connections to app1)...
@@ -277,39 +270,29 @@ async fn a_post_with_a_body_to_a_dead_pinned_backend_is_retried() {
 /// request is sent on it.
 async fn closes_reused_connections() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    raw_backend(|mut stream| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut answered = 0;
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                let mut answered = 0;
-                loop {
-                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        got.drain(..end + 4);
-                        if answered == 1 {
-                            return; // closes, unanswered
-                        }
-                        answered += 1;
-                        let reply =
-                            "HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-backend: app1\r\n\r\napp1";
-                        if stream.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+            while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                got.drain(..end + 4);
+                if answered == 1 {
+                    return; // closes, unanswered
                 }
-            });
+                answered += 1;
+                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-backend: app1\r\n\r\napp1";
+                if stream.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
@@ -351,7 +334,7 @@ fn set_operator(lb: &TestLb, backend: &str, op: limpet::backend::Operator) {
 #[tokio::test]
 async fn draining_keeps_pinned_clients_and_maintenance_fails_them_over() {
     use limpet::backend::Operator;
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "balance = \"round-robin\"")).await;
     let mut on_app1 = client_pinned_to(&lb, "app1").await;
 
@@ -395,7 +378,7 @@ async fn draining_keeps_pinned_clients_and_maintenance_fails_them_over() {
 
 #[tokio::test]
 async fn ip_hash_clients_fail_over_to_the_replica_without_a_cookie() {
-    let [a, b, c] = three().await;
+    let [a, b, c] = three_backends().await;
     let mut toml = ring_config(&[&a, &b, &c], "affinity = \"ip-hash\"");
     toml.push_str(FAST_HEALTH);
     let lb = TestLb::start(&toml).await;

@@ -118,11 +118,7 @@ async fn checks_until_flip(
 async fn a_failing_backend_goes_down_after_fall_checks_its_clients_move_to_its_replica_and_it_returns_after_rise(
 ) {
     let logs = Logs::capture();
-    let (a, b, c) = (
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    );
+    let [a, b, c] = three_backends().await;
     let ring = [&a, &b, &c];
     let lb = TestLb::start(&config(
         &ring,

@@ -19,14 +19,6 @@ fn config(backends: &[&TestBackend], upstream: &str) -> String {
     s
 }
 
-async fn three() -> (TestBackend, TestBackend, TestBackend) {
-    (
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    )
-}
-
 /// The label names of every sample of `name`.
 fn label_names(m: &Metrics, name: &str) -> BTreeSet<Vec<String>> {
     m.samples(name, &[])
@@ -46,7 +38,7 @@ fn keys(names: &[&str]) -> BTreeSet<Vec<String>> {
 
 #[tokio::test]
 async fn every_family_is_exposed_with_its_type_and_labels() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], "")).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
     let mut client = lb.client();
@@ -169,7 +161,7 @@ fn counters(m: &Metrics) -> HashMap<String, f64> {
 
 #[tokio::test]
 async fn counters_move_by_exactly_what_happened() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let ring = [&a, &b, &c];
     let lb = TestLb::start(&config(&ring, "balance = \"round-robin\"\nretries = 1")).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
@@ -314,7 +306,7 @@ async fn counters_move_by_exactly_what_happened() {
 
 #[tokio::test]
 async fn the_in_flight_gauge_follows_a_slow_request() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], "")).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
     let mut client = lb.client();
@@ -378,7 +370,7 @@ async fn health_checks_are_counted_by_result() {
 
 #[tokio::test]
 async fn a_reload_drops_the_series_of_removed_backends() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = start_from_file(&config(&[&a, &b, &c], "")).await;
     let mut client = lb.client();
     for _ in 0..3 {

@@ -6,11 +6,11 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::tls::{make_cert, temp_dir, tls_connect, with_https, TestCert};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
@@ -18,7 +18,6 @@ use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -26,90 +25,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// A self-signed certificate for `names`, written as PEM files into `dir`.
-struct TestCert {
-    der: CertificateDer<'static>,
-    cert_path: PathBuf,
-    key_path: PathBuf,
-}
-
-fn make_cert(dir: &std::path::Path, label: &str, names: &[&str]) -> TestCert {
-    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let ck = rcgen::generate_simple_self_signed(names).expect("generate certificate");
-    let cert_path = dir.join(format!("{label}.pem"));
-    let key_path = dir.join(format!("{label}.key"));
-    std::fs::write(&cert_path, ck.cert.pem()).unwrap();
-    std::fs::write(&key_path, ck.key_pair.serialize_pem()).unwrap();
-    TestCert {
-        der: ck.cert.der().clone(),
-        cert_path,
-        key_path,
-    }
-}
-
-fn temp_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "limpet-{label}-{}-{}",
-        std::process::id(),
-        fastrand_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish()
-}
-
-/// A TLS client connection to `addr` trusting `roots`, with SNI `name` and `alpn`.
-async fn tls_connect(
-    addr: SocketAddr,
-    roots: &[&TestCert],
-    name: &str,
-    alpn: &[&[u8]],
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let mut store = rustls::RootCertStore::empty();
-    for c in roots {
-        store.add(c.der.clone()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await?;
-    connector
-        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
-        .await
-}
-
 fn https_config(backends: &[&TestBackend], certs: &[&TestCert], extra: &str) -> String {
-    let mut toml = ring_config(backends, extra);
-    let pairs: Vec<String> = certs
-        .iter()
-        .map(|c| format!("{{ cert = {:?}, key = {:?} }}", c.cert_path, c.key_path))
-        .collect();
-    toml = toml.replacen(
-        "[listen]\nhttp = [\"127.0.0.1:0\"]\n",
-        &format!("[listen]\nhttp = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\n\n[tls]\ncerts = [{}]\n", pairs.join(", ")),
-        1,
-    );
-    toml
-}
-
-async fn three() -> (TestBackend, TestBackend, TestBackend) {
-    (
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    )
+    with_https(&ring_config(backends, extra), certs)
 }
 
 #[tokio::test]
@@ -117,7 +34,7 @@ async fn https_with_sni_alpn_and_secure_cookie() {
     let dir = temp_dir("sni");
     let shop = make_cert(&dir, "shop", &["shop.example.com"]);
     let blog = make_cert(&dir, "blog", &["blog.example.com"]);
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&shop, &blog], "")).await;
     let addr = lb.limpet.https_addrs[0];
 
@@ -172,7 +89,7 @@ async fn https_with_sni_alpn_and_secure_cookie() {
 async fn garbage_and_plain_http_on_the_tls_port_fail_alone() {
     let dir = temp_dir("garbage");
     let cert = make_cert(&dir, "site", &["localhost"]);
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&cert], "")).await;
     let addr = lb.limpet.https_addrs[0];
 
@@ -237,7 +154,7 @@ where
 async fn h2_over_tls_and_h2c_keep_affinity_with_split_cookie_headers() {
     let dir = temp_dir("h2");
     let cert = make_cert(&dir, "site", &["localhost"]);
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&https_config(&[&a, &b, &c], &[&cert], "")).await;
 
     // Pin over HTTP/1.1.
@@ -488,7 +405,7 @@ fn app_cookie_config(backends: &[&TestBackend]) -> String {
 
 #[tokio::test]
 async fn app_cookie_routes_by_the_session_suffix() {
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&app_cookie_config(&[&a, &b, &c])).await;
     let mut client = lb.client();
 
@@ -544,7 +461,7 @@ async fn app_cookie_routes_by_the_session_suffix() {
 async fn certificates_are_re_read_on_reload() {
     let dir = temp_dir("reload");
     let old = make_cert(&dir, "site", &["localhost"]);
-    let (a, b, c) = three().await;
+    let [a, b, c] = three_backends().await;
     let toml = https_config(&[&a, &b, &c], &[&old], "");
     let lb = TestLb::start(&toml).await;
     let addr = lb.limpet.https_addrs[0];

@@ -5,9 +5,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::scripted::raw_backend;
+use common::wire::{raw, raw_exchange, raw_status};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// One upstream `shop` over `backends` (cookie affinity), with `top` TOML before it.
 fn config(top: &str, backends: &[&TestBackend], upstream: &str) -> String {
@@ -27,41 +28,32 @@ fn config(top: &str, backends: &[&TestBackend], upstream: &str) -> String {
 /// A backend that reads a request (head and `body_len` bytes of body) and closes
 /// the connection without answering.
 async fn bad_backend(body_len: usize) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                let read_all = async {
-                    loop {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-                            let wants = if head.starts_with("post") {
-                                body_len
-                            } else {
-                                0
-                            };
-                            if got.len() >= end + 4 + wants {
-                                break;
-                            }
-                        }
+    raw_backend(move |mut stream| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read_all = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                    let wants = if head.starts_with("post") {
+                        body_len
+                    } else {
+                        0
+                    };
+                    if got.len() >= end + 4 + wants {
+                        break;
                     }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(5), read_all).await;
-                drop(stream);
-            });
-        }
-    });
-    addr
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), read_all).await;
+        drop(stream);
+    })
+    .await
 }
 
 /// The response of `request`, sent raw; panics unless the server answered.

@@ -196,11 +196,7 @@ async fn a_broken_file_is_refused_with_its_position_and_the_old_config_keeps_ser
 
 #[tokio::test]
 async fn health_and_operator_state_carry_over_when_name_and_address_are_unchanged() {
-    let (a, b, c) = (
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    );
+    let [a, b, c] = three_backends().await;
     let health = "interval = \"50ms\"\ntimeout = \"100ms\"\nfall = 1\nrise = 100";
     let lb = start_from_file(&config(&[&a, &b], "", health)).await;
     lb.admin.set("app1", "drain").await;
@@ -240,11 +236,7 @@ async fn health_and_operator_state_carry_over_when_name_and_address_are_unchange
 
 #[tokio::test]
 async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
-    let (a, b, c) = (
-        TestBackend::spawn("app1").await,
-        TestBackend::spawn("app2").await,
-        TestBackend::spawn("app3").await,
-    );
+    let [a, b, c] = three_backends().await;
     let mut process = Process::start(&config(&[&a, &b], "", QUIET)).await;
     let admin = process.admin_client();
     let mut client = Client::new(process.http);

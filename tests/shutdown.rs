@@ -1,13 +1,18 @@
 //! SPEC section 8, shutdown: on SIGTERM/SIGINT the real binary stops accepting,
-//! lets requests in flight finish up to `shutdown_grace`, then exits 0.
+//! lets requests in flight finish up to `shutdown_grace`, then exits 0; a
+//! response in flight tells its client that the connection closes after it.
 
 mod common;
 mod ops;
 
 use std::time::{Duration, Instant};
 
+use common::scripted::{ok, ScriptedBackend, Step};
+use common::wire::*;
 use common::*;
 use ops::*;
+
+both_sides!(a_response_in_flight_at_shutdown_says_connection_close);
 
 fn config(backend: &TestBackend, grace: &str) -> String {
     format!(
@@ -122,4 +127,42 @@ async fn sigint_shuts_down_like_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(signalled.elapsed() < Duration::from_secs(3));
     assert!(refuses(process.http).await);
+}
+
+/// At graceful shutdown, a request in flight is answered and the connection
+/// then closed; the answer must say `Connection: close` (as hyper's path does:
+/// its graceful shutdown disables keep-alive before the response head is
+/// written), or a keep-alive client sends its next request into a closing
+/// connection. The engine decided Connection: close before forwarding the
+/// request and never looked again.
+async fn a_response_in_flight_at_shutdown_says_connection_close(side: Side) {
+    let backend = ScriptedBackend::spawn(|_| {
+        let mut steps = vec![Step::Pause(Duration::from_millis(800))];
+        steps.extend(ok("slow"));
+        steps
+    })
+    .await;
+    let lb = lb_for(side, &backend).await;
+    let mut wire = lb.connect().await;
+    wire.send(get("/slow")).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !backend.received().is_empty()
+        })
+        .await,
+        "the request reached the backend"
+    );
+    let stopping = tokio::spawn(lb.lb.limpet.shutdown());
+    let resp = wire.read().await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.text(), "slow", "{resp:?}");
+    assert!(
+        resp.connection_tokens().contains(&"close".to_string()),
+        "the connection closes after this response but it does not say so: {resp:?}"
+    );
+    assert!(wire.closed().await);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown finished")
+        .unwrap();
 }

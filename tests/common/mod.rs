@@ -6,9 +6,14 @@
 //! - [`TestLb::start`]: limpet started in-process from TOML text.
 //! - [`Client`]: an HTTP/1.1 client with a one-cookie jar for limpet's cookie.
 //! - [`eventually`]: polls a condition instead of sleeping.
+//!
+//! Beside them: [`scripted`] (a raw-TCP backend that answers by script),
+//! [`wire`] (a raw HTTP/1 client, plain or TLS) and [`tls`] (test certificates).
 #![allow(dead_code)]
 
 pub mod scripted;
+pub mod tls;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// A backend answering with its name.
@@ -195,6 +200,15 @@ async fn answer(
     builder
         .body(Full::new(Bytes::from(name.to_string())))
         .unwrap()
+}
+
+/// Three backends, `app1`, `app2` and `app3`.
+pub async fn three_backends() -> [TestBackend; 3] {
+    [
+        TestBackend::spawn("app1").await,
+        TestBackend::spawn("app2").await,
+        TestBackend::spawn("app3").await,
+    ]
 }
 
 /// limpet running in-process.
@@ -394,37 +408,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A raw TCP connection to `addr`, for malformed and slow clients.
-pub async fn raw(addr: SocketAddr) -> TcpStream {
-    TcpStream::connect(addr).await.expect("connect")
-}
-
-/// Sends `request` on a new raw TCP connection and reads until the server closes it
-/// or `timeout` passes; returns what was read and whether the server closed.
-pub async fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> (String, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = raw(addr).await;
-    // The server may answer and close before it read everything (431): ignore.
-    let _ = stream.write_all(request).await;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + timeout;
-    let closed = loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => break false,
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    };
-    (String::from_utf8_lossy(&got).into_owned(), closed)
-}
-
-/// The status code of the first response in raw HTTP/1.1 text, if any.
-pub fn raw_status(text: &str) -> Option<u16> {
-    let line = text.lines().next()?;
-    let mut parts = line.split(' ');
-    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
-    parts.next()?.parse().ok()
 }

@@ -8,8 +8,12 @@
 //! connection waits for the next request unless the script closed it.
 //! Requests for [`HEALTH_PATH`] are answered `200 ok` and not recorded, so
 //! limpet's health checks neither see the script nor show in the record.
+//!
+//! [`raw_backend`] is the bare accept loop under it, for a backend that must act
+//! below the level of requests (answer before reading, read by the byte).
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,17 +68,22 @@ impl std::fmt::Debug for Recorded {
 impl Recorded {
     /// The values of every `name` header (case-insensitive), in order.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
 
     /// The first `name` header's value (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.all(name).into_iter().next()
     }
+}
+
+/// The values of every `name` field of `headers` (case-insensitive), in order.
+pub fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 /// What the backend does in answer to a request.
@@ -100,6 +109,28 @@ pub fn ok(body: impl AsRef<[u8]>) -> Vec<Step> {
         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     bytes.extend_from_slice(body);
     vec![Step::Write(bytes)]
+}
+
+/// A backend on 127.0.0.1 that hands every connection it accepts to `serve`,
+/// each in a task of its own, for as long as the test runs.
+pub async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw backend");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
 }
 
 type Script = dyn Fn(&Recorded) -> Vec<Step> + Send + Sync;
