@@ -408,6 +408,42 @@ pub fn app_route<'a>(
     routes
 }
 
+/// How the backend for a request was chosen (the `outcome` label of
+/// `limpet_affinity_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A valid pin to an available backend.
+    Pinned,
+    /// No pin: a new session.
+    New,
+    /// The pinned backend was unavailable; a backend of its replica chain took over.
+    Failover,
+    /// The pinned backend and its replica chain were unavailable; balanced anew.
+    Rebalanced,
+    /// The pinned backend was unavailable and `failover = "reject"`.
+    Rejected,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Pinned,
+        Outcome::New,
+        Outcome::Failover,
+        Outcome::Rebalanced,
+        Outcome::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pinned => "pinned",
+            Outcome::New => "new",
+            Outcome::Failover => "failover",
+            Outcome::Rebalanced => "rebalanced",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,9 +104,11 @@ impl Proxy {
         };
         match (up, backend) {
             (Some(u), Some(b)) => {
-                u.series.requests(&self.metrics, upstream, b, status).inc();
                 u.series
-                    .duration(&self.metrics, upstream, b)
+                    .requests(&self.metrics.requests, upstream, b, status)
+                    .inc();
+                u.series
+                    .duration(&self.metrics.duration, upstream, b)
                     .observe(elapsed.as_secs_f64());
             }
             _ => self
@@ -116,7 +118,9 @@ impl Proxy {
                 .inc(),
         }
         if let (Some(u), Some(outcome)) = (up, trace.outcome) {
-            u.series.affinity(&self.metrics, upstream, outcome).inc();
+            u.series
+                .affinity(&self.metrics.affinity, upstream, outcome)
+                .inc();
         }
         if let Some((method, path)) = access {
             tracing::info!(

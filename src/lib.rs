@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod pool;
 pub mod reload;
 pub mod router;
+mod series;
 mod shutdown;
 pub mod state;
 pub mod tls;

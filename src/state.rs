@@ -14,12 +14,13 @@ use std::time::SystemTime;
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
 
+pub use crate::affinity::Outcome;
 use crate::affinity::{self, CookieCodec};
 use crate::backend::{Backend, BackendState};
 use crate::balancer::{self, Balancer};
 use crate::config::{Affinity, Config, Failover, UpstreamConfig};
-use crate::metrics::UpstreamSeries;
 use crate::router::Router;
+use crate::series::UpstreamSeries;
 
 /// The live configuration, swapped atomically on reload.
 pub type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -66,42 +67,6 @@ impl Snapshot {
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| &*u.name == name)
-    }
-}
-
-/// How the backend for a request was chosen (the `outcome` label of
-/// `limpet_affinity_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A valid pin to an available backend.
-    Pinned,
-    /// No pin: a new session.
-    New,
-    /// The pinned backend was unavailable; a backend of its replica chain took over.
-    Failover,
-    /// The pinned backend and its replica chain were unavailable; balanced anew.
-    Rebalanced,
-    /// The pinned backend was unavailable and `failover = "reject"`.
-    Rejected,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Pinned,
-        Outcome::New,
-        Outcome::Failover,
-        Outcome::Rebalanced,
-        Outcome::Rejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pinned => "pinned",
-            Outcome::New => "new",
-            Outcome::Failover => "failover",
-            Outcome::Rebalanced => "rebalanced",
-            Outcome::Rejected => "rejected",
-        }
     }
 }
 
