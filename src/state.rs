@@ -320,3 +320,201 @@ fn process_secret() -> &'static [u8] {
 pub fn shared(snapshot: Snapshot) -> SharedState {
     Arc::new(ArcSwap::from_pointee(snapshot))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The sticky decision of SPEC section 3 as a table: each row sets the
+    //! backends' states, gives a pin (or none) and says what `choose` decides.
+
+    use super::*;
+    use crate::backend::{Health, Operator};
+
+    /// app1 -> app2 -> app3 -> app1 replicate each other; app4 stands alone.
+    fn upstream(failover: &str) -> Snapshot {
+        let toml = format!(
+            "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n\
+             [upstream.shop]\naffinity = \"cookie\"\nfailover = \"{failover}\"\n\
+             [upstream.shop.cookie]\nsecret = \"0123456789abcdef0123456789abcdef\"\n\
+             [[upstream.shop.backend]]\nname = \"app1\"\naddr = \"127.0.0.1:1\"\nreplica = \"app2\"\n\
+             [[upstream.shop.backend]]\nname = \"app2\"\naddr = \"127.0.0.1:2\"\nreplica = \"app3\"\n\
+             [[upstream.shop.backend]]\nname = \"app3\"\naddr = \"127.0.0.1:3\"\nreplica = \"app1\"\n\
+             [[upstream.shop.backend]]\nname = \"app4\"\naddr = \"127.0.0.1:4\"\n"
+        );
+        Snapshot::build(Config::parse(&toml, "test.toml").unwrap(), None)
+    }
+
+    #[derive(Clone, Copy)]
+    enum Is {
+        Up,
+        Down,
+        Draining,
+        Maintenance,
+    }
+
+    fn set(up: &Upstream, name: &str, is: Is) {
+        let state = &up.backends[up.backend_index(name).unwrap()].state;
+        let (health, operator) = match is {
+            Is::Up => (Health::Up, Operator::Ready),
+            Is::Down => (Health::Down, Operator::Ready),
+            Is::Draining => (Health::Up, Operator::Draining),
+            Is::Maintenance => (Health::Up, Operator::Maintenance),
+        };
+        state.set_health(health);
+        state.set_operator(operator);
+    }
+
+    struct Row {
+        case: &'static str,
+        failover: &'static str,
+        states: [Is; 4],
+        pin: Option<(&'static str, bool)>,
+        /// Outcome, backend (None when rejected or any of several), the
+        /// backend failed over from, Set-Cookie.
+        expect: (Outcome, Option<&'static str>, Option<&'static str>, bool),
+    }
+
+    #[test]
+    fn choose_follows_the_table() {
+        use Is::*;
+        use Outcome::*;
+        let rows = [
+            Row {
+                case: "pinned, up",
+                failover: "replica",
+                states: [Up, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Pinned, Some("app1"), None, false),
+            },
+            Row {
+                case: "pinned, up, cookie signed with a previous key",
+                failover: "replica",
+                states: [Up, Up, Up, Up],
+                pin: Some(("app1", true)),
+                expect: (Pinned, Some("app1"), None, true),
+            },
+            Row {
+                case: "pinned, draining: keeps its sessions",
+                failover: "replica",
+                states: [Draining, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Pinned, Some("app1"), None, false),
+            },
+            Row {
+                case: "pinned, down, replica up",
+                failover: "replica",
+                states: [Down, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Failover, Some("app2"), Some("app1"), true),
+            },
+            Row {
+                case: "pinned, in maintenance, replica up",
+                failover: "replica",
+                states: [Maintenance, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Failover, Some("app2"), Some("app1"), true),
+            },
+            Row {
+                case: "pinned, down, replica draining: it still holds the sessions",
+                failover: "replica",
+                states: [Down, Draining, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Failover, Some("app2"), Some("app1"), true),
+            },
+            Row {
+                case: "pinned, down, replica down: the replica's replica",
+                failover: "replica",
+                states: [Down, Down, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Failover, Some("app3"), Some("app1"), true),
+            },
+            Row {
+                case: "pinned, down, chain exhausted: rebalanced",
+                failover: "replica",
+                states: [Down, Down, Down, Up],
+                pin: Some(("app1", false)),
+                expect: (Rebalanced, Some("app4"), Some("app1"), true),
+            },
+            Row {
+                case: "pinned, down, nothing left",
+                failover: "replica",
+                states: [Down, Down, Down, Down],
+                pin: Some(("app1", false)),
+                expect: (Rejected, None, Some("app1"), false),
+            },
+            Row {
+                case: "failover = rebalance skips the replica chain",
+                failover: "rebalance",
+                states: [Down, Down, Down, Up],
+                pin: Some(("app1", false)),
+                expect: (Rebalanced, Some("app4"), Some("app1"), true),
+            },
+            Row {
+                case: "failover = reject",
+                failover: "reject",
+                states: [Down, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Rejected, None, Some("app1"), false),
+            },
+            Row {
+                case: "no pin: a new session on a ready backend",
+                failover: "replica",
+                states: [Draining, Maintenance, Down, Up],
+                pin: None,
+                expect: (New, Some("app4"), None, true),
+            },
+            Row {
+                case: "no pin, nothing ready",
+                failover: "replica",
+                states: [Draining, Down, Down, Maintenance],
+                pin: None,
+                expect: (Rejected, None, None, false),
+            },
+        ];
+        for row in rows {
+            let snap = upstream(row.failover);
+            let up = &snap.upstreams[0];
+            for (i, is) in row.states.into_iter().enumerate() {
+                set(up, &format!("app{}", i + 1), is);
+            }
+            let pin = row.pin.map(|(name, reissue)| Pin {
+                backend: up.backend_index(name).unwrap(),
+                reissue,
+            });
+            let decision = up.choose(pin);
+            let name = |i: usize| &*up.backends[i].name;
+            let (outcome, backend, from, cookie) = row.expect;
+            assert_eq!(decision.outcome, outcome, "{}", row.case);
+            if let Some(backend) = backend {
+                assert_eq!(name(decision.backend), backend, "{}", row.case);
+            }
+            assert_eq!(decision.failover_from.map(name), from, "{}", row.case);
+            assert_eq!(decision.set_cookie, cookie, "{}", row.case);
+        }
+    }
+
+    #[test]
+    fn a_forged_or_foreign_pin_is_no_pin() {
+        let snap = upstream("replica");
+        let up = &snap.upstreams[0];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let genuine = up.cookie.as_ref().unwrap().encode(2);
+        let mut forged = genuine.clone().into_bytes();
+        let mid = forged.len() / 2;
+        forged[mid] = if forged[mid] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        for (cookie, pinned) in [
+            (format!("limpet={genuine}"), Some(2)),
+            (format!("limpet={forged}"), None),
+            ("limpet=garbage".to_string(), None),
+            ("other=1".to_string(), None),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("cookie", cookie.parse().unwrap());
+            let pin = up.read_pin(&headers, "/", peer);
+            assert_eq!(pin.map(|p| p.backend), pinned, "{cookie}");
+            if pinned.is_none() {
+                assert_eq!(up.choose(pin).outcome, Outcome::New, "{cookie}");
+            }
+        }
+    }
+}
