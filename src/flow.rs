@@ -4,10 +4,10 @@
 //! (metrics and the access log).
 //!
 //! The engines (`crate::h1` for every HTTP/1.x connection, `crate::h2` for
-//! HTTP/2) only move bytes: each reads a request head, asks [`Proxy::decide`]
-//! where it goes, sends it through [`Attempts`], writes the response with the
-//! header policy, and calls [`Proxy::record`]. limpet's own answers are
-//! [`ProxyError`]s, whose status and body are decided in `crate::error`.
+//! HTTP/2) only move bytes: each reads a request head, asks `Proxy::decide`
+//! where it goes, sends it through `Attempts`, writes the response with the
+//! header policy, and calls `Proxy::record`. limpet's own answers are
+//! `ProxyError`s, whose status and body are decided in `crate::error`.
 
 pub mod policy;
 

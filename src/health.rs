@@ -3,7 +3,7 @@
 //!
 //! The checker runs one task per backend of the current snapshot; when the snapshot
 //! is swapped (reload) the tasks are replaced. Health itself lives in the backend's
-//! shared [`BackendState`], so it carries over a reload.
+//! shared [`crate::backend::BackendState`], so it carries over a reload.
 
 use std::fmt::Display;
 use std::time::{Instant, SystemTime};

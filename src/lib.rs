@@ -3,22 +3,28 @@
 //!
 //! # Layout
 //!
-//! A request flows through the modules in this order:
+//! Modules form layers; each imports only those below it (no import circles:
+//! `python3 ../shared/tools/modcycles.py src`):
 //!
 //! ```text
-//! listener  accept, connection limit; TLS -> hyper-util conn::auto (HTTP/1.1, h2)
-//! h1        plain connections: limpet's own HTTP/1.1 engine, which walks a
-//!           request through the same steps as `proxy` with the same functions
-//!           and hands what it does not take on (h2c, upgrades, ...) to hyper
-//!   proxy   the one function that walks a hyper request through the flow:
-//!     router     (host, path) -> upstream                       404
-//!     affinity   cookie / client IP / app cookie -> a pin
-//!     state      Upstream::choose: pinned, replica chain, or
-//!     balancer   a new pick (least-requests, round-robin, random) 503
-//!     upstream   pooled HTTP/1.1 send, retries, timeouts        502 / 504
-//!     affinity   Set-Cookie when the pin is new or changed
-//!   error   ProxyError -> status, in one place
+//! app        composition root: listeners, health, admin and reload tasks
+//! listener   accept, connection limit, TLS; picks the engine at a
+//!            connection's first bytes
+//! h1  h2     the engines: limpet's HTTP/1 engine for every HTTP/1.x
+//!            connection (plain and TLS), hyper's HTTP/2; they move bytes
+//! flow       the one request flow (SPEC sections 3-4) both engines call:
+//!            decide (route, pin, choose), Attempts (retry rules), policy
+//!            (header rules, two writers), record (metrics, access log)
+//! admin  reload  health  metrics      beside the flow, over the state
+//! state      Snapshot: router, upstreams, backends; Upstream::choose
+//! router  balancer  affinity  backend  series  pool  error  shutdown
+//! config     the TOML file's shape and validation (tls: certificates)
 //! ```
+//!
+//! A request: `listener` -> `h1` or `h2` -> `flow::Proxy::decide` (`router`,
+//! `affinity` pin, `state::Upstream::choose`, `balancer`) -> `flow::Attempts`
+//! over a `pool` socket -> the response written under `flow::policy` ->
+//! `flow::Proxy::record`. limpet's own answers are `error::ProxyError`s.
 //!
 //! State: one `ArcSwap<state::Snapshot>` holds the whole running configuration; a
 //! request loads it once. Each backend's runtime state ([`backend::BackendState`]:
@@ -45,7 +51,7 @@ pub mod metrics;
 pub mod pool;
 pub mod reload;
 pub mod router;
-mod series;
+pub mod series;
 mod shutdown;
 pub mod state;
 pub mod tls;
