@@ -196,7 +196,7 @@ pub(crate) enum Failure {
 }
 
 /// What to do after an attempt failed.
-pub(crate) enum Retry {
+enum Retry {
     /// Send it again to the same backend, on a new connection.
     SameBackend,
     /// Send it to this target.
@@ -227,9 +227,27 @@ impl<'a> Attempts<'a> {
         }
     }
 
-    /// The attempt on `failed`'s backend failed: where to send the request
-    /// next, or the error to answer. `reused`: the connection came from the pool.
-    pub(crate) fn after(
+    /// The attempt on `target`'s backend failed: moves `target` to where the
+    /// request goes next (`fresh`: on a new connection, not a pooled one), or
+    /// says what to answer. `reused`: the failed connection came from the pool.
+    pub(crate) fn retry(
+        &mut self,
+        target: &mut Decision,
+        fresh: &mut bool,
+        failure: Failure,
+        reused: bool,
+    ) -> Result<(), ProxyError> {
+        match self.after(*target, failure, reused)? {
+            Retry::SameBackend => *fresh = true,
+            Retry::Next(next) => {
+                *target = next;
+                *fresh = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn after(
         &mut self,
         failed: Decision,
         failure: Failure,

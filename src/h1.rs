@@ -45,7 +45,7 @@ use crate::backend::InFlight;
 use crate::config::Timeouts;
 use crate::error::ProxyError;
 use crate::flow::policy::Forwarding;
-use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Retry, Trace};
+use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::shutdown::Watch;
 use crate::state::{Decision, Snapshot, Upstream};
 use head::{Delivery, Framing, Parsed, RequestBody, RequestHead, ResponseHead};
@@ -614,13 +614,7 @@ impl<'a> Exchange<'a> {
                 }
                 Err(failure) => {
                     drop(in_flight);
-                    match attempts.after(decision, failure, reused)? {
-                        Retry::SameBackend => fresh = true,
-                        Retry::Next(next) => {
-                            decision = next;
-                            fresh = false;
-                        }
-                    }
+                    attempts.retry(&mut decision, &mut fresh, failure, reused)?;
                 }
             }
         }

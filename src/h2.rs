@@ -34,7 +34,7 @@ use crate::backend::{BackendState, InFlight};
 use crate::config::Timeouts;
 use crate::error::{BoxError, ProxyError};
 use crate::flow::policy::{self, Forwarding};
-use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Retry, Trace};
+use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::state::Snapshot;
 use timeouts::{Activity, TimedIo};
 
@@ -201,13 +201,7 @@ async fn handle(
             Err(failed) => failed,
         };
         drop(in_flight);
-        match attempts.after(decision, failure, reused)? {
-            Retry::SameBackend => fresh = true,
-            Retry::Next(next) => {
-                decision = next;
-                fresh = false;
-            }
-        }
+        attempts.retry(&mut decision, &mut fresh, failure, reused)?;
     }
 }
 
