@@ -321,7 +321,10 @@ async fn ws_connect(addr: SocketAddr, cookie: &str) -> Result<WebSocketStream<Tc
     Ok(ws)
 }
 
-async fn ws_roundtrip(ws: &mut WebSocketStream<TcpStream>, text: &str) -> Option<String> {
+async fn ws_roundtrip<S>(ws: &mut WebSocketStream<S>, text: &str) -> Option<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     ws.send(Message::text(text.to_string())).await.ok()?;
     match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => Some(t.to_string()),
@@ -384,6 +387,42 @@ async fn websocket_is_pinned_and_fails_over_on_reconnect() {
         format!("{replica}: again")
     );
     lb.limpet.shutdown().await;
+}
+
+/// The HTTP/1 engine tunnels an upgrade on a TLS listener as on a plain one.
+#[tokio::test]
+async fn websocket_over_tls_is_tunnelled() {
+    let w1 = WsBackend::spawn("app1").await;
+    let dir = temp_dir("ws-tls");
+    let cert = make_cert(&dir, "localhost", &["localhost"]);
+    let toml = format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\naffinity = \"none\"\n\
+         [[upstream.shop.backend]]\nname = \"app1\"\naddr = \"{}\"\n",
+        w1.addr
+    );
+    let lb = TestLb::start(&with_https(&toml, &[&cert])).await;
+    let addr = lb.limpet.https_addrs[0];
+    let tls = tls_connect(addr, &[&cert], "localhost", &[b"http/1.1"])
+        .await
+        .expect("TLS handshake");
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        "wss://localhost/chat",
+    )
+    .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls)
+        .await
+        .expect("upgrade over TLS");
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        assert_eq!(
+            ws_roundtrip(&mut ws, &format!("tls {i}")).await.unwrap(),
+            format!("app1: tls {i}")
+        );
+    }
+    // Closed by the client, the tunnel ends and shutdown need not wait for it.
+    drop(ws);
+    lb.limpet.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn app_cookie_config(backends: &[&TestBackend]) -> String {
