@@ -34,7 +34,6 @@ pub mod app;
 pub mod backend;
 pub mod balancer;
 pub mod config;
-pub mod demo;
 pub mod error;
 mod h1;
 pub mod health;

@@ -6,10 +6,19 @@
 //!
 //! `--walkthrough-only`: exit after the narration, 0 only if the cart survived.
 //! `RUST_LOG=info` shows limpet's logs (access log included) on stderr.
+//!
+//! The demo lives outside the library so that limpet's public API is only what an
+//! embedder sees: `app.rs` (the replicating app servers), `client.rs` (a small
+//! HTTP client with a cookie jar) and `walkthrough.rs` (the scripted story).
+//! `tests/demo.rs` compiles the same three files into the test with `#[path]`.
+
+mod app;
+mod client;
+mod walkthrough;
 
 use std::process::ExitCode;
 
-use limpet::demo::walkthrough::{self, Ports};
+use walkthrough::Ports;
 
 const USERS: usize = 20;
 
