@@ -861,8 +861,7 @@ fn record(
     status: u16,
     started: std::time::Instant,
 ) {
-    let access = tracing::enabled!(target: "limpet::access", tracing::Level::INFO)
-        .then(|| (head.method(buf), head.target(buf)));
+    let access = crate::access_log::enabled().then(|| (head.method(buf), head.target(buf)));
     proxy.record(snap, trace, status, started.elapsed(), access);
 }
 

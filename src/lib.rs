@@ -18,6 +18,7 @@
 //!     upstream   pooled HTTP/1.1 send, retries, timeouts        502 / 504
 //!     affinity   Set-Cookie when the pin is new or changed
 //!   error   ProxyError -> status, in one place
+//! access_log  beside the flow: one line per request, written with the metrics
 //! ```
 //!
 //! State: one `ArcSwap<state::Snapshot>` holds the whole running configuration; a
@@ -28,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod affinity;
 pub mod app;

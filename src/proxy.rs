@@ -73,15 +73,14 @@ impl Proxy {
         async move {
             let started = Instant::now();
             // Copied for the access log only when it is on.
-            let access =
-                tracing::enabled!(target: "limpet::access", tracing::Level::INFO).then(|| {
-                    let path = req
-                        .uri()
-                        .path_and_query()
-                        .map(|p| p.as_str().to_owned())
-                        .unwrap_or_default();
-                    (req.method().clone(), path)
-                });
+            let access = crate::access_log::enabled().then(|| {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                (req.method().clone(), path)
+            });
             let snap = self.state.load_full();
             let mut trace = Trace::default();
             let response = match self.handle(&snap, req, conn, &mut trace).await {
@@ -133,16 +132,15 @@ impl Proxy {
             u.series.affinity(&self.metrics, upstream, outcome).inc();
         }
         if let Some((method, path)) = access {
-            tracing::info!(
-                target: "limpet::access",
+            crate::access_log::write(&crate::access_log::AccessRecord {
                 method,
-                path = %path,
+                path,
                 status,
                 upstream,
-                backend = backend.map(|b| b.1).unwrap_or(""),
-                affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
-                duration_us = elapsed.as_micros() as u64,
-            );
+                backend: backend.map(|b| b.1).unwrap_or(""),
+                affinity: trace.outcome.map(Outcome::as_str).unwrap_or("-"),
+                duration_us: elapsed.as_micros() as u64,
+            });
         }
     }
 

@@ -28,6 +28,10 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    if limpet::access_log::filter_enables() {
+        // The first and only configuration: it cannot fail.
+        let _ = limpet::access_log::init(limpet::access_log::Format::Text, std::io::stderr());
+    }
     let walkthrough_only = std::env::args().skip(1).any(|a| a == "--walkthrough-only");
     let ports = if walkthrough_only {
         Ports::Ephemeral
