@@ -14,6 +14,7 @@ pub mod policy;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::access_log::AccessRecord;
 use crate::affinity::HeaderLookup;
 use crate::config::{Failover, SameSite, Secure};
 use crate::error::{BoxError, ProxyError};
@@ -123,23 +124,22 @@ impl Proxy {
                 .inc();
         }
         if let Some((method, path)) = access {
-            tracing::info!(
-                target: "limpet::access",
+            crate::access_log::write(&AccessRecord {
                 method,
-                path = %path,
+                path,
                 status,
                 upstream,
-                backend = backend.map(|b| b.1).unwrap_or(""),
-                affinity = trace.outcome.map(Outcome::as_str).unwrap_or("-"),
-                duration_us = elapsed.as_micros() as u64,
-            );
+                backend: backend.map(|b| b.1).unwrap_or(""),
+                affinity: trace.outcome.map(Outcome::as_str).unwrap_or("-"),
+                duration_us: elapsed.as_micros() as u64,
+            });
         }
     }
 }
 
 /// Whether the access log is on (the path is then copied for it).
 pub(crate) fn access_log_enabled() -> bool {
-    tracing::enabled!(target: "limpet::access", tracing::Level::INFO)
+    crate::access_log::enabled()
 }
 
 /// The methods whose request may be sent twice (RFC 9110, section 9.2.2).

@@ -15,7 +15,7 @@
 //! flow       the one request flow (SPEC sections 3-4) both engines call:
 //!            decide (route, pin, choose), Attempts (retry rules), policy
 //!            (header rules, two writers), record (metrics, access log)
-//! admin  reload  health  metrics      beside the flow, over the state
+//! admin  reload  health  metrics  access_log   beside the flow
 //! state      Snapshot: router, upstreams, backends; Upstream::choose
 //! router  balancer  affinity  backend  series  pool  error  shutdown
 //! config     the TOML file's shape and validation (tls: certificates)
@@ -34,13 +34,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod affinity;
 pub mod app;
 pub mod backend;
 pub mod balancer;
 pub mod config;
-pub mod demo;
 pub mod error;
 pub mod flow;
 mod h1;

@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use limpet::access_log;
 use limpet::{Config, Limpet};
-
-mod logging;
-
-use logging::LogFormat;
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +21,13 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Log format on stderr.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -41,7 +46,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _log_guard = logging::init(cli.log_format);
+    let _log_guard = init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => match Config::from_file(&config) {
             Ok(c) => {
@@ -72,6 +77,51 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Logs to stderr through a background thread: a request never waits on a
+/// write, and lines are written in batches. When the queue is full (stderr
+/// blocked) lines are dropped rather than stalling traffic, as syslog over UDP
+/// does. `RUST_LOG` filters (default `info`); colours only on a terminal. The
+/// access log shares the writer, and is on if `RUST_LOG` enables
+/// `limpet::access` at `info`, as read here once. The guard flushes at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("limpet-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer.clone());
+    let access_format = match format {
+        LogFormat::Text => {
+            builder.init();
+            access_log::Format::Text
+        }
+        LogFormat::Json => {
+            builder.json().init();
+            access_log::Format::Json
+        }
+    };
+    if access_log::filter_enables() {
+        // The first and only configuration: it cannot fail.
+        let _ = access_log::init(access_format, Stderr(writer));
+    }
+    guard
+}
+
+/// The access log's sink: stderr's non-blocking writer, one message per line.
+struct Stderr(tracing_appender::non_blocking::NonBlocking);
+
+impl access_log::Sink for Stderr {
+    fn write_line(&self, line: &[u8]) {
+        use std::io::Write;
+        // Lossy: a full queue drops the line and counts it, never an error.
+        let _ = self.0.clone().write_all(line);
     }
 }
 

@@ -1,14 +1,32 @@
 //! The demo (issue 5): its app servers replicate and promote sessions, and limpet
 //! in front of them keeps a logged-in user's cart whichever server dies.
+//!
+//! The demo is an example (`examples/demo/`), not part of the library, and a test
+//! cannot import an example's modules: this test compiles the example's own files
+//! with `#[path]`, so it drives the very code `cargo run --example demo` runs and
+//! asserts on its report and limpet's metrics in-process. Each crate uses a
+//! different part of those files, hence `allow(dead_code)`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::Full;
-use limpet::demo::walkthrough::{self, Demo, Ports, CONFIG, CONFIG_NAME};
-use limpet::demo::{fetch, Browser, CartView, Cluster, SESSION_COOKIE};
 use limpet::Config;
+
+#[allow(dead_code, reason = "the example uses what this test does not")]
+#[path = "../examples/demo/app.rs"]
+mod app;
+#[allow(dead_code, reason = "the example uses what this test does not")]
+#[path = "../examples/demo/client.rs"]
+mod client;
+#[allow(dead_code, reason = "the example uses what this test does not")]
+#[path = "../examples/demo/walkthrough.rs"]
+mod walkthrough;
+
+use app::{CartView, Cluster, ServerInfo, SESSION_COOKIE};
+use client::{fetch, Browser};
+use walkthrough::{Demo, Ports, CONFIG, CONFIG_NAME};
 
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -188,7 +206,7 @@ async fn the_page_and_its_controls_work_through_limpet() {
         .send(Method::GET, "/_demo/servers", None)
         .await
         .unwrap();
-    let servers: Vec<limpet::demo::ServerInfo> = servers.json().unwrap();
+    let servers: Vec<ServerInfo> = servers.json().unwrap();
     assert_eq!(servers.len(), 3);
     assert!(servers.iter().all(|s| s.running));
 

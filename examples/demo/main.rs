@@ -6,10 +6,19 @@
 //!
 //! `--walkthrough-only`: exit after the narration, 0 only if the cart survived.
 //! `RUST_LOG=info` shows limpet's logs (access log included) on stderr.
+//!
+//! The demo lives outside the library so that limpet's public API is only what an
+//! embedder sees: `app.rs` (the replicating app servers), `client.rs` (a small
+//! HTTP client with a cookie jar) and `walkthrough.rs` (the scripted story).
+//! `tests/demo.rs` compiles the same three files into the test with `#[path]`.
+
+mod app;
+mod client;
+mod walkthrough;
 
 use std::process::ExitCode;
 
-use limpet::demo::walkthrough::{self, Ports};
+use walkthrough::Ports;
 
 const USERS: usize = 20;
 
@@ -19,6 +28,10 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    if limpet::access_log::filter_enables() {
+        // The first and only configuration: it cannot fail.
+        let _ = limpet::access_log::init(limpet::access_log::Format::Text, std::io::stderr());
+    }
     let walkthrough_only = std::env::args().skip(1).any(|a| a == "--walkthrough-only");
     let ports = if walkthrough_only {
         Ports::Ephemeral

@@ -9,10 +9,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::backend::Health;
-use crate::config::{Config, Failover};
-use crate::demo::{Browser, CartView, Cluster, DemoError};
-use crate::Limpet;
+use limpet::backend::Health;
+use limpet::config::{Config, Failover};
+use limpet::Limpet;
+
+use crate::app::{CartView, Cluster, DemoError};
+use crate::client::Browser;
 
 /// The demo's limpet configuration (its backend addresses are replaced at start).
 pub const CONFIG: &str = include_str!("../../config/demo.toml");
@@ -66,7 +68,7 @@ impl Demo {
         }
         let (limpet, ports_taken) = match Limpet::start(config.clone()).await {
             Ok(limpet) => (limpet, false),
-            Err(crate::app::StartError::Bind { .. }) if ports == Ports::FromConfig => {
+            Err(limpet::app::StartError::Bind { .. }) if ports == Ports::FromConfig => {
                 ephemeral(&mut config);
                 (Limpet::start(config).await?, true)
             }

@@ -1,5 +1,6 @@
-//! The demo application (issue 5): a few in-process app servers that keep sessions in
+//! The demo's app servers (issue 5): a few in-process servers that keep sessions in
 //! memory and replicate them to a designated peer, like Tomcat's BackupManager.
+//! They stand where an embedder's own servers would, behind limpet.
 //!
 //! Each server of a [`Cluster`] is a hyper HTTP/1.1 server on `127.0.0.1:0`:
 //!
@@ -19,13 +20,8 @@
 //! the session) it promotes the copy to primary and replicates it to its own
 //! replica, so the chain goes on. [`Cluster::kill`] closes a server's listener and
 //! connections and forgets its memory; [`Cluster::revive`] listens on the same port
-//! again, empty. [`walkthrough`] narrates limpet in front of a cluster;
-//! [`Browser`] (in `client.rs`) is the small HTTP client both use.
-
-mod client;
-pub mod walkthrough;
-
-pub use client::{fetch, Browser, Reply};
+//! again, empty. [`crate::walkthrough`] narrates limpet in front of a cluster;
+//! [`crate::client::Browser`] is the small HTTP client both use.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -43,13 +39,15 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::flow::policy::FAILOVER_FROM;
+use limpet::flow::policy::FAILOVER_FROM;
+
+use crate::client::{self, fetch};
 
 /// The demo application's own session cookie (limpet passes it through untouched).
 pub const SESSION_COOKIE: &str = "DEMOSESSION";
 /// Request bodies larger than this are refused.
 const MAX_BODY: usize = 64 * 1024;
-const PAGE: &str = include_str!("demo/page.html");
+const PAGE: &str = include_str!("page.html");
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -62,9 +60,9 @@ pub enum DemoError {
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] limpet::config::ConfigError),
     #[error("cannot start limpet: {0}")]
-    Start(#[from] crate::app::StartError),
+    Start(#[from] limpet::app::StartError),
     #[error("unexpected answer: {0}")]
     Unexpected(String),
 }
@@ -166,6 +164,10 @@ impl Cluster {
     }
 
     /// `names[0]` replicates to `names[1]`, ..., the last to the first.
+    #[allow(
+        dead_code,
+        reason = "a fixture for tests/demo.rs; the example starts from the config"
+    )]
     pub async fn ring(names: &[&str]) -> std::io::Result<Cluster> {
         let servers: Vec<(&str, Option<&str>)> = names
             .iter()

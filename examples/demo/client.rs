@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{CartView, DemoError};
+use crate::app::{CartView, DemoError};
 
 /// A request (or a replication) that takes longer than this fails.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,7 +46,7 @@ impl Reply {
     }
 }
 
-pub(super) fn request(addr: SocketAddr, method: Method, path: &str) -> http::request::Builder {
+pub fn request(addr: SocketAddr, method: Method, path: &str) -> http::request::Builder {
     Request::builder()
         .method(method)
         .uri(path)
