@@ -33,7 +33,7 @@ use std::io as stdio;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BufMut;
@@ -61,8 +61,22 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// A client connection the engine can serve: TCP, or TLS over TCP.
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Pending (with a wake-up registered) while a read would surely find
+    /// nothing: an idle connection then waits without taking a buffer.
+    fn poll_read_hint(&self, _cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
+        // TLS may hold decrypted bytes already: only a read can tell.
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Stream for TcpStream {
+    fn poll_read_hint(&self, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// How the engine's part of a connection ended.
 pub(crate) enum Ended<S> {
@@ -156,6 +170,11 @@ fn next_bytes<'a, S: Stream>(
     // Polled by hand rather than an async fn: this future is in every idle
     // connection's task.
     poll_fn(move |cx| {
+        match client.stream.poll_read_hint(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return idle(client, cx, deadline, closing),
+        }
         let mut buf = take_buffer();
         match io::poll_read_buf(&mut client.stream, cx, &mut buf) {
             Poll::Ready(Ok(0)) => {
@@ -172,15 +191,25 @@ fn next_bytes<'a, S: Stream>(
             }
             Poll::Pending => {
                 give_buffer(buf);
-                // A request already on its way is served (with Connection:
-                // close) even once shutdown has started.
-                if closing.poll_closing(cx).is_ready() {
-                    return Poll::Ready(Ok(false));
-                }
-                client.clock.poll_passed(cx, deadline).map(|()| Ok(false))
+                idle(client, cx, deadline, closing)
             }
         }
     })
+}
+
+/// Nothing to read yet: ready (false) once shutdown starts or `deadline`
+/// passes. A request already on its way is served (with Connection: close)
+/// even once shutdown has started.
+fn idle<S: Stream>(
+    client: &mut Client<S>,
+    cx: &mut Context<'_>,
+    deadline: Instant,
+    closing: &mut Watch,
+) -> Poll<stdio::Result<bool>> {
+    if closing.poll_closing(cx).is_ready() {
+        return Poll::Ready(Ok(false));
+    }
+    client.clock.poll_passed(cx, deadline).map(|()| Ok(false))
 }
 
 /// Whether the connection's first bytes are the HTTP/2 preface, reading until

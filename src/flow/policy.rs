@@ -108,19 +108,24 @@ pub struct Forwarding<'a> {
 
 /// Appends the value of the one Cookie field to forward: every pair of
 /// `values` but limpet's cookie, joined with `; `, the application's pairs byte
-/// for byte (text or not). False when nothing is left.
+/// for byte (text or not). Returns whether anything was written, and whether
+/// limpet's cookie was there (taken out).
 pub fn write_cookie<'v>(
     out: &mut Vec<u8>,
     values: impl Iterator<Item = &'v [u8]>,
     strip: Option<&str>,
-) -> bool {
+) -> (bool, bool) {
     let strip = strip.map(str::as_bytes);
     let start = out.len();
+    let mut stripped = false;
     for value in values {
         for pair in value.split(|&b| b == b';') {
             let pair = pair.trim_ascii_start();
-            let ours = strip.is_some_and(|name| affinity::is_named_bytes(pair, name));
-            if pair.is_empty() || ours {
+            if pair.is_empty() {
+                continue;
+            }
+            if strip.is_some_and(|name| affinity::is_named_bytes(pair, name)) {
+                stripped = true;
                 continue;
             }
             if out.len() > start {
@@ -129,7 +134,7 @@ pub fn write_cookie<'v>(
             out.extend_from_slice(pair);
         }
     }
-    out.len() > start
+    (out.len() > start, stripped)
 }
 
 /// Whether `value` holds limpet's cookie `strip`.
@@ -154,30 +159,28 @@ pub fn write_forwarded_for<'v>(
             out.extend_from_slice(b", ");
         }
     }
-    let mut ip = String::with_capacity(16);
-    push_ip(&mut ip, client);
-    out.extend_from_slice(ip.as_bytes());
+    push_ip(out, client);
 }
 
 /// Appends `ip` as its `Display` would, IPv4 without the formatting machinery.
-pub fn push_ip(out: &mut String, ip: IpAddr) {
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    out.push(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
+                    out.push(b'0' + octet / 10 % 10);
                 }
-                out.push(char::from(b'0' + octet % 10));
+                out.push(b'0' + octet % 10);
             }
         }
         IpAddr::V6(_) => {
-            use std::fmt::Write as _;
+            use std::io::Write as _;
             let _ = write!(out, "{ip}");
         }
     }
@@ -238,7 +241,9 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     let cookie = rewrite_cookie.then(|| {
         let mut v = Vec::new();
         let values = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
-        write_cookie(&mut v, values, fwd.strip_cookie).then_some(v)
+        write_cookie(&mut v, values, fwd.strip_cookie)
+            .0
+            .then_some(v)
     });
     remove_hop_by_hop(
         headers,
@@ -311,9 +316,9 @@ mod tests {
         ];
         for text in ips {
             let ip: IpAddr = text.parse().unwrap();
-            let mut out = String::from("x, ");
+            let mut out = b"x, ".to_vec();
             push_ip(&mut out, ip);
-            assert_eq!(out, format!("x, {ip}"));
+            assert_eq!(String::from_utf8(out).unwrap(), format!("x, {ip}"));
         }
     }
 

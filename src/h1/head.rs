@@ -382,26 +382,36 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// One Cookie field for every Cookie field of the request: limpet's cookie
-/// removed, the application's pairs byte for byte, several fields joined.
+/// removed, the application's pairs byte for byte, several fields joined. A
+/// lone field without limpet's cookie passes exactly as it came.
 fn write_cookie(out: &mut Vec<u8>, buf: &[u8], fields: &[FieldAt], strip: Option<&str>) {
     let mut values = fields
         .iter()
         .filter(|f| f.kind == Field::Cookie)
         .map(|f| &buf[f.value.clone()]);
-    let first = values.next().unwrap_or_default();
-    let mut rest = values.clone().peekable();
-    if rest.peek().is_none() && !policy::mentions_cookie(first, strip) {
-        write_field(out, b"Cookie", first);
-        return;
-    }
     let start = out.len();
     out.extend_from_slice(b"Cookie: ");
-    let all = std::iter::once(first).chain(values);
-    if policy::write_cookie(out, all, strip) {
+    let (wrote, stripped) = policy::write_cookie(out, values.clone(), strip);
+    let lone = values.nth(1).is_none();
+    if lone && !stripped {
+        // Passed untouched: separators and all.
+        out.truncate(start);
+        let value = values_first(buf, fields);
+        write_field(out, b"Cookie", value);
+    } else if wrote {
         out.extend_from_slice(b"\r\n");
     } else {
         out.truncate(start);
     }
+}
+
+/// The value of the first Cookie field.
+fn values_first<'b>(buf: &'b [u8], fields: &[FieldAt]) -> &'b [u8] {
+    fields
+        .iter()
+        .find(|f| f.kind == Field::Cookie)
+        .map(|f| &buf[f.value.clone()])
+        .unwrap_or_default()
 }
 
 /// How a response's body is delimited.
