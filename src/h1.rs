@@ -78,27 +78,28 @@ impl Stream for TcpStream {
 
 impl Stream for tokio_rustls::server::TlsStream<TcpStream> {}
 
-/// How the engine's part of a connection ended.
-pub(crate) enum Ended<S> {
-    Closed,
-    /// The connection's first bytes are the HTTP/2 preface: h2c prior
-    /// knowledge, for `crate::h2` to serve from those bytes on.
-    H2c(Prefixed<S>),
-}
+/// What serves a plain connection found to open with the HTTP/2 preface (h2c
+/// prior knowledge): given the connection, its first bytes to be read again,
+/// and the guard held until it ends. The listener says what; the engine only
+/// recognises it.
+pub(crate) type H2cServer<S, G> =
+    fn(Prefixed<S>, Arc<Proxy>, ConnInfo, G) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Serves an HTTP/1 connection until it closes. `h2c`: the connection's first
-/// bytes may be the HTTP/2 preface (a plain listener).
+/// Serves an HTTP/1 connection until it closes; `guard` is held until then.
+/// `h2c`: on a plain listener, what serves the connection instead if its
+/// first bytes are the HTTP/2 preface.
 ///
 /// An async block rather than an async fn, which would keep every argument twice
 /// in the future: this one is the task of every connection, idle ones included.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn serve<S: Stream>(
+pub(crate) fn serve<S: Stream, G: Send + 'static>(
     proxy: Arc<Proxy>,
     stream: S,
     info: ConnInfo,
     mut closing: Watch,
-    h2c: bool,
-) -> impl Future<Output = Ended<S>> + Send + 'static {
+    guard: G,
+    h2c: Option<H2cServer<S, G>>,
+) -> impl Future<Output = ()> + Send + 'static {
     // Set up outside the async block, which then holds each value once.
     let (mut header, mut idle) = client_timeouts(&proxy.state.load().config.timeouts);
     // A new connection owes its first head within client_header from the accept;
@@ -109,8 +110,8 @@ pub(crate) fn serve<S: Stream>(
         clock: Clock::new(Instant::now() + header),
         pending: Vec::new(),
     };
+    let mut h2c = h2c;
     async move {
-        let mut may_be_h2c = h2c;
         loop {
             let head_deadline = if client.pending.is_empty() {
                 let until = first_head.unwrap_or_else(|| Instant::now() + idle);
@@ -128,9 +129,14 @@ pub(crate) fn serve<S: Stream>(
                 first_head = None;
                 Instant::now() + header
             };
-            if std::mem::take(&mut may_be_h2c) && starts_h2(&mut client, head_deadline).await {
-                let prefix = std::mem::take(&mut client.pending);
-                return Ended::H2c(Prefixed::new(prefix, client.stream));
+            // Boxed, as below: what runs once per connection takes no room
+            // in every idle connection's task.
+            if let Some(serve_h2c) = h2c.take() {
+                if Box::pin(starts_h2(&mut client, head_deadline)).await {
+                    let prefix = std::mem::take(&mut client.pending);
+                    let io = Prefixed::new(prefix, client.stream);
+                    return serve_h2c(io, proxy, info, guard).await;
+                }
             }
             // Boxed: the request's state is allocated while a request is in
             // progress, not for the whole life of an idle keep-alive connection.
@@ -147,11 +153,9 @@ pub(crate) fn serve<S: Stream>(
             }
         }
         let deadline = Instant::now() + CLOSE_WAIT;
-        let _ = client
-            .clock
-            .within(deadline, client.stream.shutdown())
-            .await;
-        Ended::Closed
+        let goodbye = client.clock.within(deadline, client.stream.shutdown());
+        let _ = Box::pin(goodbye).await;
+        drop(guard);
     }
 }
 

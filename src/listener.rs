@@ -4,18 +4,20 @@
 //! HTTP/1.x connection, plain or TLS, and hyper's HTTP/2 (`crate::h2`) for ALPN
 //! `h2` or a plain connection that opens with the HTTP/2 preface (h2c).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::flow::{ConnInfo, Proxy};
-use crate::h1::Ended;
+use crate::h1::Prefixed;
 use crate::metrics::ConnectionGauge;
 use crate::shutdown::{stopped, Closing, Watch};
 
@@ -61,18 +63,26 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let guard = (ConnectionGauge::open(&proxy.metrics, &name), permit);
-        let conn = Connection {
-            proxy: Arc::clone(&proxy),
-            info: ConnInfo { peer, tls },
+        let guard = Guard {
+            _gauge: ConnectionGauge::open(&proxy.metrics, &name),
+            _permit: permit,
             watcher: graceful.watcher(),
-            closing: Watch::new(closing.clone()),
         };
+        let proxy = Arc::clone(&proxy);
+        let info = ConnInfo { peer, tls };
+        let closing = Watch::new(closing.clone());
         match tls {
-            false => tokio::spawn(conn.serve_plain(stream, guard)),
+            false => tokio::spawn(crate::h1::serve(
+                proxy,
+                stream,
+                info,
+                closing,
+                guard,
+                Some(serve_h2c),
+            )),
             // Boxed: a TLS connection's state is larger, and unboxed it would
             // set the size of every connection's task, plain ones included.
-            true => tokio::spawn(Box::pin(conn.serve_tls(stream, guard))),
+            true => tokio::spawn(Box::pin(serve_tls(proxy, stream, info, closing, guard))),
         };
     }
     drop(listener);
@@ -85,64 +95,65 @@ pub async fn serve(
     }
 }
 
-/// One accepted client connection.
-struct Connection {
+/// What a connection holds until it ends: its place in the connection
+/// count and the limit, and the watcher the listener's shutdown waits for.
+struct Guard {
+    _gauge: ConnectionGauge,
+    _permit: OwnedSemaphorePermit,
+    watcher: Watcher,
+}
+
+/// A TLS connection: the handshake, then HTTP/2 for ALPN `h2`, the HTTP/1
+/// engine for anything else.
+async fn serve_tls(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    info: ConnInfo,
+    closing: Watch,
+    guard: Guard,
+) {
+    let Some(tls) = handshake(&proxy, stream).await else {
+        return;
+    };
+    match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        true => serve_h2(proxy, tls, info, guard).await,
+        false => crate::h1::serve(proxy, tls, info, closing, guard, None).await,
+    }
+}
+
+/// Serves a plain connection that opened with the HTTP/2 preface (found by
+/// the HTTP/1 engine, which reads a connection's first bytes).
+fn serve_h2c(
+    io: Prefixed<TcpStream>,
     proxy: Arc<Proxy>,
     info: ConnInfo,
-    /// Held until the connection ends: the listener's shutdown waits for it.
-    watcher: Watcher,
-    closing: Watch,
+    guard: Guard,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    serve_h2(proxy, io, info, guard)
 }
 
-impl Connection {
-    /// A plain connection: HTTP/1 from its first byte, or h2c.
-    async fn serve_plain<G: Send + 'static>(self, stream: TcpStream, guard: G) {
-        let Connection {
-            proxy,
-            info,
-            watcher,
-            closing,
-        } = self;
-        let ended = crate::h1::serve(Arc::clone(&proxy), stream, info.clone(), closing, true).await;
-        if let Ended::H2c(io) = ended {
-            // Boxed: HTTP/2's state would otherwise take room in every
-            // connection's task.
-            serve_h2(&proxy, io, info, watcher).await;
-        }
-        drop(guard);
-    }
-
-    /// A TLS connection: the handshake, then HTTP/2 for ALPN `h2`, the HTTP/1
-    /// engine for anything else.
-    async fn serve_tls<G: Send + 'static>(self, stream: TcpStream, guard: G) {
-        let Connection {
-            proxy,
-            info,
-            watcher,
-            closing,
-        } = self;
-        if let Some(tls) = handshake(&proxy, stream).await {
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            match h2 {
-                true => serve_h2(&proxy, tls, info, watcher).await,
-                false => {
-                    let _ = crate::h1::serve(Arc::clone(&proxy), tls, info, closing, false).await;
-                }
-            }
-        }
-        drop(guard);
-    }
-}
-
-/// Serves HTTP/2 on `io` until the connection closes.
-async fn serve_h2<I>(proxy: &Arc<Proxy>, io: I, info: ConnInfo, watcher: Watcher)
+/// Serves HTTP/2 on `io` until the connection closes. Boxed: HTTP/2's state
+/// would otherwise take room in every connection's task.
+fn serve_h2<I>(
+    proxy: Arc<Proxy>,
+    io: I,
+    info: ConnInfo,
+    guard: Guard,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = info.peer;
-    if let Err(e) = Box::pin(crate::h2::serve(proxy, io, info, watcher)).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
+    Box::pin(async move {
+        let peer = info.peer;
+        let Guard {
+            _gauge,
+            _permit,
+            watcher,
+        } = guard;
+        if let Err(e) = crate::h2::serve(&proxy, io, info, watcher).await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    })
 }
 
 /// The TLS handshake of an https connection, bounded by `client_header`; `None`
