@@ -753,7 +753,8 @@ impl<'a> Exchange<'a> {
         {
             return;
         }
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client.stream, &mut socket).await {
+        let idle = self.snap.config.timeouts.client_idle;
+        if let Err(e) = io::tunnel(&mut client.stream, &mut socket, &mut client.clock, idle).await {
             tracing::debug!(error = %e, "tunnel closed");
         }
     }

@@ -50,6 +50,7 @@ both_sides!(
     a_truncated_response_body_is_not_passed_off_as_complete,
     a_response_with_both_chunked_and_content_length_is_framed_by_the_chunks,
     the_affinity_cookie_pins_and_is_stripped_on_the_wire,
+    an_upgraded_connection_carries_bytes_both_ways_until_idle,
 );
 
 // ---------------------------------------------------------------------------
@@ -812,4 +813,66 @@ async fn the_affinity_cookie_pins_and_is_stripped_on_the_wire(side: Side) {
         let expected = if b.name == pinned_to { 11 } else { 0 };
         assert_eq!(b.hits(), expected, "{}", b.name);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Upgrades
+
+/// A 101 turns the connection into a tunnel: bytes pass both ways as they
+/// are, and a tunnel silent for `client_idle` is closed (HAProxy's `timeout
+/// tunnel`).
+async fn an_upgraded_connection_carries_bytes_both_ways_until_idle(side: Side) {
+    // A raw backend: answers the upgrade, then echoes what it reads, upper-cased.
+    let backend = common::scripted::raw_backend(|mut stream| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let switching =
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+        if stream.write_all(switching.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0
+                || stream
+                    .write_all(&buf[..n].to_ascii_uppercase())
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    let top = "[timeouts]\nclient_idle = \"500ms\"";
+    let lb = WireLb::start(side, &config(backend, top, "")).await;
+    let mut conn = lb.connect().await;
+    conn.send(
+        "GET /chat HTTP/1.1\r\nHost: wire.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    let switched = conn.read_one(false).await.expect("the 101");
+    assert_eq!(switched.status, 101, "{switched:?}");
+    assert_eq!(switched.tokens("upgrade"), ["echo"]);
+    for word in ["hello", "tunnel"] {
+        conn.send(word).await;
+        assert_eq!(
+            conn.take_exact(word.len()).await,
+            word.to_uppercase().as_bytes()
+        );
+    }
+    let started = std::time::Instant::now();
+    assert!(conn.closed().await, "an idle tunnel is closed");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "closed after {took:?}, before client_idle"
+    );
 }

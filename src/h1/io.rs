@@ -19,6 +19,8 @@ pub const BUFFER: usize = 4 * 1024;
 /// What a buffer grows to once a body fills it (a large body moves in larger
 /// reads and writes).
 pub const BODY_BUFFER: usize = 32 * 1024;
+/// Each direction's buffer in a tunnel.
+const TUNNEL_BUFFER: usize = 16 * 1024;
 /// Buffers kept per thread for the next request.
 const SPARE_BUFFERS: usize = 16;
 
@@ -258,4 +260,114 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// One direction of a tunnel: bytes read from one side wait here until the
+/// other side has taken them.
+struct Pipe {
+    buf: Vec<u8>,
+    /// Written out of `buf` so far.
+    sent: usize,
+    /// The reading side closed; the writing side was (or is to be) shut down.
+    eof: bool,
+    shut: bool,
+}
+
+impl Pipe {
+    fn new() -> Self {
+        Pipe {
+            buf: Vec::with_capacity(TUNNEL_BUFFER),
+            sent: 0,
+            eof: false,
+            shut: false,
+        }
+    }
+
+    /// Moves what it can from `from` to `to`; Ready(true) on progress,
+    /// Ready(false) once this direction is done.
+    fn poll_move<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+    ) -> Poll<io::Result<bool>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut moved = false;
+        loop {
+            if self.sent < self.buf.len() {
+                match Pin::new(&mut *to).poll_write(cx, &self.buf[self.sent..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.sent += n;
+                        moved = true;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if self.eof {
+                if !self.shut {
+                    match Pin::new(&mut *to).poll_shutdown(cx) {
+                        Poll::Ready(_) => self.shut = true,
+                        Poll::Pending => break,
+                    }
+                }
+                return Poll::Ready(Ok(moved));
+            }
+            if let Poll::Ready(Err(e)) = Pin::new(&mut *to).poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+            self.buf.clear();
+            self.sent = 0;
+            match poll_read_buf(from, cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(_)) => moved = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        match moved {
+            true => Poll::Ready(Ok(true)),
+            false => Poll::Pending,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.eof && self.shut && self.sent == self.buf.len()
+    }
+}
+
+/// Copies bytes both ways between `a` and `b` until both directions have
+/// ended, either side fails, or nothing moves for `idle` (HAProxy's `timeout
+/// tunnel`).
+pub async fn tunnel<A, B>(a: &mut A, b: &mut B, clock: &mut Clock, idle: Duration) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut up, mut down) = (Pipe::new(), Pipe::new());
+    let mut deadline = Instant::now() + idle;
+    poll_fn(|cx| loop {
+        let mut moved = false;
+        for polled in [up.poll_move(cx, a, b), down.poll_move(cx, b, a)] {
+            match polled {
+                Poll::Ready(Ok(progress)) => moved |= progress,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if up.done() && down.done() {
+            return Poll::Ready(Ok(()));
+        }
+        if moved {
+            deadline = Instant::now() + idle;
+            continue;
+        }
+        return clock.poll_passed(cx, deadline).map(|()| Err(timed_out()));
+    })
+    .await
 }

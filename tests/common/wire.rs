@@ -390,6 +390,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         Ok(self.buf.drain(..n).collect())
     }
 
+    /// Reads exactly `n` bytes that are not a response (a tunnel's, after a
+    /// 101); panics on a close or after [`READ_TIMEOUT`].
+    pub async fn take_exact(&mut self, n: usize) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        self.take(n, deadline)
+            .await
+            .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"))
+    }
+
     /// Reads one response, interim (1xx) ones included; `head` says whether it
     /// answers a HEAD request. Errors say what was wrong with the framing, or
     /// with the status line: a client could not follow it unambiguously.
