@@ -68,15 +68,30 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         // TLS may hold decrypted bytes already: only a read can tell.
         Poll::Ready(Ok(()))
     }
+
+    /// Whether bytes wait in the kernel's receive buffer, asked of the kernel
+    /// itself (the runtime learns of them only on its next turn): at shutdown,
+    /// a request that has arrived is served rather than dropped.
+    fn bytes_waiting(&self) -> bool;
 }
 
 impl Stream for TcpStream {
     fn poll_read_hint(&self, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
         self.poll_read_ready(cx)
     }
+
+    fn bytes_waiting(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        // Non-blocking: WouldBlock when nothing is there, 0 at the end.
+        matches!(socket2::SockRef::from(self).peek(&mut byte), Ok(n) if n > 0)
+    }
 }
 
-impl Stream for tokio_rustls::server::TlsStream<TcpStream> {}
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn bytes_waiting(&self) -> bool {
+        self.get_ref().0.bytes_waiting()
+    }
+}
 
 /// What serves a plain connection found to open with the HTTP/2 preface (h2c
 /// prior knowledge): given the connection, its first bytes to be read again,
@@ -202,15 +217,17 @@ fn next_bytes<'a, S: Stream>(
 }
 
 /// Nothing to read yet: ready (false) once shutdown starts or `deadline`
-/// passes. A request already on its way is served (with Connection: close)
-/// even once shutdown has started.
+/// passes. A request that has arrived is served (with Connection: close)
+/// even once shutdown has started, as HAProxy's `idle-close-on-response`
+/// does: the connection closes only with nothing waiting on it (the wake-up
+/// for the waiting bytes then comes with the runtime's next turn).
 fn idle<S: Stream>(
     client: &mut Client<S>,
     cx: &mut Context<'_>,
     deadline: Instant,
     closing: &mut Watch,
 ) -> Poll<stdio::Result<bool>> {
-    if closing.poll_closing(cx).is_ready() {
+    if closing.poll_closing(cx).is_ready() && !client.stream.bytes_waiting() {
         return Poll::Ready(Ok(false));
     }
     client.clock.poll_passed(cx, deadline).map(|()| Ok(false))

@@ -12,7 +12,10 @@ use common::wire::*;
 use common::*;
 use ops::*;
 
-both_sides!(a_response_in_flight_at_shutdown_says_connection_close);
+both_sides!(
+    a_response_in_flight_at_shutdown_says_connection_close,
+    a_request_waiting_at_shutdown_is_served,
+);
 
 fn config(backend: &TestBackend, grace: &str) -> String {
     format!(
@@ -161,6 +164,35 @@ async fn a_response_in_flight_at_shutdown_says_connection_close(side: Side) {
         "the connection closes after this response but it does not say so: {resp:?}"
     );
     assert!(wire.closed().await);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown finished")
+        .unwrap();
+}
+
+/// At shutdown, a request that has already arrived on an idle kept-alive
+/// connection is served, with `Connection: close`, instead of being dropped
+/// with the connection (HAProxy's `idle-close-on-response`); an idle
+/// connection with nothing waiting is closed at once. The engine used to look
+/// at the shutdown flag before reading what was waiting.
+async fn a_request_waiting_at_shutdown_is_served(side: Side) {
+    let backend = ScriptedBackend::spawn(|_| ok("ok")).await;
+    let lb = lb_for(side, &backend).await;
+    let (mut busy, mut idle) = (lb.connect().await, lb.connect().await);
+    assert_ok(&busy.exchange(get("/first")).await, "ok");
+    assert_ok(&idle.exchange(get("/first")).await, "ok");
+    // The next request is in limpet's receive buffer as shutdown starts:
+    // nothing between the write and the shutdown lets limpet run.
+    busy.send(get("/second")).await;
+    let stopping = tokio::spawn(lb.lb.limpet.shutdown());
+    let resp = busy.read().await;
+    assert_ok(&resp, "ok");
+    assert!(
+        resp.connection_tokens().contains(&"close".to_string()),
+        "{resp:?}"
+    );
+    assert!(busy.closed().await);
+    assert!(idle.closed().await, "an idle connection closes at shutdown");
     tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
         .expect("shutdown finished")
