@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ConfigError};
 use crate::flow::Proxy;
+use crate::limit::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::state::{self, SharedState, Snapshot};
@@ -54,16 +55,17 @@ impl Limpet {
         let state = state::shared(snapshot);
         let config = state.load().config.clone();
 
+        let backlog = config.listen.backlog;
         let mut http = Vec::new();
         for addr in &config.listen.http {
-            http.push(bind(*addr).await?);
+            http.push(bind(*addr, backlog)?);
         }
         let mut https = Vec::new();
         for addr in &config.listen.https {
-            https.push(bind(*addr).await?);
+            https.push(bind(*addr, backlog)?);
         }
         let admin = match &config.admin {
-            Some(a) => Some(bind(a.listen).await?),
+            Some(a) => Some(bind(a.listen, ADMIN_BACKLOG)?),
             None => None,
         };
         let http_addrs = http.iter().filter_map(|l| l.local_addr().ok()).collect();
@@ -71,9 +73,9 @@ impl Limpet {
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let reloader = Reloader::new(state.clone(), metrics.clone());
+        let connections = Arc::new(ConnectionLimit::new(config.limits.max_connections));
+        let reloader = Reloader::new(state.clone(), metrics.clone(), connections.clone());
         let proxy = Proxy::new(state.clone(), metrics.clone());
-        let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut tasks = JoinSet::new();
         let public = http
             .into_iter()
@@ -139,8 +141,21 @@ impl Limpet {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// The accept queue of the admin listener.
+const ADMIN_BACKLOG: u32 = 128;
+
+/// A listening socket on `addr` with an accept queue of `backlog`.
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        // As std's and tokio's TcpListener::bind do on Unix: a restart need
+        // not wait for the old connections' TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listen().map_err(|source| StartError::Bind { addr, source })
 }

@@ -84,7 +84,14 @@ pub struct Config {
 pub struct Listen {
     pub http: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
+    /// The kernel's accept queue of each public listener: connections beyond
+    /// `max_connections` wait there (default: the larger of `max_connections`
+    /// and [`MIN_DEFAULT_BACKLOG`], as HAProxy defaults it to maxconn).
+    pub backlog: u32,
 }
+
+/// The smallest default accept queue.
+pub const MIN_DEFAULT_BACKLOG: u32 = 1024;
 
 #[derive(Debug, Clone)]
 pub struct TlsConfig {

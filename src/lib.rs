@@ -17,7 +17,7 @@
 //!            (header rules, two writers), record (metrics, access log)
 //! admin  reload  health  metrics  access_log   beside the flow
 //! state      Snapshot: router, upstreams, backends; Upstream::choose
-//! router  balancer  affinity  backend  series  pool  error  shutdown
+//! router  balancer  affinity  backend  series  pool  error  shutdown  limit
 //! config     the TOML file's shape and validation (tls: certificates)
 //! ```
 //!
@@ -46,6 +46,7 @@ pub mod flow;
 mod h1;
 mod h2;
 pub mod health;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

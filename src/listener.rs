@@ -12,12 +12,13 @@ use std::time::Duration;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::flow::{ConnInfo, Proxy};
 use crate::h1::Prefixed;
+use crate::limit::ConnectionLimit;
 use crate::metrics::ConnectionGauge;
 use crate::shutdown::{stopped, Closing, Watch};
 
@@ -27,7 +28,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: bool,
     proxy: Proxy,
-    connections: Arc<Semaphore>,
+    connections: Arc<ConnectionLimit>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -44,9 +45,9 @@ pub async fn serve(
     loop {
         // Beyond max_connections, new connections wait in the kernel's backlog.
         let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+            permit = connections.acquire() => match permit {
+                Some(p) => p,
+                None => break,
             },
             _ = stopped(&mut shutdown) => break,
         };

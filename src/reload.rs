@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
+use crate::limit::ConnectionLimit;
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Snapshot};
 
@@ -14,6 +15,8 @@ use crate::state::{SharedState, Snapshot};
 pub struct Reloader {
     state: SharedState,
     metrics: Metrics,
+    /// `max_connections`, resized when a reload changes it.
+    limit: Arc<ConnectionLimit>,
     /// Bumped on every successful reload; the health checker and tests follow it.
     generation: Arc<watch::Sender<u64>>,
     /// One reload at a time (SIGHUP and `POST /reload` may race): each builds on
@@ -22,10 +25,11 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(state: SharedState, metrics: Metrics) -> Self {
+    pub fn new(state: SharedState, metrics: Metrics, limit: Arc<ConnectionLimit>) -> Self {
         Reloader {
             state,
             metrics,
+            limit,
             generation: Arc::new(watch::channel(0).0),
             one_at_a_time: Arc::new(Mutex::new(())),
         }
@@ -83,6 +87,12 @@ impl Reloader {
         {
             tracing::warn!("listener addresses changed: they take effect at the next restart");
         }
+        if config.listen.backlog != current.config.listen.backlog {
+            tracing::warn!(
+                "listen.backlog changed: it takes effect at the next restart (the kernel sizes a listening socket's queue once)"
+            );
+        }
+        self.limit.resize(config.limits.max_connections);
         let snapshot = Snapshot::build(config, Some(&current));
         self.metrics.register_snapshot(&snapshot);
         let config = snapshot.config.clone();

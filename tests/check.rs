@@ -388,6 +388,14 @@ fn bad_values() {
         "upstream.shop.backend[0].weight",
         "must be between 1",
     );
+    let text = shop("").replacen(LISTEN, &format!("{LISTEN}backlog = 0\n"), 1);
+    assert_error(
+        "zero-backlog",
+        &text,
+        "backlog = 0",
+        "listen.backlog",
+        "must be at least 1",
+    );
 }
 
 #[test]

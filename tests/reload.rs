@@ -303,3 +303,50 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
     let status = process.wait_exit(Duration::from_secs(10)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+/// `max_connections` reloads (it once kept its start-up value): raised, a
+/// client waiting in the accept queue is served at once; lowered below the
+/// connections open, new ones wait until enough have closed.
+#[tokio::test]
+async fn max_connections_reloads_up_and_down() {
+    use common::wire::{get, Wire};
+    let a = TestBackend::spawn("app1").await;
+    let toml = |max: usize| {
+        format!(
+            "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[limits]\nmax_connections = {max}\n\n\
+             [upstream.shop]\n[[upstream.shop.backend]]\nname = \"app1\"\naddr = \"{}\"\n",
+            a.addr
+        )
+    };
+    let apply = |lb: &TestLb, max: usize| {
+        lb.limpet
+            .apply(limpet::Config::parse(&toml(max), "reload.toml"))
+            .expect("reload");
+    };
+    let waits = Duration::from_millis(300);
+    let lb = TestLb::start(&toml(1)).await;
+    let mut first = Wire::connect(lb.addr).await;
+    assert_eq!(first.exchange(get("/")).await.status, 200);
+    // The limit is reached: the next client waits in the accept queue.
+    let mut second = Wire::connect(lb.addr).await;
+    second.send(get("/")).await;
+    assert!(tokio::time::timeout(waits, second.read()).await.is_err());
+    apply(&lb, 2);
+    assert_eq!(
+        second.read().await.status,
+        200,
+        "served once the limit rose"
+    );
+    // Lowered to 1 with two open: a third waits even after one closes.
+    apply(&lb, 1);
+    drop(first);
+    let mut third = Wire::connect(lb.addr).await;
+    third.send(get("/")).await;
+    assert!(tokio::time::timeout(waits, third.read()).await.is_err());
+    drop(second);
+    assert_eq!(
+        third.read().await.status,
+        200,
+        "served once one connection is left"
+    );
+}

@@ -35,6 +35,7 @@ pub struct Listen {
     pub http: Vec<String>,
     #[serde(default)]
     pub https: Vec<String>,
+    pub backlog: Option<u32>,
 }
 
 #[derive(Deserialize)]

@@ -38,6 +38,8 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
             .enumerate()
             .map(|(i, a)| parse_listen_addr(a, &format!("listen.https[{i}]")))
             .collect::<Result<_, _>>()?,
+        // Set below, once max_connections is known.
+        backlog: 0,
     };
     if listen.http.is_empty() && listen.https.is_empty() {
         return Err(invalid(
@@ -112,6 +114,14 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
     if limits.max_connections == 0 {
         return Err(invalid("limits.max_connections", "must be at least 1"));
     }
+    let mut listen = listen;
+    listen.backlog = match raw.listen.backlog {
+        Some(0) => return Err(invalid("listen.backlog", "must be at least 1")),
+        Some(n) => n,
+        None => u32::try_from(limits.max_connections)
+            .unwrap_or(u32::MAX)
+            .max(super::MIN_DEFAULT_BACKLOG),
+    };
     if limits.max_header_bytes < MIN_MAX_HEADER_BYTES {
         return Err(invalid(
             "limits.max_header_bytes",
