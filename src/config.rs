@@ -139,6 +139,10 @@ pub struct Route {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub upstream: String,
+    /// Plain-HTTP requests get a 308 to the same URL over https.
+    pub redirect_https: bool,
+    /// The `Strict-Transport-Security` value for responses over TLS.
+    pub hsts: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

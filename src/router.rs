@@ -17,6 +17,18 @@ struct Rule {
     /// Without a trailing slash; empty matches everything.
     prefix: String,
     upstream: usize,
+    redirect_https: bool,
+    hsts: Option<String>,
+}
+
+/// What a request matched.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'r> {
+    pub upstream: usize,
+    /// Plain-HTTP requests are redirected to https.
+    pub redirect_https: bool,
+    /// The `Strict-Transport-Security` value for responses over TLS.
+    pub hsts: Option<&'r str>,
 }
 
 /// The route table of one snapshot.
@@ -48,6 +60,8 @@ impl Router {
                     host,
                     prefix,
                     upstream: upstream_index(&r.upstream)?,
+                    redirect_https: r.redirect_https,
+                    hsts: r.hsts.clone(),
                 })
             })
             .collect();
@@ -57,6 +71,8 @@ impl Router {
                 host: HostMatch::Any,
                 prefix: String::new(),
                 upstream: 0,
+                redirect_https: false,
+                hsts: None,
             });
         }
         Router { rules }
@@ -64,15 +80,24 @@ impl Router {
 
     /// The upstream for a request, or `None` (404). `host` may carry a port.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.find(host, path).map(|r| r.upstream)
+    }
+
+    /// The route a request matches, or `None` (404). `host` may carry a port.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<Routed<'_>> {
         let host = host.map(strip_port);
         self.rules
             .iter()
             .find(|r| host_matches(&r.host, host) && path_matches(&r.prefix, path))
-            .map(|r| r.upstream)
+            .map(|r| Routed {
+                upstream: r.upstream,
+                redirect_https: r.redirect_https,
+                hsts: r.hsts.as_deref(),
+            })
     }
 }
 
-fn strip_port(host: &str) -> &str {
+pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         // [::1]:8080
         return rest.split(']').next().unwrap_or(rest);

@@ -87,6 +87,8 @@ pub struct Route {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub upstream: String,
+    pub redirect_https: Option<bool>,
+    pub hsts: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -224,13 +224,37 @@ fn validate_routes(
                 ));
             }
         }
+        if let Some(hsts) = &r.hsts {
+            if !is_hsts(hsts) {
+                return Err(invalid(
+                    format!("route[{i}].hsts"),
+                    format!(
+                        "\"{hsts}\" is not a Strict-Transport-Security value (\"max-age=SECONDS\", \
+                         then optionally \"; includeSubDomains\" and \"; preload\")"
+                    ),
+                ));
+            }
+        }
         out.push(Route {
             host,
             path_prefix: r.path_prefix,
             upstream: r.upstream,
+            redirect_https: r.redirect_https.unwrap_or(false),
+            hsts: r.hsts,
         });
     }
     Ok(out)
+}
+
+/// A Strict-Transport-Security value (RFC 6797, section 6.1): `max-age`
+/// with its seconds, and the directives browsers know.
+fn is_hsts(value: &str) -> bool {
+    let mut directives = value.split(';').map(str::trim);
+    let max_age = directives.next().and_then(|d| d.strip_prefix("max-age="));
+    max_age.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        && directives.all(|d| {
+            d.eq_ignore_ascii_case("includeSubDomains") || d.eq_ignore_ascii_case("preload")
+        })
 }
 
 fn validate_upstream(
