@@ -188,7 +188,8 @@ pub(crate) enum Failure {
     Closed(BoxError),
     /// The backend answered something that is not a usable response head.
     BadResponse(BoxError),
-    /// No response head within `upstream_response`.
+    /// No response head within the upstream's response timeout (`upstream_response`,
+    /// or `[upstream.NAME.timeouts] response`).
     Timeout(Duration),
     /// The client's own request body broke (malformed, cut short): its fault,
     /// not the backend's.
