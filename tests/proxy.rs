@@ -235,7 +235,7 @@ async fn a_backend_slower_than_upstream_response_gets_504() {
     let lb = TestLb::start(&config(
         "\n[timeouts]\nupstream_response = \"300ms\"",
         &[&a],
-        "",
+        "[upstream.shop.health]\npassive_fall = 2",
     ))
     .await;
     let mut client = lb.client();
@@ -248,10 +248,18 @@ async fn a_backend_slower_than_upstream_response_gets_504() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    // Fast enough is fine, and a timeout does not mark the backend down.
+    // The timeout counted against the backend: 1 of passive_fall 2.
+    assert_eq!(lb.backend_state("shop", "app1"), "up");
+    // Fast enough is fine, and resets the count: another timeout is 1 of 2 again.
     let r = client.get("/slow?ms=10").await;
     assert_eq!(r.status, 200);
+    let r = client.get("/slow?ms=5000").await;
+    assert_eq!(r.status, 504);
     assert_eq!(lb.backend_state("shop", "app1"), "up");
+    // Two in a row mark it down (no other backend: the answer stays 504).
+    let r = client.get("/slow?ms=5000").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(lb.backend_state("shop", "app1"), "down");
 }
 
 /// `[upstream.NAME.timeouts] response` overrides `[timeouts] upstream_response`
