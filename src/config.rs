@@ -228,7 +228,19 @@ pub struct UpstreamConfig {
     pub ip_hash: IpHashConfig,
     pub app_cookie: AppCookieConfig,
     pub health: HealthConfig,
+    /// `[upstream.NAME.timeouts]`: what overrides the global `[timeouts]` for
+    /// requests to this upstream's backends.
+    pub timeouts: TimeoutOverrides,
     pub backends: Vec<BackendConfig>,
+}
+
+/// An upstream's own `connect` and `response` timeouts; `None` keeps the global
+/// `upstream_connect` / `upstream_response` (resolved into
+/// `crate::state::BackendTimeouts` when a snapshot is built).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeoutOverrides {
+    pub connect: Option<Duration>,
+    pub response: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

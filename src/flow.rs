@@ -188,7 +188,9 @@ pub(crate) enum Failure {
     Closed(BoxError),
     /// The backend answered something that is not a usable response head.
     BadResponse(BoxError),
-    /// No response head within `upstream_response`.
+    /// The backend took the request (or the start of it) and then neither
+    /// answered nor took more of it within its upstream's response timeout
+    /// (`upstream_response`, or `[upstream.NAME.timeouts] response`).
     Timeout(Duration),
     /// The client's own request body broke (malformed, cut short): its fault,
     /// not the backend's.
@@ -268,7 +270,7 @@ impl<'a> Attempts<'a> {
                 crate::health::passive_failure(self.upstream, failed.backend, &cause);
                 Err(ProxyError::BadGateway(cause))
             }
-            Failure::Timeout(after) => Err(ProxyError::Timeout(after)),
+            Failure::Timeout(after) => self.timed_out(failed, after),
             Failure::ClientBody(cause) => Err(ProxyError::BadBody(cause)),
         }
     }
@@ -302,6 +304,21 @@ impl<'a> Attempts<'a> {
             return self.next(failed).map(Retry::Next);
         }
         Err(ProxyError::BadGateway(cause))
+    }
+
+    /// The backend went silent with the request (stopped, hung, overloaded). It
+    /// counts against the backend whatever the request; a replayable request is
+    /// sent to the next target within `retries` (HAProxy's `retry-on
+    /// response-timeout` with `redispatch`), others get 504: the backend may
+    /// still act on them.
+    fn timed_out(&mut self, failed: Decision, after: Duration) -> Result<Retry, ProxyError> {
+        let timeout = ProxyError::Timeout(after);
+        crate::health::passive_failure(self.upstream, failed.backend, &timeout);
+        if !self.replayable || self.retries_left == 0 {
+            return Err(timeout);
+        }
+        // No target left: the answer is still about the timeout.
+        self.next(failed).map(Retry::Next).map_err(|_| timeout)
     }
 
     fn next(&mut self, failed: Decision) -> Result<Decision, ProxyError> {

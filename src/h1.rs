@@ -22,7 +22,8 @@
 //! first byte, the wait between requests by `client_idle`; a client that stops
 //! reading or sending a body is cut after `client_idle` of silence; a backend
 //! after `upstream_connect` to connect, `upstream_response` for the response head
-//! and `upstream_response` of silence within a body (HAProxy's `timeout server`).
+//! and `upstream_response` of silence within a body (HAProxy's `timeout server`),
+//! or the upstream's own `[upstream.NAME.timeouts]` `connect` and `response`.
 
 mod chunked;
 mod head;
@@ -47,7 +48,7 @@ use crate::error::ProxyError;
 use crate::flow::policy::Forwarding;
 use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::shutdown::Watch;
-use crate::state::{Decision, Snapshot, Upstream};
+use crate::state::{BackendTimeouts, Decision, Snapshot, Upstream};
 use head::{Delivery, Framing, Parsed, RequestBody, RequestHead, ResponseHead};
 pub(crate) use io::Prefixed;
 use io::{give_buffer, grow_if_full, read_into, read_some, take_buffer, write_all, Clock, Wait};
@@ -555,7 +556,7 @@ impl<'a> Exchange<'a> {
             drop(in_flight);
             return Answered::Gone;
         }
-        let timeouts = self.snap.config.timeouts;
+        let timeouts = Waits::of(self.snap, upstream);
         let relayed = relay_body(
             client,
             &mut socket,
@@ -609,7 +610,7 @@ impl<'a> Exchange<'a> {
         mut decision: Decision,
         trace: &mut Trace,
     ) -> Result<(Response, Decision), ProxyError> {
-        let timeouts = self.snap.config.timeouts;
+        let timeouts = Waits::of(self.snap, upstream);
         let replayable =
             flow::is_idempotent(self.head.method(self.buf)) && self.head.body == RequestBody::None;
         let mut attempts = Attempts::new(upstream, &self.proxy.metrics, replayable);
@@ -626,7 +627,7 @@ impl<'a> Exchange<'a> {
             let reused = pooled.is_some();
             let result = match pooled {
                 Some(socket) => Ok(socket),
-                None => crate::pool::connect(backend.addr, timeouts.upstream_connect)
+                None => crate::pool::connect(backend.addr, timeouts.backend.connect)
                     .await
                     .map_err(Failure::NotSent),
             };
@@ -677,9 +678,9 @@ impl<'a> Exchange<'a> {
         client: &mut Client<S>,
         mut socket: TcpStream,
         request: &[u8],
-        timeouts: Timeouts,
+        timeouts: Waits,
     ) -> Result<(TcpStream, Vec<u8>, ResponseHead), Failure> {
-        let backend_wait = Wait::Idle(timeouts.upstream_response);
+        let backend_wait = Wait::Idle(timeouts.backend.response);
         write_all(&mut socket, request, &mut client.clock, backend_wait)
             .await
             .map_err(|e| sending(e, timeouts))?;
@@ -705,7 +706,7 @@ impl<'a> Exchange<'a> {
                 .stream(client, &mut self.body, &mut self.past_body)
                 .await?;
         }
-        let deadline = Wait::Until(Instant::now() + timeouts.upstream_response);
+        let deadline = Wait::Until(Instant::now() + timeouts.backend.response);
         // Bytes of a response arrived (an interim one included): a failure
         // now is the backend's answer going wrong, not a closed connection.
         let mut answered = !buf.is_empty();
@@ -734,7 +735,7 @@ impl<'a> Exchange<'a> {
                 Ok(0) => return Err(bad_response("connection closed within the response head")),
                 Ok(_) => answered = true,
                 Err(e) if e.kind() == stdio::ErrorKind::TimedOut => {
-                    return Err(Failure::Timeout(timeouts.upstream_response))
+                    return Err(Failure::Timeout(timeouts.backend.response))
                 }
                 Err(e) if !answered => return Err(Failure::Closed(e.into())),
                 Err(e) => return Err(Failure::BadResponse(e.into())),
@@ -777,6 +778,23 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// The timeouts of one exchange: the client's (from the global `[timeouts]`) and
+/// the backend's (its upstream's own, else the global ones).
+#[derive(Clone, Copy)]
+struct Waits {
+    client_idle: Duration,
+    backend: BackendTimeouts,
+}
+
+impl Waits {
+    fn of(snap: &Snapshot, upstream: &Upstream) -> Self {
+        Waits {
+            client_idle: snap.config.timeouts.client_idle,
+            backend: upstream.timeouts(),
+        }
+    }
+}
+
 /// A response head from a backend, with what it takes to relay the body.
 struct Response {
     socket: TcpStream,
@@ -791,10 +809,10 @@ fn bad_response(why: &'static str) -> Failure {
 }
 
 /// Writing to the backend failed: it closed before answering; one that stops
-/// reading for `upstream_response` is a timeout (504, no retry).
-fn sending(cause: stdio::Error, timeouts: Timeouts) -> Failure {
+/// reading for its response timeout is a timeout (see `Attempts` for what follows).
+fn sending(cause: stdio::Error, timeouts: Waits) -> Failure {
     match cause.kind() {
-        stdio::ErrorKind::TimedOut => Failure::Timeout(timeouts.upstream_response),
+        stdio::ErrorKind::TimedOut => Failure::Timeout(timeouts.backend.response),
         _ => Failure::Closed(cause.into()),
     }
 }
@@ -806,7 +824,7 @@ struct Upload<'s> {
     answer: &'s mut Vec<u8>,
     head_request: bool,
     upgrade: bool,
-    timeouts: Timeouts,
+    timeouts: Waits,
 }
 
 impl Upload<'_> {
@@ -871,7 +889,7 @@ impl Upload<'_> {
             if self.answer.capacity() - self.answer.len() < 1024 {
                 self.answer.reserve(io::BUFFER);
             }
-            let deadline = Instant::now() + self.timeouts.upstream_response;
+            let deadline = Instant::now() + self.timeouts.backend.response;
             let socket = &mut *self.socket;
             let answer = &mut *self.answer;
             let event = poll_fn(|cx| {
@@ -885,7 +903,7 @@ impl Upload<'_> {
             })
             .await;
             match event {
-                None => return Err(Failure::Timeout(self.timeouts.upstream_response)),
+                None => return Err(Failure::Timeout(self.timeouts.backend.response)),
                 Some(Ok(Ok(n))) => bytes = &bytes[n..],
                 Some(Ok(Err(e))) => return Err(sending(e, self.timeouts)),
                 Some(Err(Ok(0))) => {
@@ -928,11 +946,11 @@ async fn relay_body<S: Stream>(
     mut buf: Vec<u8>,
     head: &ResponseHead,
     mut out: Vec<u8>,
-    timeouts: Timeouts,
+    timeouts: Waits,
     dechunk: bool,
 ) -> stdio::Result<bool> {
     let client_wait = Wait::Idle(timeouts.client_idle);
-    let backend_wait = Wait::Idle(timeouts.upstream_response);
+    let backend_wait = Wait::Idle(timeouts.backend.response);
     let mut body = Body::new(head.framing);
     let mut clean = body.relay(&buf[head.len..], &mut out, dechunk)?;
     write_all(&mut client.stream, &out, &mut client.clock, client_wait).await?;

@@ -31,11 +31,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::backend::{BackendState, InFlight};
-use crate::config::Timeouts;
 use crate::error::{BoxError, ProxyError};
 use crate::flow::policy::{self, Forwarding};
 use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Trace};
-use crate::state::Snapshot;
+use crate::state::{BackendTimeouts, Snapshot};
 use timeouts::{Activity, TimedIo};
 
 /// The body of a request sent to a backend: the client's, streamed, or none
@@ -160,7 +159,7 @@ async fn handle(
     let mut attempts = Attempts::new(upstream, &proxy.metrics, replayable);
     let mut body = Some(body);
     let mut fresh = false;
-    let timeouts = snap.config.timeouts;
+    let timeouts = upstream.timeouts();
     loop {
         let backend = &upstream.backends[decision.backend];
         trace.backend = Some(decision.backend);
@@ -213,7 +212,7 @@ async fn send(
     state: &Arc<BackendState>,
     fresh: bool,
     mut req: Request<UpstreamBody>,
-    timeouts: Timeouts,
+    timeouts: BackendTimeouts,
 ) -> Result<(Response<Incoming>, Lease), (Failure, bool)> {
     let mut pooled = match fresh {
         true => None,
@@ -223,7 +222,7 @@ async fn send(
         let reused = pooled.is_some();
         let socket = match pooled.take() {
             Some(socket) => socket,
-            None => crate::pool::connect(state.pool.addr(), timeouts.upstream_connect)
+            None => crate::pool::connect(state.pool.addr(), timeouts.connect)
                 .await
                 .map_err(|e| (Failure::NotSent(e), false))?,
         };
@@ -231,9 +230,9 @@ async fn send(
             .await
             .map_err(|e| (Failure::Closed(e.into()), reused))?;
         let connection = tokio::spawn(conn.without_shutdown());
-        let sent = tokio::time::timeout(timeouts.upstream_response, sender.try_send_request(req));
+        let sent = tokio::time::timeout(timeouts.response, sender.try_send_request(req));
         match sent.await {
-            Err(_) => return Err((Failure::Timeout(timeouts.upstream_response), reused)),
+            Err(_) => return Err((Failure::Timeout(timeouts.response), reused)),
             Ok(Ok(resp)) => {
                 let lease = Lease {
                     sender,

@@ -20,8 +20,10 @@ use crate::config::HealthConfig;
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Upstream};
 
-/// A connection-level failure of live traffic to `upstream.backends[index]`: after
-/// `passive_fall` in a row the backend is marked down at once.
+/// A connection-level failure of live traffic to `upstream.backends[index]` (no
+/// connection, a broken exchange, garbage for an answer, or no answer within the
+/// response timeout): after `passive_fall` in a row the backend is marked down
+/// at once.
 pub fn passive_failure(upstream: &Upstream, index: usize, cause: &dyn Display) {
     let backend = &upstream.backends[index];
     let failures = backend

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
@@ -18,7 +18,7 @@ pub use crate::affinity::Outcome;
 use crate::affinity::{self, CookieCodec};
 use crate::backend::{Backend, BackendState};
 use crate::balancer::{self, Balancer};
-use crate::config::{Affinity, Config, Failover, UpstreamConfig};
+use crate::config::{Affinity, Config, Failover, Timeouts, UpstreamConfig};
 use crate::router::Router;
 use crate::series::UpstreamSeries;
 
@@ -41,7 +41,10 @@ impl Snapshot {
         let upstreams: Vec<Upstream> = config
             .upstreams
             .iter()
-            .map(|u| Upstream::build(u, previous.and_then(|p| p.upstream(&u.name))))
+            .map(|u| {
+                let previous = previous.and_then(|p| p.upstream(&u.name));
+                Upstream::build(u, &config.timeouts, previous)
+            })
             .collect();
         let router = Router::new(&config.routes, |name| {
             upstreams.iter().position(|u| &*u.name == name)
@@ -89,10 +92,24 @@ pub struct Decision {
     pub set_cookie: bool,
 }
 
+/// The timeouts of a request to one upstream's backends: the upstream's own
+/// `[upstream.NAME.timeouts]`, else the global `upstream_connect` and
+/// `upstream_response`. Health checks keep `health.timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendTimeouts {
+    /// To connect to a backend.
+    pub connect: Duration,
+    /// For the response head after the request was sent, for a backend to take
+    /// more of the request body, and (HTTP/1) each silence within the response body.
+    pub response: Duration,
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
+    /// Resolved when the snapshot is built; see [`Upstream::timeouts`].
+    timeouts: BackendTimeouts,
     pub backends: Vec<Backend>,
     by_route: AHashMap<String, usize>,
     /// Present when `affinity = "cookie"`.
@@ -103,7 +120,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn build(config: &UpstreamConfig, previous: Option<&Upstream>) -> Upstream {
+    fn build(config: &UpstreamConfig, global: &Timeouts, previous: Option<&Upstream>) -> Upstream {
         let index: AHashMap<&str, usize> = config
             .backends
             .iter()
@@ -143,8 +160,13 @@ impl Upstream {
             let names: Vec<&str> = backends.iter().map(|b| &*b.name).collect();
             CookieCodec::new(&config.name, secrets, &names)
         });
+        let timeouts = BackendTimeouts {
+            connect: config.timeouts.connect.unwrap_or(global.upstream_connect),
+            response: config.timeouts.response.unwrap_or(global.upstream_response),
+        };
         Upstream {
             name: config.name.as_str().into(),
+            timeouts,
             by_route: backends
                 .iter()
                 .enumerate()
@@ -156,6 +178,11 @@ impl Upstream {
             backends,
             config: config.clone(),
         }
+    }
+
+    /// The timeouts of a request to this upstream's backends.
+    pub fn timeouts(&self) -> BackendTimeouts {
+        self.timeouts
     }
 
     /// The backend a request is pinned to by this upstream's affinity, if any.
@@ -490,6 +517,44 @@ mod tests {
             assert_eq!(decision.failover_from.map(name), from, "{}", row.case);
             assert_eq!(decision.set_cookie, cookie, "{}", row.case);
         }
+    }
+
+    #[test]
+    fn an_upstreams_own_timeouts_override_the_global_ones() {
+        let toml = "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n\
+             [timeouts]\nupstream_connect = \"3s\"\nupstream_response = \"40s\"\n\n\
+             [[route]]\nhost = \"a\"\nupstream = \"both\"\n\
+             [[route]]\nhost = \"b\"\nupstream = \"response\"\n\
+             [[route]]\nupstream = \"neither\"\n\n\
+             [upstream.both.timeouts]\nconnect = \"100ms\"\nresponse = \"7s\"\n\
+             [[upstream.both.backend]]\nname = \"x\"\naddr = \"127.0.0.1:1\"\n\
+             [upstream.response.timeouts]\nresponse = \"500ms\"\n\
+             [[upstream.response.backend]]\nname = \"x\"\naddr = \"127.0.0.1:1\"\n\
+             [[upstream.neither.backend]]\nname = \"x\"\naddr = \"127.0.0.1:1\"\n";
+        let snap = Snapshot::build(Config::parse(toml, "test.toml").unwrap(), None);
+        let timeouts = |name: &str| snap.upstream(name).unwrap().timeouts();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            timeouts("both"),
+            BackendTimeouts {
+                connect: ms(100),
+                response: ms(7000)
+            }
+        );
+        assert_eq!(
+            timeouts("response"),
+            BackendTimeouts {
+                connect: ms(3000),
+                response: ms(500)
+            }
+        );
+        assert_eq!(
+            timeouts("neither"),
+            BackendTimeouts {
+                connect: ms(3000),
+                response: ms(40_000)
+            }
+        );
     }
 
     #[test]

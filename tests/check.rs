@@ -284,6 +284,25 @@ fn bad_durations() {
         "upstream.shop.health.interval",
         "\"fast\" is not a duration",
     );
+    let text = format!(
+        "{}\n[upstream.shop.timeouts]\nconnect = \"1s\"\nresponse = \"soon\"\n",
+        shop("")
+    );
+    assert_error(
+        "bad-upstream-response-timeout",
+        &text,
+        "response = ",
+        "upstream.shop.timeouts.response",
+        "\"soon\" is not a duration",
+    );
+    let text = format!("{}\n[upstream.shop.timeouts]\nconnect = \"0s\"\n", shop(""));
+    assert_error(
+        "zero-upstream-connect-timeout",
+        &text,
+        "connect = ",
+        "upstream.shop.timeouts.connect",
+        "must be longer than 0s",
+    );
 }
 
 #[test]
@@ -359,6 +378,17 @@ fn unknown_keys() {
         "timeout]",
         "timeout",
         "unknown field `timeout`",
+    );
+    let text = format!(
+        "{}\n[upstream.shop.timeouts]\nresponse = \"1s\"\nread = \"1s\"\n",
+        shop("")
+    );
+    assert_error(
+        "unknown-upstream-timeouts-key",
+        &text,
+        "read = ",
+        "upstream.shop.timeouts.read",
+        "unknown field `read`",
     );
 }
 

@@ -1,14 +1,18 @@
 //! Failover (SPEC sections 3 and 4): a dead backend's pinned clients land on its
 //! replica without a failed request, are re-pinned there and stay after it returns;
 //! the replica chain; `failover = "reject"` and `"rebalance"`; a POST with a body to
-//! a dead pinned backend is retried.
+//! a dead pinned backend is retried; a hung backend (accepts, never answers): its
+//! idempotent bodiless requests fail over after the response timeout, others get
+//! 504 and are never resent, and every timeout counts toward `passive_fall`.
 
 mod common;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::scripted::raw_backend;
+use common::scripted::{raw_backend, ScriptedBackend, Step};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -402,4 +406,176 @@ async fn ip_hash_clients_fail_over_to_the_replica_without_a_cookie() {
     home_backend.restart().await;
     lb.wait_backend_state("shop", &home, "up", WAIT).await;
     assert_eq!(client.get("/").await.backend(), home);
+}
+
+/// `app1` as a raw backend that answers with its name until `hung` is set, then
+/// reads every request and never answers (a stopped process whose socket the
+/// kernel still serves), and `app2` a real backend; each the other's replica.
+/// The upstream's own response timeout is 300ms; health checks are too rare to
+/// change anything while a test runs. `extra` goes into `[upstream.shop]`, and
+/// `passive_fall` into its health table.
+async fn hung_app1(
+    extra: &str,
+    passive_fall: u32,
+) -> (TestLb, ScriptedBackend, TestBackend, Arc<AtomicBool>) {
+    let hung = Arc::new(AtomicBool::new(false));
+    let stop = hung.clone();
+    let app1 = ScriptedBackend::spawn(move |_| match stop.load(Ordering::SeqCst) {
+        true => vec![Step::Pause(Duration::from_secs(60))],
+        false => vec![Step::Write(
+            b"HTTP/1.1 200 OK\r\nx-backend: app1\r\ncontent-length: 4\r\n\r\napp1".to_vec(),
+        )],
+    })
+    .await;
+    let app2 = TestBackend::spawn("app2").await;
+    let toml = format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\n{extra}\n\n\
+         [upstream.shop.cookie]\nsecret = \"test-secret\"\n\n\
+         [upstream.shop.timeouts]\nresponse = \"300ms\"\n\n\
+         [upstream.shop.health]\ninterval = \"30s\"\npassive_fall = {passive_fall}\n\n\
+         [[upstream.shop.backend]]\nname = \"app1\"\naddr = \"{}\"\nreplica = \"app2\"\n\n\
+         [[upstream.shop.backend]]\nname = \"app2\"\naddr = \"{}\"\nreplica = \"app1\"\n",
+        app1.addr, app2.addr
+    );
+    let lb = TestLb::start(&toml).await;
+    (lb, app1, app2, hung)
+}
+
+/// The requests `app1` received with `method`.
+fn received(app1: &ScriptedBackend, method: &str) -> usize {
+    app1.received()
+        .iter()
+        .filter(|r| r.method == method)
+        .count()
+}
+
+#[tokio::test]
+async fn a_hung_backends_pinned_get_fails_over_to_the_replica_and_repins() {
+    // passive_fall high enough that app1 stays up: every request below times out.
+    let (lb, app1, app2, hung) = hung_app1("", 10).await;
+    let mut client = client_pinned_to(&lb, "app1").await;
+    let mut over_h2 = client_pinned_to(&lb, "app1").await;
+    hung.store(true, Ordering::SeqCst);
+    let gets_before = received(&app1, "GET");
+
+    let started = Instant::now();
+    let r = client.get("/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.backend(), "app2", "the replica answers");
+    assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+    assert!(r.set_cookie("limpet").is_some(), "re-pinned to the replica");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(received(&app1, "GET"), gets_before + 1, "sent to app1 once");
+    // Re-pinned: straight to app2 from now on.
+    let r = client.get("/").await;
+    assert_eq!(r.backend(), "app2");
+    assert!(r.set_cookie("limpet").is_none());
+    assert_eq!(r.header("x-seen-failover-from"), None);
+    assert_eq!(lb.backend_state("shop", "app1"), "up");
+
+    // The same over HTTP/2 (h2c prior knowledge).
+    let cookie = format!("limpet={}", over_h2.cookie.take().unwrap());
+    let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("http://localhost/")
+        .header("cookie", cookie)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), 200);
+    let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(h("x-backend"), Some("app2"));
+    assert_eq!(h("x-seen-failover-from"), Some("app1"));
+    assert!(h("set-cookie").is_some_and(|c| c.starts_with("limpet=")));
+    assert_eq!(received(&app1, "GET"), gets_before + 2);
+    assert!(app2.hits() >= 3, "app2 answered them all");
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_to_a_hung_backend_gets_504_once_and_counts_as_a_failure() {
+    let (lb, app1, app2, hung) = hung_app1("retries = 2", 2).await;
+    let mut client = client_pinned_to(&lb, "app1").await;
+    hung.store(true, Ordering::SeqCst);
+    let hits = app2.hits();
+
+    let r = client
+        .request("POST", "/order", Bytes::from("2 x cart item"))
+        .await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.set_cookie("limpet").is_none(), "still pinned to app1");
+    assert_eq!(received(&app1, "POST"), 1, "app1 saw the POST once");
+    assert_eq!(
+        lb.backend_state("shop", "app1"),
+        "up",
+        "1 of passive_fall 2"
+    );
+
+    // Idempotent but with a body: not replayable either.
+    let r = client
+        .request("PUT", "/cart", Bytes::from("3 x cart item"))
+        .await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(received(&app1, "PUT"), 1, "app1 saw the PUT once");
+    assert_eq!(app2.hits(), hits, "neither was sent to the replica");
+    assert_eq!(
+        lb.backend_state("shop", "app1"),
+        "down",
+        "two timeouts in a row with passive_fall = 2"
+    );
+    assert_eq!(received(&app1, "POST"), 1, "never resent");
+}
+
+#[tokio::test]
+async fn two_timed_out_gets_mark_a_hung_backend_down_with_passive_fall_2() {
+    let (lb, app1, _app2, hung) = hung_app1("", 2).await;
+    let mut first = client_pinned_to(&lb, "app1").await;
+    let mut second = client_pinned_to(&lb, "app1").await;
+    let mut third = client_pinned_to(&lb, "app1").await;
+    hung.store(true, Ordering::SeqCst);
+
+    for (i, client) in [&mut first, &mut second].into_iter().enumerate() {
+        let r = client.get("/").await;
+        assert_eq!(r.status, 200, "client {i}: {}", r.body);
+        assert_eq!(r.backend(), "app2", "client {i}");
+        assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+        let expected = ["up", "down"][i];
+        assert_eq!(
+            lb.backend_state("shop", "app1"),
+            expected,
+            "after {}",
+            i + 1
+        );
+    }
+    // Down: app1's clients go to the replica without waiting for it.
+    let gets = received(&app1, "GET");
+    let started = Instant::now();
+    let r = third.get("/").await;
+    assert_eq!(r.backend(), "app2");
+    assert_eq!(r.header("x-seen-failover-from"), Some("app1"));
+    assert!(started.elapsed() < Duration::from_millis(250));
+    assert_eq!(received(&app1, "GET"), gets);
+}
+
+#[tokio::test]
+async fn with_no_retry_left_a_timed_out_get_gets_504_and_counts_as_a_failure() {
+    let (lb, app1, app2, hung) = hung_app1("retries = 0", 1).await;
+    let mut client = client_pinned_to(&lb, "app1").await;
+    hung.store(true, Ordering::SeqCst);
+    let (hits, gets) = (app2.hits(), received(&app1, "GET"));
+    let r = client.get("/").await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.body, "504 gateway timeout\n");
+    assert_eq!(app2.hits(), hits, "no retry: not sent to the replica");
+    assert_eq!(received(&app1, "GET"), gets + 1);
+    assert_eq!(lb.backend_state("shop", "app1"), "down", "passive_fall = 1");
 }

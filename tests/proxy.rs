@@ -235,7 +235,7 @@ async fn a_backend_slower_than_upstream_response_gets_504() {
     let lb = TestLb::start(&config(
         "\n[timeouts]\nupstream_response = \"300ms\"",
         &[&a],
-        "",
+        "[upstream.shop.health]\npassive_fall = 2",
     ))
     .await;
     let mut client = lb.client();
@@ -248,10 +248,72 @@ async fn a_backend_slower_than_upstream_response_gets_504() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    // Fast enough is fine, and a timeout does not mark the backend down.
+    // The timeout counted against the backend: 1 of passive_fall 2.
+    assert_eq!(lb.backend_state("shop", "app1"), "up");
+    // Fast enough is fine, and resets the count: another timeout is 1 of 2 again.
     let r = client.get("/slow?ms=10").await;
     assert_eq!(r.status, 200);
+    let r = client.get("/slow?ms=5000").await;
+    assert_eq!(r.status, 504);
     assert_eq!(lb.backend_state("shop", "app1"), "up");
+    // Two in a row mark it down (no other backend: the answer stays 504).
+    let r = client.get("/slow?ms=5000").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(lb.backend_state("shop", "app1"), "down");
+}
+
+/// `[upstream.NAME.timeouts] response` overrides `[timeouts] upstream_response`
+/// for that upstream only, on HTTP/1 and HTTP/2.
+#[tokio::test]
+async fn an_upstreams_own_response_timeout_overrides_the_global_one() {
+    let a = TestBackend::spawn("app1").await;
+    let b = TestBackend::spawn("app2").await;
+    let toml = format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[timeouts]\nupstream_response = \"5s\"\n\n\
+         [[route]]\nhost = \"quick.test\"\nupstream = \"quick\"\n\n\
+         [[route]]\nupstream = \"patient\"\n\n\
+         [upstream.quick]\naffinity = \"none\"\n\
+         [upstream.quick.timeouts]\nresponse = \"300ms\"\n\
+         [upstream.quick.health]\npassive_fall = 10\n\
+         [[upstream.quick.backend]]\nname = \"app1\"\naddr = \"{}\"\n\n\
+         [upstream.patient]\naffinity = \"none\"\n\
+         [[upstream.patient.backend]]\nname = \"app2\"\naddr = \"{}\"\n",
+        a.addr, b.addr
+    );
+    let lb = TestLb::start(&toml).await;
+
+    let mut quick = lb.client();
+    quick.headers.insert("host", "quick.test".parse().unwrap());
+    let started = Instant::now();
+    let r = quick.get("/slow?ms=2000").await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1800),
+        "{took:?}"
+    );
+    // The other upstream keeps the global 5s.
+    let r = lb.client().get("/slow?ms=2000").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.backend(), "app2");
+
+    // HTTP/2 (h2c prior knowledge) asks the upstream too.
+    let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("http://quick.test/slow?ms=2000")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let started = Instant::now();
+    let resp = sender.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), 504);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1800), "{took:?}");
 }
 
 #[tokio::test]

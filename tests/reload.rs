@@ -194,6 +194,42 @@ async fn a_broken_file_is_refused_with_its_position_and_the_old_config_keeps_ser
     assert_eq!(client.get("/").await.backend(), pinned);
 }
 
+/// `[upstream.NAME.timeouts]` reloads; a request in flight keeps the values of
+/// the configuration it started under.
+#[tokio::test]
+async fn an_upstreams_own_timeouts_reload_and_a_request_keeps_its_own() {
+    let (a, b) = (
+        TestBackend::spawn("app1").await,
+        TestBackend::spawn("app2").await,
+    );
+    let health = "interval = \"24h\"\npassive_fall = 100";
+    let patient = config(&[&a, &b], "", health);
+    let quick = format!("{patient}\n[upstream.shop.timeouts]\nresponse = \"300ms\"\n");
+    let lb = start_from_file(&patient).await;
+
+    // Started under the global 30s, still waiting when the reload lands.
+    let mut early = lb.client();
+    let in_flight = tokio::spawn(async move { early.get("/slow?ms=1500").await });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.hits() + b.hits() == 1
+        })
+        .await,
+        "the slow request reached a backend"
+    );
+    lb.rewrite(&quick);
+    assert_eq!(lb.admin.post("/reload").await.status, 200);
+    let r = lb.client().get("/slow?ms=1500").await;
+    assert_eq!(r.status, 504, "the new request has the new 300ms");
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200, "the one in flight kept 30s: {}", r.body);
+
+    lb.rewrite(&patient);
+    assert_eq!(lb.admin.post("/reload").await.status, 200);
+    let r = lb.client().get("/slow?ms=1000").await;
+    assert_eq!(r.status, 200, "back to the global 30s: {}", r.body);
+}
+
 #[tokio::test]
 async fn health_and_operator_state_carry_over_when_name_and_address_are_unchanged() {
     let [a, b, c] = three_backends().await;

@@ -102,8 +102,16 @@ pub struct Upstream {
     pub ip_hash: Option<IpHash>,
     pub app_cookie: Option<AppCookie>,
     pub health: Option<Health>,
+    pub timeouts: Option<UpstreamTimeouts>,
     #[serde(default)]
     pub backend: Vec<Backend>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTimeouts {
+    pub connect: Option<String>,
+    pub response: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -420,6 +420,12 @@ fn validate_upstream(
         ));
     }
 
+    let t = up.timeouts.unwrap_or_default();
+    let timeouts = TimeoutOverrides {
+        connect: optional_duration(t.connect, &key("timeouts.connect"))?,
+        response: optional_duration(t.response, &key("timeouts.response"))?,
+    };
+
     Ok(UpstreamConfig {
         name: name.to_string(),
         affinity,
@@ -430,6 +436,7 @@ fn validate_upstream(
         ip_hash,
         app_cookie,
         health,
+        timeouts,
         backends,
     })
 }
@@ -465,6 +472,18 @@ fn duration(text: Option<String>, default: Duration, key: &str) -> Result<Durati
             )
         }),
     }
+}
+
+/// A duration that may be absent but, when given, must be longer than 0s.
+fn optional_duration(text: Option<String>, key: &str) -> Result<Option<Duration>, Invalid> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let d = duration(Some(text), Duration::ZERO, key)?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be longer than 0s"));
+    }
+    Ok(Some(d))
 }
 
 fn parse_listen_addr(text: &str, key: &str) -> Result<SocketAddr, Invalid> {
