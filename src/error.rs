@@ -20,6 +20,9 @@ pub enum ProxyError {
     HeadTimeout,
     #[error("unsupported expectation")]
     Expectation,
+    /// A plain request on a route with `redirect_https`: 308 to this URL.
+    #[error("redirected to {0}")]
+    RedirectHttps(String),
     #[error("no route for this host and path")]
     NoRoute,
     #[error("no backend available")]
@@ -45,6 +48,7 @@ impl ProxyError {
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Expectation => StatusCode::EXPECTATION_FAILED,
+            ProxyError::RedirectHttps(_) => StatusCode::PERMANENT_REDIRECT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend | ProxyError::Rejected | ProxyError::Unreachable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -61,11 +65,20 @@ impl ProxyError {
             ProxyError::HeadTooLarge => "431 request header fields too large\n",
             ProxyError::HeadTimeout => "408 request timeout\n",
             ProxyError::Expectation => "417 expectation failed\n",
+            ProxyError::RedirectHttps(_) => "308 permanent redirect to https\n",
             ProxyError::NoRoute => "404 no route\n",
             ProxyError::NoBackend | ProxyError::Unreachable(_) => "503 no backend available\n",
             ProxyError::Rejected => "503 backend unavailable\n",
             ProxyError::BadGateway(_) => "502 bad gateway\n",
             ProxyError::Timeout(_) => "504 gateway timeout\n",
+        }
+    }
+
+    /// The `Location` of the answer, for a redirect.
+    pub fn location(&self) -> Option<&str> {
+        match self {
+            ProxyError::RedirectHttps(url) => Some(url),
+            _ => None,
         }
     }
 

@@ -52,8 +52,21 @@ pub(crate) struct RequestView<'a, H: HeaderLookup> {
     pub host: Option<&'a str>,
     /// The path without the query.
     pub path: &'a str,
+    /// The origin-form target (path and query) the backend gets.
+    pub target: &'a str,
     pub headers: &'a H,
     pub peer: IpAddr,
+    /// The request came over TLS.
+    pub tls: bool,
+}
+
+/// Where a request goes, as [`Proxy::decide`] found it.
+pub(crate) struct Chosen<'s> {
+    pub(crate) upstream: &'s Upstream,
+    pub(crate) decision: Decision,
+    /// The `Strict-Transport-Security` value for the response: a TLS request
+    /// on a route with `hsts`.
+    pub(crate) hsts: Option<&'s str>,
 }
 
 impl Proxy {
@@ -62,18 +75,22 @@ impl Proxy {
     }
 
     /// SPEC section 3: the upstream of the request and the backend it goes to
-    /// first (pinned, its replica chain, or a new pick); 404 and 503 here.
+    /// first (pinned, its replica chain, or a new pick); 404 and 503 here, and
+    /// the 308 of a route with `redirect_https` for a plain request.
     pub(crate) fn decide<'s, H: HeaderLookup>(
         snap: &'s Snapshot,
         request: &RequestView<'_, H>,
         trace: &mut Trace,
-    ) -> Result<(&'s Upstream, Decision), ProxyError> {
-        let index = snap
+    ) -> Result<Chosen<'s>, ProxyError> {
+        let routed = snap
             .router
-            .route(request.host, request.path)
+            .find(request.host, request.path)
             .ok_or(ProxyError::NoRoute)?;
-        let upstream = &snap.upstreams[index];
-        trace.upstream = Some(index);
+        if routed.redirect_https && !request.tls {
+            return Err(redirect_https(request));
+        }
+        let upstream = &snap.upstreams[routed.upstream];
+        trace.upstream = Some(routed.upstream);
         let pin = upstream.read_pin(request.headers, request.path, request.peer);
         let decision = upstream.choose(pin);
         trace.outcome = Some(decision.outcome);
@@ -84,7 +101,11 @@ impl Proxy {
                 false => ProxyError::NoBackend,
             });
         }
-        Ok((upstream, decision))
+        Ok(Chosen {
+            upstream,
+            decision,
+            hsts: routed.hsts.filter(|_| request.tls),
+        })
     }
 
     /// Writes a finished request's metrics and, when `access` carries its method and
@@ -135,6 +156,20 @@ impl Proxy {
             });
         }
     }
+}
+
+/// The 308 to the request's URL over https: the same host (without a port,
+/// as nginx's `$host`: the https listener's port is the default one), path
+/// and query.
+fn redirect_https<H: HeaderLookup>(request: &RequestView<'_, H>) -> ProxyError {
+    let Some(host) = request.host.map(crate::router::strip_port) else {
+        return ProxyError::BadRequest("no host to redirect to");
+    };
+    let target = match request.target {
+        t if t.starts_with('/') => t,
+        _ => "/",
+    };
+    ProxyError::RedirectHttps(format!("https://{host}{target}"))
 }
 
 /// Whether the access log is on (the path is then copied for it).

@@ -46,7 +46,7 @@ use crate::backend::InFlight;
 use crate::config::Timeouts;
 use crate::error::ProxyError;
 use crate::flow::policy::Forwarding;
-use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::shutdown::Watch;
 use crate::state::{BackendTimeouts, Decision, Snapshot, Upstream};
 use head::{Delivery, Framing, Parsed, RequestBody, RequestHead, ResponseHead};
@@ -507,7 +507,11 @@ impl<'a> Exchange<'a> {
         close_after: bool,
         started: std::time::Instant,
     ) -> Answered {
-        let (upstream, decision) = match self.decide(trace) {
+        let Chosen {
+            upstream,
+            decision,
+            hsts,
+        } = match self.decide(trace) {
             Ok(chosen) => chosen,
             Err(e) => return Answered::Local(e),
         };
@@ -548,6 +552,7 @@ impl<'a> Exchange<'a> {
             &resp_buf,
             &resp_head,
             set_cookie.as_deref(),
+            hsts,
             delivery,
         );
         if status == 101 {
@@ -583,7 +588,7 @@ impl<'a> Exchange<'a> {
     }
 
     /// Routes the request, reads its pin and chooses its backend.
-    fn decide(&self, trace: &mut Trace) -> Result<(&'a Upstream, Decision), ProxyError> {
+    fn decide(&self, trace: &mut Trace) -> Result<Chosen<'a>, ProxyError> {
         let lookup = head::Lookup {
             buf: self.buf,
             fields: &self.head.fields,
@@ -595,8 +600,10 @@ impl<'a> Exchange<'a> {
         let view = RequestView {
             host,
             path: self.head.path(self.buf),
+            target: self.head.origin(self.buf),
             headers: &lookup,
             peer: self.info.peer.ip(),
+            tls: self.info.tls,
         };
         Proxy::decide(self.snap, &view, trace)
     }

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{BackendState, InFlight};
 use crate::error::{BoxError, ProxyError};
 use crate::flow::policy::{self, Forwarding};
-use crate::flow::{self, Attempts, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::state::{BackendTimeouts, Snapshot};
 use timeouts::{Activity, TimedIo};
 
@@ -123,6 +123,9 @@ fn answer(err: &ProxyError, head_request: bool) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(err.body().len()));
+    if let Some(location) = err.location().and_then(|l| HeaderValue::from_str(l).ok()) {
+        headers.insert(header::LOCATION, location);
+    }
     resp
 }
 
@@ -143,10 +146,16 @@ async fn handle(
     let view = RequestView {
         host: host_text,
         path: req.uri().path(),
+        target: req.uri().path_and_query().map_or("/", |p| p.as_str()),
         headers: req.headers(),
         peer: info.peer.ip(),
+        tls: info.tls,
     };
-    let (upstream, mut decision) = Proxy::decide(snap, &view, trace)?;
+    let Chosen {
+        upstream,
+        mut decision,
+        hsts,
+    } = Proxy::decide(snap, &view, trace)?;
     let (parts, body) = req.into_parts();
     let origin: Uri = parts
         .uri
@@ -192,7 +201,7 @@ async fn handle(
                 trace.outcome = Some(decision.outcome);
                 let set_cookie = flow::pin_cookie(upstream, &decision, info.tls);
                 let (mut parts, incoming) = resp.into_parts();
-                policy::rewrite_response(&mut parts.headers, set_cookie);
+                policy::rewrite_response(&mut parts.headers, set_cookie, hsts);
                 parts.version = Version::HTTP_2;
                 let body = StreamedBody::new(incoming, lease, in_flight);
                 return Ok(Response::from_parts(parts, ProxyBody::Streamed(body)));

@@ -147,6 +147,8 @@ mod tests {
             host: host.map(str::to_string),
             path_prefix: prefix.map(str::to_string),
             upstream: upstream.to_string(),
+            redirect_https: false,
+            hsts: None,
         }
     }
 

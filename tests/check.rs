@@ -426,6 +426,17 @@ fn bad_values() {
         "listen.backlog",
         "must be at least 1",
     );
+    let text = format!(
+        "{LISTEN}\n[[route]]\nupstream = \"shop\"\nhsts = \"forever\"\n{}",
+        shop("").trim_start_matches(LISTEN)
+    );
+    assert_error(
+        "bad-hsts",
+        &text,
+        "hsts = ",
+        "route[0].hsts",
+        "is not a Strict-Transport-Security value",
+    );
 }
 
 #[test]

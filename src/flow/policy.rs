@@ -290,9 +290,13 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
 }
 
 /// The response's fields for an HTTP/2 client: no hop-by-hop fields (HTTP/2
-/// has no connection-specific fields at all), the pin's Set-Cookie added.
-pub fn rewrite_response(headers: &mut HeaderMap, set_cookie: Option<String>) {
+/// has no connection-specific fields at all), the pin's Set-Cookie added, and
+/// the route's Strict-Transport-Security in place of the backend's.
+pub fn rewrite_response(headers: &mut HeaderMap, set_cookie: Option<String>, hsts: Option<&str>) {
     remove_hop_by_hop(headers, response_field, &[Field::ContentLength]);
+    if let Some(v) = hsts.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
     if let Some(v) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         headers.append(header::SET_COOKIE, v);
     }

@@ -95,6 +95,14 @@ impl RequestHead {
         }
     }
 
+    /// The origin-form target the backend gets (`/` for an empty one).
+    pub fn origin<'b>(&self, buf: &'b [u8]) -> &'b str {
+        match text(&buf[self.origin.clone()]) {
+            "" => "/",
+            origin => origin,
+        }
+    }
+
     pub fn is_head(&self, buf: &[u8]) -> bool {
         self.method(buf) == b"HEAD"
     }
@@ -551,12 +559,14 @@ pub struct Delivery {
 
 /// Writes the response for the client: the backend's fields but the hop-by-hop
 /// ones (Transfer-Encoding stays when the chunked body is relayed as it is),
-/// the pin's Set-Cookie, and what the connection does next.
+/// the pin's Set-Cookie, the route's Strict-Transport-Security (in place of
+/// the backend's), and what the connection does next.
 pub fn write_response(
     out: &mut Vec<u8>,
     buf: &[u8],
     head: &ResponseHead,
     set_cookie: Option<&str>,
+    hsts: Option<&str>,
     delivery: Delivery,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -579,7 +589,10 @@ pub fn write_response(
             // Transfer-Encoding frames the body when there is one: a
             // Content-Length beside it goes (RFC 9112, section 6.3).
             Field::ContentLength => matches!(head.framing, Framing::Empty | Framing::Length(_)),
-            _ => true,
+            _ => {
+                hsts.is_none()
+                    || !buf[f.name.clone()].eq_ignore_ascii_case(b"strict-transport-security")
+            }
         };
         if keep {
             write_field(out, &buf[f.name.clone()], &buf[f.value.clone()]);
@@ -587,6 +600,9 @@ pub fn write_response(
     }
     if let Some(cookie) = set_cookie {
         write_field(out, b"Set-Cookie", cookie.as_bytes());
+    }
+    if let Some(hsts) = hsts {
+        write_field(out, b"Strict-Transport-Security", hsts.as_bytes());
     }
     if switching {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -610,6 +626,10 @@ pub fn write_answer(out: &mut Vec<u8>, err: &ProxyError, head_request: bool, del
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    if let Some(location) = err.location() {
+        out.extend_from_slice(b"\r\nlocation: ");
+        out.extend_from_slice(location.as_bytes());
+    }
     if delivery.close {
         out.extend_from_slice(b"\r\nconnection: close");
     } else if delivery.http10 {
@@ -828,6 +848,7 @@ mod tests {
             raw.as_bytes(),
             &head,
             Some("limpet=v; Path=/"),
+            None,
             delivery,
         );
         assert_eq!(

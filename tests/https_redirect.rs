@@ -1,0 +1,122 @@
+//! Routes that send plain-HTTP clients to https (`redirect_https`, a 308 to
+//! the same host, path and query) and tell TLS clients to stay there (`hsts`,
+//! `Strict-Transport-Security` on every response over TLS).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::scripted::{write, ScriptedBackend};
+use common::wire::*;
+use http::Request;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// Two routes to one backend: `/shop` redirects and sets HSTS, `/open` does
+/// neither.
+fn config(backend: SocketAddr) -> String {
+    format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n\
+         [[route]]\npath_prefix = \"/shop\"\nupstream = \"wire\"\nredirect_https = true\n\
+         hsts = \"max-age=31536000; includeSubDomains\"\n\n\
+         [[route]]\npath_prefix = \"/open\"\nupstream = \"wire\"\n\n\
+         [upstream.wire]\naffinity = \"none\"\n\n[upstream.wire.health]\ninterval = \"1h\"\n\n\
+         [[upstream.wire.backend]]\nname = \"b1\"\naddr = \"{backend}\"\n"
+    )
+}
+
+/// A backend that says where it was asked and sets its own (weaker) HSTS.
+async fn backend() -> ScriptedBackend {
+    ScriptedBackend::spawn(|r| {
+        vec![write(format!(
+            "HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=1\r\nContent-Length: {}\r\n\r\n{}",
+            r.target.len(),
+            r.target
+        ))]
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_plain_request_is_redirected_to_the_same_url_over_https() {
+    bounded(async {
+        let backend = backend().await;
+        let lb = WireLb::start(Side::Plain, &config(backend.addr)).await;
+        let mut conn = lb.connect().await;
+        let resp = conn
+            .exchange("GET /shop/cart?item=1 HTTP/1.1\r\nHost: Shop.example:8080\r\n\r\n")
+            .await;
+        assert_eq!(resp.status, 308, "{resp:?}");
+        assert_eq!(
+            resp.header("location"),
+            Some("https://Shop.example/shop/cart?item=1")
+        );
+        // HEAD: the same head, no body; the connection stays usable.
+        conn.send("HEAD /shop HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+            .await;
+        let head = conn.read_head().await;
+        assert_eq!(head.status, 308);
+        assert_eq!(head.header("location"), Some("https://shop.example/shop"));
+        // A route without redirect_https is served over plain HTTP, without HSTS.
+        let open = conn
+            .exchange("GET /open HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+            .await;
+        assert_eq!(open.status, 200);
+        assert_eq!(open.text(), "/open");
+        assert_eq!(open.all("strict-transport-security"), ["max-age=1"]);
+        assert!(
+            backend.received().iter().all(|r| r.target == "/open"),
+            "redirected requests reach no backend: {:?}",
+            backend.received()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tls_request_is_served_with_the_routes_hsts() {
+    bounded(async {
+        let backend = backend().await;
+        let lb = WireLb::start(Side::Tls, &config(backend.addr)).await;
+        let mut conn = lb.connect().await;
+        let resp = conn
+            .exchange("GET /shop/cart HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+            .await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.text(), "/shop/cart");
+        assert_eq!(
+            resp.all("strict-transport-security"),
+            ["max-age=31536000; includeSubDomains"],
+            "the route's HSTS replaces the backend's"
+        );
+        let open = conn
+            .exchange("GET /open HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+            .await;
+        assert_eq!(open.all("strict-transport-security"), ["max-age=1"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_http2_request_is_redirected_too() {
+    bounded(async {
+        let backend = backend().await;
+        let lb = WireLb::start(Side::Plain, &config(backend.addr)).await;
+        let stream = raw(lb.addr()).await;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2c handshake");
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri("http://shop.example/shop?x=y")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("h2 response");
+        assert_eq!(resp.status(), 308);
+        assert_eq!(resp.headers()["location"], "https://shop.example/shop?x=y");
+        assert!(backend.received().is_empty());
+    })
+    .await;
+}
