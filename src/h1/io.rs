@@ -4,12 +4,16 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
+use std::io as stdio;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::state::{BackendTimeouts, Snapshot, Upstream};
 use tokio::time::{Instant, Sleep};
 
 /// The size of the buffers request and response heads are read into: most heads
@@ -23,6 +27,65 @@ pub const BODY_BUFFER: usize = 32 * 1024;
 const TUNNEL_BUFFER: usize = 16 * 1024;
 /// Buffers kept per thread for the next request.
 const SPARE_BUFFERS: usize = 16;
+
+/// A client connection the engine can serve: TCP, or TLS over TCP.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Pending (with a wake-up registered) while a read would surely find
+    /// nothing: an idle connection then waits without taking a buffer.
+    fn poll_read_hint(&self, _cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
+        // TLS may hold decrypted bytes already: only a read can tell.
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether bytes wait in the kernel's receive buffer, asked of the kernel
+    /// itself (the runtime learns of them only on its next turn): at shutdown,
+    /// a request that has arrived is served rather than dropped.
+    fn bytes_waiting(&self) -> bool;
+}
+
+impl Stream for TcpStream {
+    fn poll_read_hint(&self, cx: &mut Context<'_>) -> Poll<stdio::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+
+    fn bytes_waiting(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        // Non-blocking: WouldBlock when nothing is there, 0 at the end.
+        matches!(socket2::SockRef::from(self).peek(&mut byte), Ok(n) if n > 0)
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn bytes_waiting(&self) -> bool {
+        self.get_ref().0.bytes_waiting()
+    }
+}
+
+/// A client connection: its stream, its one timer, and what was read past
+/// the last request.
+pub(super) struct Client<S> {
+    pub(super) stream: S,
+    pub(super) clock: Clock,
+    /// Bytes read past the last request (pipelined requests).
+    pub(super) pending: Vec<u8>,
+}
+
+/// The timeouts of one exchange: the client's (from the global `[timeouts]`) and
+/// the backend's (its upstream's own, else the global ones).
+#[derive(Clone, Copy)]
+pub(super) struct Waits {
+    pub(super) client_idle: Duration,
+    pub(super) backend: BackendTimeouts,
+}
+
+impl Waits {
+    pub(super) fn of(snap: &Snapshot, upstream: &Upstream) -> Self {
+        Waits {
+            client_idle: snap.config.timeouts.client_idle,
+            backend: upstream.timeouts(),
+        }
+    }
+}
 
 /// How long an IO operation may wait.
 #[derive(Clone, Copy)]
