@@ -241,6 +241,9 @@ pub struct UpstreamConfig {
 pub struct TimeoutOverrides {
     pub connect: Option<Duration>,
     pub response: Option<Duration>,
+    /// How long an idle connection to a backend is kept for reuse (default
+    /// `crate::pool::DEFAULT_KEEPALIVE`).
+    pub keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -194,7 +194,8 @@ async fn handle(
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         let in_flight = InFlight::start(&backend.state);
-        let (failure, reused) = match send(&backend.state, fresh, request, timeouts).await {
+        let sent = send(&backend.state, fresh, replayable, request, timeouts);
+        let (failure, reused) = match sent.await {
             Ok((resp, lease)) => {
                 backend.state.passive_failures.store(0, Relaxed);
                 backend.state.requests.fetch_add(1, Relaxed);
@@ -220,12 +221,15 @@ async fn handle(
 async fn send(
     state: &Arc<BackendState>,
     fresh: bool,
+    replayable: bool,
     mut req: Request<UpstreamBody>,
     timeouts: BackendTimeouts,
 ) -> Result<(Response<Incoming>, Lease), (Failure, bool)> {
+    // What cannot be sent twice goes only on a connection surely alive.
+    let reuse_within = (!replayable).then_some(crate::pool::SAFE_REUSE);
     let mut pooled = match fresh {
         true => None,
-        false => state.pool.take(),
+        false => state.pool.take(reuse_within),
     };
     loop {
         let reused = pooled.is_some();
@@ -246,7 +250,7 @@ async fn send(
                 let lease = Lease {
                     sender,
                     connection,
-                    keep_alive: keeps_alive(&resp),
+                    keep_for: keep_for(&resp, timeouts),
                 };
                 return Ok((resp, lease));
             }
@@ -271,14 +275,22 @@ fn failure_of(e: hyper::Error) -> Failure {
     }
 }
 
-/// The backend keeps the connection open after `resp`.
-fn keeps_alive(resp: &Response<Incoming>) -> bool {
-    resp.version() == Version::HTTP_11
-        && !resp
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| policy::tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")))
+/// How long the connection may be reused after `resp`: not at all when the
+/// backend closes it, else as long as it says (`Keep-Alive: timeout=N`) and
+/// the upstream's `keepalive` allow.
+fn keep_for(resp: &Response<Incoming>, timeouts: BackendTimeouts) -> Duration {
+    let headers = resp.headers();
+    let closes = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| policy::tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"close")));
+    if resp.version() != Version::HTTP_11 || closes {
+        return Duration::ZERO;
+    }
+    let says = headers
+        .get("keep-alive")
+        .and_then(|v| policy::keep_alive_timeout(v.as_bytes()));
+    crate::pool::keep_for(timeouts.keepalive, says)
 }
 
 /// A backend connection lent to one exchange.
@@ -288,7 +300,8 @@ struct Lease {
     /// hyper's connection task; it ends, handing the socket back, once the
     /// sender is dropped and the exchange is over.
     connection: JoinHandle<hyper::Result<http1::Parts<TokioIo<TcpStream>>>>,
-    keep_alive: bool,
+    /// How long the pool may keep the connection (zero: not at all).
+    keep_for: Duration,
 }
 
 impl Lease {
@@ -298,16 +311,16 @@ impl Lease {
         let Lease {
             sender,
             connection,
-            keep_alive,
+            keep_for,
         } = self;
         drop(sender);
-        if !keep_alive {
+        if keep_for.is_zero() {
             return;
         }
         tokio::spawn(async move {
             if let Ok(Ok(parts)) = connection.await {
                 if parts.read_buf.is_empty() {
-                    state.pool.put(parts.io.into_inner());
+                    state.pool.put(parts.io.into_inner(), keep_for);
                 }
             }
         });

@@ -102,6 +102,8 @@ pub struct BackendTimeouts {
     /// For the response head after the request was sent, for a backend to take
     /// more of the request body, and (HTTP/1) each silence within the response body.
     pub response: Duration,
+    /// How long an idle connection to a backend is kept for reuse.
+    pub keepalive: Duration,
 }
 
 #[derive(Debug)]
@@ -163,6 +165,10 @@ impl Upstream {
         let timeouts = BackendTimeouts {
             connect: config.timeouts.connect.unwrap_or(global.upstream_connect),
             response: config.timeouts.response.unwrap_or(global.upstream_response),
+            keepalive: config
+                .timeouts
+                .keepalive
+                .unwrap_or(crate::pool::DEFAULT_KEEPALIVE),
         };
         Upstream {
             name: config.name.as_str().into(),
@@ -526,7 +532,7 @@ mod tests {
              [[route]]\nhost = \"a\"\nupstream = \"both\"\n\
              [[route]]\nhost = \"b\"\nupstream = \"response\"\n\
              [[route]]\nupstream = \"neither\"\n\n\
-             [upstream.both.timeouts]\nconnect = \"100ms\"\nresponse = \"7s\"\n\
+             [upstream.both.timeouts]\nconnect = \"100ms\"\nresponse = \"7s\"\nkeepalive = \"2s\"\n\
              [[upstream.both.backend]]\nname = \"x\"\naddr = \"127.0.0.1:1\"\n\
              [upstream.response.timeouts]\nresponse = \"500ms\"\n\
              [[upstream.response.backend]]\nname = \"x\"\naddr = \"127.0.0.1:1\"\n\
@@ -538,21 +544,24 @@ mod tests {
             timeouts("both"),
             BackendTimeouts {
                 connect: ms(100),
-                response: ms(7000)
+                response: ms(7000),
+                keepalive: ms(2000),
             }
         );
         assert_eq!(
             timeouts("response"),
             BackendTimeouts {
                 connect: ms(3000),
-                response: ms(500)
+                response: ms(500),
+                keepalive: crate::pool::DEFAULT_KEEPALIVE,
             }
         );
         assert_eq!(
             timeouts("neither"),
             BackendTimeouts {
                 connect: ms(3000),
-                response: ms(40_000)
+                response: ms(40_000),
+                keepalive: crate::pool::DEFAULT_KEEPALIVE,
             }
         );
     }

@@ -112,6 +112,7 @@ pub struct Upstream {
 pub struct UpstreamTimeouts {
     pub connect: Option<String>,
     pub response: Option<String>,
+    pub keepalive: Option<String>,
 }
 
 #[derive(Deserialize)]

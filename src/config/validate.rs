@@ -424,6 +424,7 @@ fn validate_upstream(
     let timeouts = TimeoutOverrides {
         connect: optional_duration(t.connect, &key("timeouts.connect"))?,
         response: optional_duration(t.response, &key("timeouts.response"))?,
+        keepalive: optional_duration(t.keepalive, &key("timeouts.keepalive"))?,
     };
 
     Ok(UpstreamConfig {

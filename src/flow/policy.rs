@@ -93,6 +93,20 @@ pub fn names_a_field(token: &[u8]) -> bool {
         || token.eq_ignore_ascii_case(b"upgrade"))
 }
 
+/// The `timeout=N` of a response's `Keep-Alive` field (RFC 2068, section
+/// 19.7.1.1): how many seconds the backend keeps an idle connection open.
+pub fn keep_alive_timeout(value: &[u8]) -> Option<u64> {
+    tokens(value).find_map(|param| {
+        let (name, secs) = param.split_at(param.iter().position(|&b| b == b'=')?);
+        let secs = secs[1..].trim_ascii();
+        (name.trim_ascii().eq_ignore_ascii_case(b"timeout")
+            && !secs.is_empty()
+            && secs.len() < 10
+            && secs.iter().all(u8::is_ascii_digit))
+        .then(|| secs.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    })
+}
+
 /// What limpet adds to the request it forwards.
 pub struct Forwarding<'a> {
     /// The host the request was routed by, sent as Host and X-Forwarded-Host.
@@ -323,6 +337,15 @@ mod tests {
             let mut out = b"x, ".to_vec();
             push_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), format!("x, {ip}"));
+        }
+    }
+
+    #[test]
+    fn reads_the_keep_alive_timeout() {
+        assert_eq!(keep_alive_timeout(b"timeout=5, max=100"), Some(5));
+        assert_eq!(keep_alive_timeout(b"max=100, Timeout = 2"), Some(2));
+        for none in [&b"max=100"[..], b"timeout=", b"timeout=x", b"timeout", b""] {
+            assert_eq!(keep_alive_timeout(none), None, "{none:?}");
         }
     }
 

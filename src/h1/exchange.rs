@@ -146,7 +146,12 @@ impl<'a> Exchange<'a> {
         match relayed {
             Ok(clean) => {
                 if clean && resp_head.keep_alive && self.body.done() {
-                    upstream.backends[decision.backend].state.pool.put(socket);
+                    let keep_for = crate::pool::keep_for(
+                        Waits::of(self.snap, upstream).backend.keepalive,
+                        resp_head.keep_alive_timeout,
+                    );
+                    let pool = &upstream.backends[decision.backend].state.pool;
+                    pool.put(socket, keep_for);
                 }
                 Answered::Relayed { keep_alive: !close }
             }
@@ -191,6 +196,8 @@ impl<'a> Exchange<'a> {
         let replayable =
             flow::is_idempotent(self.head.method(self.buf)) && self.head.body == RequestBody::None;
         let mut attempts = Attempts::new(upstream, &self.proxy.metrics, replayable);
+        // What cannot be sent twice goes only on a connection surely alive.
+        let reuse_within = (!replayable).then_some(crate::pool::SAFE_REUSE);
         let mut fresh = false;
         let mut out = Vec::with_capacity(self.head.len + 256 + self.body_in_buf);
         loop {
@@ -199,7 +206,7 @@ impl<'a> Exchange<'a> {
             let in_flight = InFlight::start(&backend.state);
             let pooled = match fresh {
                 true => None,
-                false => backend.state.pool.take(),
+                false => backend.state.pool.take(reuse_within),
             };
             let reused = pooled.is_some();
             let result = match pooled {

@@ -443,6 +443,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The backend keeps the connection open after this response.
     pub keep_alive: bool,
+    /// For how long, in seconds, when it said (`Keep-Alive: timeout=N`).
+    pub keep_alive_timeout: Option<u64>,
 }
 
 /// Why a backend's response head is unusable.
@@ -487,6 +489,7 @@ pub fn parse_response(
         return Err(BadResponse::Switching);
     }
     let mut keep_alive = resp.version == Some(1);
+    let mut keep_alive_timeout = None;
     let mut length = None;
     let mut chunked = None;
     let mut fields = Vec::with_capacity(resp.headers.len());
@@ -507,6 +510,9 @@ pub fn parse_response(
             },
             Field::Connection if tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close")) => {
                 keep_alive = false;
+            }
+            Field::Drop if h.name.eq_ignore_ascii_case("keep-alive") => {
+                keep_alive_timeout = policy::keep_alive_timeout(h.value);
             }
             _ => {}
         }
@@ -542,6 +548,7 @@ pub fn parse_response(
         fields,
         framing,
         keep_alive,
+        keep_alive_timeout,
     }))
 }
 
