@@ -79,9 +79,7 @@ impl Pool {
             if used_within.is_some_and(|within| now.duration_since(idle.since) > within) {
                 return None;
             }
-            let Some(idle) = sockets.pop() else {
-                return None;
-            };
+            let idle = sockets.pop()?;
             if now >= idle.until {
                 continue;
             }
