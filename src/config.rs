@@ -15,6 +15,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 mod locate;
+#[cfg(test)]
+mod proptests;
 mod raw;
 mod validate;
 
