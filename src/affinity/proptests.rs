@@ -10,8 +10,15 @@
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::string::{string_regex, RegexGeneratorStrategy};
 
 use super::*;
+
+/// A strategy for strings matching `pattern`, parsed once (a `&str` strategy
+/// parses its pattern again for every value).
+fn re(pattern: &str) -> RegexGeneratorStrategy<String> {
+    string_regex(pattern).expect("a valid pattern")
+}
 
 const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -19,9 +26,9 @@ const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 /// backend names.
 fn setup() -> impl Strategy<Value = (String, Vec<Vec<u8>>, Vec<String>)> {
     (
-        "[a-z0-9-]{0,12}",
+        re("[a-z0-9-]{0,12}"),
         btree_set(vec(any::<u8>(), 0..40), 1..5),
-        btree_set("[a-z0-9._-]{1,12}", 1..9),
+        btree_set(re("[a-z0-9._-]{1,12}"), 1..9),
     )
         .prop_flat_map(|(upstream, secrets, names)| {
             let secrets: Vec<Vec<u8>> = secrets.into_iter().collect();

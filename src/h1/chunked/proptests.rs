@@ -5,8 +5,15 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::string::{string_regex, RegexGeneratorStrategy};
 
 use super::*;
+
+/// A strategy for strings matching `pattern`, parsed once (a `&str` strategy
+/// parses its pattern again for every value).
+fn re(pattern: &str) -> RegexGeneratorStrategy<String> {
+    string_regex(pattern).expect("a valid pattern")
+}
 
 /// What feeding some bytes came to: the bytes the body took (or broken
 /// framing), whether it ended, and the data decoded.
@@ -102,7 +109,7 @@ fn encoded() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
     (
         vec(chunk, 0..6),
         (any::<bool>(), 0..3usize, extension()),
-        vec("[!-~][ -~]{0,20}", 0..3),
+        vec(re("[!-~][ -~]{0,20}"), 0..3),
     )
         .prop_map(|(chunks, (upper, zeros, ext), trailers)| {
             let mut body = Vec::new();

@@ -8,8 +8,15 @@ use std::net::IpAddr;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::string::{string_regex, RegexGeneratorStrategy};
 
 use super::*;
+
+/// A strategy for strings matching `pattern`, parsed once (a `&str` strategy
+/// parses its pattern again for every value).
+fn re(pattern: &str) -> RegexGeneratorStrategy<String> {
+    string_regex(pattern).expect("a valid pattern")
+}
 
 /// A request head the grammar made, and what the parser must find in it.
 #[derive(Debug, Clone)]
@@ -28,27 +35,27 @@ fn method() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(&["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"][..])
             .prop_map(String::from),
-        "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,10}",
+        re("[A-Za-z0-9!#$%&'*+.^_`|~-]{1,10}"),
     ]
 }
 
 fn authority() -> impl Strategy<Value = String> {
     prop_oneof![
-        "[a-z0-9][a-z0-9.-]{0,15}(:[0-9]{1,5})?",
-        "[A-Za-z0-9._~!$&'()*+;=:\\[\\]%-]{1,24}",
+        re("[a-z0-9][a-z0-9.-]{0,15}(:[0-9]{1,5})?"),
+        re("[A-Za-z0-9._~!$&'()*+;=:\\[\\]%-]{1,24}"),
     ]
 }
 
 /// Origin-form (path and query) or absolute-form, and the authority of the
 /// latter.
 fn target() -> impl Strategy<Value = (String, Option<String>)> {
-    let origin = "/[!-~é€]{0,24}";
+    let origin = re("/[!-~é€]{0,24}");
     prop_oneof![
         3 => origin.prop_map(|o| (o, None)),
         1 => (
             prop::sample::select(&["http://", "https://", "HTTP://", "hTTpS://"][..]),
             authority(),
-            prop_oneof![Just(String::new()), "[/?][!-~]{0,16}"],
+            prop_oneof![Just(String::new()), re("[/?][!-~]{0,16}")],
         )
             .prop_map(|(scheme, a, rest)| (format!("{scheme}{a}{rest}"), Some(a))),
     ]
@@ -66,8 +73,8 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
 
 fn cookie_value() -> impl Strategy<Value = Vec<u8>> {
     let pair = prop_oneof![
-        "[a-zA-Z_]{1,6}=[!-:<-~]{0,8}",
-        "limpet=[A-Za-z0-9_-]{0,12}",
+        re("[a-zA-Z_]{1,6}=[!-:<-~]{0,8}"),
+        re("limpet=[A-Za-z0-9_-]{0,12}"),
         Just(String::new()),
         Just(" ".to_string()),
     ];
@@ -103,10 +110,10 @@ fn field() -> impl Strategy<Value = Line> {
         ][..],
     );
     prop_oneof![
-        6 => ("[xX]-[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}", value()),
+        6 => (re("[xX]-[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}"), value()),
         2 => (name_case("Cookie"), cookie_value()),
         1 => (hop_by_hop.prop_map(String::from), value()),
-        1 => (name_case("X-Forwarded-For"), "[0-9a-f.:, ]{0,20}".prop_map(String::into_bytes)),
+        1 => (name_case("X-Forwarded-For"), re("[0-9a-f.:, ]{0,20}").prop_map(String::into_bytes)),
         1 => (name_case("Upgrade"), Just(b"websocket".to_vec())),
         1 => (name_case("Expect"), Just(b"100-continue".to_vec())),
         1 => (
@@ -117,7 +124,7 @@ fn field() -> impl Strategy<Value = Line> {
                     Just("Keep-Alive".to_string()),
                     Just("upgrade".to_string()),
                     Just("x-a".to_string()),
-                    "[xX]-[a-z]{1,2}",
+                    re("[xX]-[a-z]{1,2}"),
                 ],
                 0..4
             )
@@ -132,7 +139,7 @@ fn field() -> impl Strategy<Value = Line> {
 fn grammar() -> impl Strategy<Value = Grammar> {
     let body = prop_oneof![
         Just(None),
-        ("0{0,3}[0-9]{1,15}", 1..3usize).prop_map(|(n, copies)| Some((n, copies))),
+        (re("0{0,3}[0-9]{1,15}"), 1..3usize).prop_map(|(n, copies)| Some((n, copies))),
         Just(Some((String::new(), 0))),
     ];
     (
@@ -142,7 +149,7 @@ fn grammar() -> impl Strategy<Value = Grammar> {
         (name_case("Host"), authority()),
         vec(field(), 0..17),
         body,
-        "(, ?)?(chunked|Chunked|CHUNKED)( ?,)?",
+        re("(, ?)?(chunked|Chunked|CHUNKED)( ?,)?"),
     )
         .prop_flat_map(
             |(method, (target, absolute), http10, host, fields, body, te)| {
@@ -296,8 +303,8 @@ proptest! {
     /// bytes): the same, with far more of them complete.
     #[test]
     fn head_shaped_bytes_parse_without_panic(
-        line in "[A-Z]{1,7} [!-~]{1,20} HTTP/1\\.[01]\r\n",
-        fields in vec("[!-~]{0,12}:[ \t]?[\t -~\u{80}-\u{ff}]{0,20}\r?\n", 0..6),
+        line in re("[A-Z]{1,7} [!-~]{1,20} HTTP/1\\.[01]\r\n"),
+        fields in vec(re("[!-~]{0,12}:[ \t]?[\t -~\u{80}-\u{ff}]{0,20}\r?\n"), 0..6),
         end in prop_oneof![Just("\r\n"), Just("\n"), Just("")],
     ) {
         let bytes = [line, fields.concat(), end.to_string()].concat().into_bytes();
@@ -311,8 +318,8 @@ proptest! {
     /// same status and reason.
     #[test]
     fn response_heads_rewrite_to_valid_heads(
-        line in "HTTP/1\\.[01] [0-9]{3}( [\t -~]{0,12})?\r\n",
-        fields in vec("[!-~]{1,12}:[ \t]?[!-~]{0,16}\r\n", 0..6),
+        line in re("HTTP/1\\.[01] [0-9]{3}( [\t -~]{0,12})?\r\n"),
+        fields in vec(re("[!-~]{1,12}:[ \t]?[!-~]{0,16}\r\n"), 0..6),
         set_cookie in prop::option::of(Just("limpet=v; Path=/")),
         (close, http10, dechunk) in any::<(bool, bool, bool)>(),
     ) {
