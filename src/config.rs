@@ -15,6 +15,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 mod locate;
+#[cfg(test)]
+mod proptests;
 mod raw;
 mod validate;
 
@@ -327,8 +329,11 @@ impl Config {
             let span = e.span();
             let key = span.as_ref().and_then(|s| locate::key_at(text, s.start));
             // toml's messages may span lines ("invalid array\nexpected `]`"): keep
-            // the error on one line.
-            let message = e.message().trim().lines().collect::<Vec<_>>().join(": ");
+            // the error on one line. Some have no words at all (a lone CR).
+            let message = match e.message().trim() {
+                "" => "invalid TOML".to_string(),
+                m => m.lines().collect::<Vec<_>>().join(": "),
+            };
             located(span, key, message)
         })?;
         validate(raw, text).map_err(|e| {
@@ -383,5 +388,18 @@ impl Config {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syntax_error_without_words_from_toml_still_says_why() {
+        // Found by the property tests: toml's error for a CR that ends no line
+        // has an empty message, which printed as "gen.toml:1:1: ".
+        let e = Config::parse("\ra", "gen.toml").unwrap_err();
+        assert_eq!(e.to_string(), "gen.toml:1:1: invalid TOML");
     }
 }

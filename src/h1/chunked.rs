@@ -152,6 +152,9 @@ fn hex(b: u8) -> Option<u64> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

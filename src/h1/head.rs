@@ -649,6 +649,9 @@ pub fn write_answer(out: &mut Vec<u8>, err: &ProxyError, head_request: bool, del
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
