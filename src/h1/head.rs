@@ -86,11 +86,12 @@ impl RequestHead {
         }
     }
 
-    /// The host the request is routed and forwarded by.
+    /// The host the request is routed and forwarded by (none for an empty
+    /// Host).
     pub fn host<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
         match (&self.authority, self.host_field) {
             (Some(a), _) => Some(&buf[a.clone()]),
-            (None, Some(i)) => Some(&buf[self.fields[i].value.clone()]),
+            (None, Some(i)) => Some(&buf[self.fields[i].value.clone()]).filter(|h| !h.is_empty()),
             (None, None) => None,
         }
     }
@@ -166,7 +167,9 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
                 if head.host_field.is_some() {
                     return bad("more than one Host field");
                 }
-                if !is_authority(h.value) {
+                // Empty is what a client sends for a target without an
+                // authority (RFC 9110, section 7.2).
+                if !h.value.is_empty() && !is_authority(h.value) {
                     return bad("invalid Host");
                 }
                 head.host_field = Some(head.fields.len());
@@ -686,6 +689,8 @@ mod tests {
             parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n"),
             Parsed::Partial
         ));
+        let empty = complete(b"GET / HTTP/1.1\r\nHost: \r\n\r\n");
+        assert_eq!(empty.host(b"GET / HTTP/1.1\r\nHost: \r\n\r\n"), None);
         let ten = complete(b"GET / HTTP/1.0\r\n\r\n");
         assert!(ten.http10 && !ten.keep_alive && ten.host_field.is_none());
         let chunked = complete(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");

@@ -327,7 +327,7 @@ proptest! {
         if let Ok(Some(head)) = parse_response(&bytes, false, true) {
             let mut out = Vec::new();
             let delivery = Delivery { close, http10, dechunk };
-            write_response(&mut out, &bytes, &head, set_cookie, delivery);
+            write_response(&mut out, &bytes, &head, set_cookie, None, delivery);
             let again = parse_response(&out, false, true);
             let again = match again {
                 Ok(Some(h)) => h,
