@@ -90,18 +90,22 @@ pub(crate) fn serve<S: Stream, G: Send + 'static>(
     let (mut header, mut idle) = client_timeouts(&proxy.state.load().config.timeouts);
     // A new connection owes its first head within client_header from the accept;
     // a later head is due client_header after its first byte.
-    let mut first_head = Some(Instant::now() + header);
+    let mut first_head = Some(Instant::now() + ms(header));
     let mut client = Client {
         stream,
-        clock: Clock::new(Instant::now() + header),
+        clock: Clock::new(Instant::now() + ms(header)),
         pending: Vec::new(),
     };
     let mut h2c = h2c;
     async move {
         loop {
             let head_deadline = if client.pending.is_empty() {
-                let until = first_head.unwrap_or_else(|| Instant::now() + idle);
-                match next_bytes(&mut client, until, &mut closing).await {
+                let until = first_head.unwrap_or_else(|| Instant::now() + ms(idle));
+                // Only a kept-alive connection may be closed to make room.
+                closing.set_idle(first_head.is_none());
+                let waited = next_bytes(&mut client, until, &mut closing).await;
+                closing.set_idle(false);
+                match waited {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
@@ -109,11 +113,13 @@ pub(crate) fn serve<S: Stream, G: Send + 'static>(
                         break;
                     }
                 }
-                first_head.take().unwrap_or_else(|| Instant::now() + header)
+                first_head
+                    .take()
+                    .unwrap_or_else(|| Instant::now() + ms(header))
             } else {
                 // Pipelined: the next head has begun already.
                 first_head = None;
-                Instant::now() + header
+                Instant::now() + ms(header)
             };
             // Boxed, as below: what runs once per connection takes no room
             // in every idle connection's task.
@@ -145,8 +151,15 @@ pub(crate) fn serve<S: Stream, G: Send + 'static>(
     }
 }
 
-fn client_timeouts(t: &Timeouts) -> (Duration, Duration) {
-    (t.client_header, t.client_idle)
+/// `client_header` and `client_idle` in milliseconds: kept in every
+/// connection's task, where two `Duration`s would take 24 bytes more.
+fn client_timeouts(t: &Timeouts) -> (u32, u32) {
+    let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    (millis(t.client_header), millis(t.client_idle))
+}
+
+fn ms(millis: u32) -> Duration {
+    Duration::from_millis(u64::from(millis))
 }
 
 /// Waits, holding no buffer, for the first bytes of the next request and reads

@@ -61,6 +61,19 @@ impl ConnectionLimit {
         }
     }
 
+    /// A permit if there is room now.
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        loop {
+            let permit = self.permits.clone().try_acquire_owned().ok()?;
+            let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+            if sizes.owed == 0 {
+                return Some(permit);
+            }
+            sizes.owed -= 1;
+            permit.forget();
+        }
+    }
+
     /// Connections that may open now.
     pub fn available(&self) -> usize {
         self.permits.available_permits()

@@ -43,14 +43,6 @@ pub async fn serve(
     let proxy = Arc::new(proxy);
     let closing = Arc::new(Closing::new());
     loop {
-        // Beyond max_connections, new connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            permit = connections.acquire() => match permit {
-                Some(p) => p,
-                None => break,
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -60,6 +52,15 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        // Beyond max_connections this client waits, and the ones after it in
+        // the kernel's accept queue, until a connection closes.
+        let permit = tokio::select! {
+            permit = room(&connections, &closing) => match permit {
+                Some(p) => p,
+                None => break,
             },
             _ = stopped(&mut shutdown) => break,
         };
@@ -93,6 +94,26 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(listener = %name, "shutdown grace of {grace:?} over: closing the remaining connections");
+    }
+}
+
+/// A permit for a new connection. At the limit, the idlest kept-alive
+/// connection is closed to make room (nginx reuses idle connections the same
+/// way), one at a time until a permit comes; with none idle, the client waits
+/// for a connection to end.
+async fn room(connections: &ConnectionLimit, closing: &Closing) -> Option<OwnedSemaphorePermit> {
+    loop {
+        if let Some(permit) = connections.try_acquire() {
+            return Some(permit);
+        }
+        if !closing.evict_idlest() {
+            return connections.acquire().await;
+        }
+        // The evicted connection's permit comes back as its task ends.
+        let wait = Duration::from_millis(50);
+        if let Ok(permit) = tokio::time::timeout(wait, connections.acquire()).await {
+            return permit;
+        }
     }
 }
 

@@ -341,8 +341,9 @@ async fn sighup_reloads_the_file_and_a_broken_file_changes_nothing() {
 }
 
 /// `max_connections` reloads (it once kept its start-up value): raised, a
-/// client waiting in the accept queue is served at once; lowered below the
-/// connections open, new ones wait until enough have closed.
+/// client waiting for room is served at once; lowered below the connections
+/// open, new ones wait until enough have closed (a kept-alive idle one is
+/// closed to make room, one that has not sent its first request is not).
 #[tokio::test]
 async fn max_connections_reloads_up_and_down() {
     use common::wire::{get, Wire};
@@ -361,9 +362,9 @@ async fn max_connections_reloads_up_and_down() {
     };
     let waits = Duration::from_millis(300);
     let lb = TestLb::start(&toml(1)).await;
-    let mut first = Wire::connect(lb.addr).await;
-    assert_eq!(first.exchange(get("/")).await.status, 200);
-    // The limit is reached: the next client waits in the accept queue.
+    // A connection that has sent nothing yet holds the one place.
+    let silent = Wire::connect(lb.addr).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let mut second = Wire::connect(lb.addr).await;
     second.send(get("/")).await;
     assert!(tokio::time::timeout(waits, second.read()).await.is_err());
@@ -373,16 +374,51 @@ async fn max_connections_reloads_up_and_down() {
         200,
         "served once the limit rose"
     );
-    // Lowered to 1 with two open: a third waits even after one closes.
+    // Lowered to 1 with two open: a third client closes the kept-alive idle
+    // one, and still waits for the silent one to go.
     apply(&lb, 1);
-    drop(first);
     let mut third = Wire::connect(lb.addr).await;
     third.send(get("/")).await;
     assert!(tokio::time::timeout(waits, third.read()).await.is_err());
-    drop(second);
+    assert!(
+        second.closed().await,
+        "the idle kept-alive connection was closed"
+    );
+    drop(silent);
     assert_eq!(
         third.read().await.status,
         200,
         "served once one connection is left"
+    );
+}
+
+/// At `max_connections`, a new client is served by closing the connection
+/// idle longest (nginx's reuse of idle connections), not left waiting behind
+/// kept-alive clients that send nothing.
+#[tokio::test]
+async fn at_the_limit_the_idlest_kept_alive_connection_makes_room() {
+    use common::wire::{get, Wire};
+    let a = TestBackend::spawn("app1").await;
+    let toml = format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[limits]\nmax_connections = 2\n\n\
+         [upstream.shop]\n[[upstream.shop.backend]]\nname = \"app1\"\naddr = \"{}\"\n",
+        a.addr
+    );
+    let lb = TestLb::start(&toml).await;
+    let mut oldest = Wire::connect(lb.addr).await;
+    assert_eq!(oldest.exchange(get("/")).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut newer = Wire::connect(lb.addr).await;
+    assert_eq!(newer.exchange(get("/")).await.status, 200);
+    let mut arriving = Wire::connect(lb.addr).await;
+    let resp = tokio::time::timeout(Duration::from_secs(5), arriving.exchange(get("/")))
+        .await
+        .expect("served without waiting for a connection to end");
+    assert_eq!(resp.status, 200);
+    assert!(oldest.closed().await, "the idlest connection was closed");
+    assert_eq!(
+        newer.exchange(get("/")).await.status,
+        200,
+        "the newer one stays"
     );
 }
