@@ -479,14 +479,7 @@ async fn a_hung_backends_pinned_get_fails_over_to_the_replica_and_repins() {
 
     // The same over HTTP/2 (h2c prior knowledge).
     let cookie = format!("limpet={}", over_h2.cookie.take().unwrap());
-    let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = common::wire::h2_client(common::wire::raw(lb.addr).await).await;
     let req = http::Request::get("http://localhost/")
         .header("cookie", cookie)
         .body(http_body_util::Empty::<Bytes>::new())

@@ -11,7 +11,6 @@ use common::scripted::{write, ScriptedBackend};
 use common::wire::*;
 use http::Request;
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// Two routes to one backend: `/shop` redirects and sets HSTS, `/open` does
 /// neither.
@@ -103,12 +102,7 @@ async fn an_http2_request_is_redirected_too() {
     bounded(async {
         let backend = backend().await;
         let lb = WireLb::start(Side::Plain, &config(backend.addr)).await;
-        let stream = raw(lb.addr()).await;
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("h2c handshake");
-        tokio::spawn(conn);
+        let mut sender = h2_client(raw(lb.addr()).await).await;
         let req = Request::builder()
             .uri("http://shop.example/shop?x=y")
             .body(Empty::<Bytes>::new())

@@ -17,7 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -136,11 +136,7 @@ async fn h2_get<T>(io: T, cookies: &[&str]) -> Response<Incoming>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = common::wire::h2_client(io).await;
     let mut req = Request::get("http://localhost/")
         .body(Empty::<Bytes>::new())
         .unwrap();

@@ -298,14 +298,7 @@ async fn an_upstreams_own_response_timeout_overrides_the_global_one() {
     assert_eq!(r.backend(), "app2");
 
     // HTTP/2 (h2c prior knowledge) asks the upstream too.
-    let tcp = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = common::wire::h2_client(raw(lb.addr).await).await;
     let req = http::Request::get("http://quick.test/slow?ms=2000")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();

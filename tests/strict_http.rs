@@ -13,7 +13,6 @@ use common::scripted::{ok, write, Recorded, ScriptedBackend, Step};
 use common::wire::*;
 use http::Request;
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 both_sides!(
     limpets_own_answers_to_head_carry_no_body,
@@ -238,12 +237,7 @@ async fn a_non_ascii_cookie_does_not_keep_limpets_cookie_over_http2() {
 
 /// Sends one request over h2c prior knowledge; its status.
 async fn h2_send(addr: SocketAddr, req: Request<Empty<Bytes>>) -> u16 {
-    let stream = raw(addr).await;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut sender = h2_client(raw(addr).await).await;
     let resp = sender.send_request(req).await.expect("h2 response");
     resp.status().as_u16()
 }

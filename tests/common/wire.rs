@@ -574,3 +574,21 @@ pub fn raw_status(text: &str) -> Option<u16> {
     parts.next().filter(|v| v.starts_with("HTTP/1."))?;
     parts.next()?.parse().ok()
 }
+
+/// An HTTP/2 client over `io` (h2c prior knowledge on a plain stream, or TLS
+/// with ALPN h2), its connection driven by a spawned task.
+pub async fn h2_client<T>(
+    io: T,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
