@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, ConfigError};
 use crate::flow::Proxy;
 use crate::limit::ConnectionLimit;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionGauge, Metrics};
 use crate::reload::Reloader;
 use crate::state::{self, SharedState, Snapshot};
 
@@ -82,6 +82,10 @@ impl Limpet {
             .map(|l| (l, false))
             .chain(https.into_iter().map(|l| (l, true)));
         for (listener, tls) in public {
+            // The listener's connection series exists from the start, at 0.
+            if let Ok(addr) = listener.local_addr() {
+                ConnectionGauge::register(&metrics, &addr.to_string());
+            }
             tasks.spawn(crate::listener::serve(
                 listener,
                 tls,

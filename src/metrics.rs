@@ -228,6 +228,15 @@ impl Metrics {
 pub struct ConnectionGauge(IntGauge);
 
 impl ConnectionGauge {
+    /// The listener's series, at 0 until its first connection: it exists from
+    /// the start.
+    pub fn register(metrics: &Metrics, listener: &str) {
+        metrics
+            .downstream_connections
+            .with_label_values(&[listener])
+            .set(0);
+    }
+
     pub fn open(metrics: &Metrics, listener: &str) -> Self {
         let g = metrics
             .downstream_connections

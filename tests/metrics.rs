@@ -402,3 +402,27 @@ async fn a_reload_drops_the_series_of_removed_backends() {
         1.0
     );
 }
+
+/// `limpet_downstream_connections` has a series for each public listener from
+/// the start, at 0, so a dashboard and an alert see the listener before its
+/// first client.
+#[tokio::test]
+async fn each_listener_has_a_connection_series_from_the_start() {
+    let [a, b, c] = three_backends().await;
+    let lb = TestLb::start(&config(&[&a, &b, &c], "")).await;
+    let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
+    let listener = lb.addr.to_string();
+    let m = admin.metrics().await;
+    assert_eq!(
+        m.value("limpet_downstream_connections", &[("listener", &listener)]),
+        0.0
+    );
+    let mut client = lb.client();
+    assert_eq!(client.get("/").await.status, 200);
+    let m = admin.metrics().await;
+    assert_eq!(
+        m.value("limpet_downstream_connections", &[("listener", &listener)]),
+        1.0,
+        "the kept-alive client's connection"
+    );
+}
