@@ -370,11 +370,13 @@ impl Config {
         for up in &self.upstreams {
             let _ = writeln!(
                 out,
-                "upstream {} affinity={} balance={} failover={}",
+                "upstream {} affinity={} balance={} failover={} health={} every {}",
                 up.name,
                 up.affinity.as_str(),
                 up.balance.as_str(),
-                up.failover.as_str()
+                up.failover.as_str(),
+                up.health.path,
+                humantime::format_duration(up.health.interval)
             );
             for b in &up.backends {
                 let _ = writeln!(

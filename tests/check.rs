@@ -503,3 +503,24 @@ fn the_shipped_configs_pass() {
     let out = limpet(&["check"], &[("LIMPET_CONFIG", "config/limpet.toml")]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 }
+
+#[test]
+fn an_address_in_use_is_said_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = shop("").replacen(LISTEN, &format!("[listen]\nhttp = [\"{addr}\"]\n"), 1);
+    let path = write("address-in-use", &text);
+    let out = limpet(&["run", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("cannot listen on {addr}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches("Address already in use").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+}
