@@ -27,12 +27,17 @@ pub enum ProxyError {
     NoRoute,
     #[error("no backend available")]
     NoBackend,
+    /// No backend available because every one is down: health checks (or
+    /// live traffic) failed on each. Said in the answer so that a missing
+    /// health endpoint is found from the client side too.
+    #[error("no backend available: every backend is down")]
+    AllDown,
     #[error("the pinned backend is unavailable and failover is \"reject\"")]
     Rejected,
     /// No connection to the last backend tried, and no retry left. Nothing of the
     /// request was sent, so it is a 503 like [`ProxyError::NoBackend`] (the same
-    /// outage answers the same before and after health marks the backends down),
-    /// not a 502.
+    /// outage answers 503 before and after health marks the backends down; after,
+    /// [`ProxyError::AllDown`] says why), not a 502.
     #[error("backend unreachable: {0}")]
     Unreachable(#[source] crate::pool::ConnectError),
     #[error("backend failed before answering: {0}")]
@@ -50,9 +55,10 @@ impl ProxyError {
             ProxyError::Expectation => StatusCode::EXPECTATION_FAILED,
             ProxyError::RedirectHttps(_) => StatusCode::PERMANENT_REDIRECT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend | ProxyError::Rejected | ProxyError::Unreachable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoBackend
+            | ProxyError::AllDown
+            | ProxyError::Rejected
+            | ProxyError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -68,6 +74,9 @@ impl ProxyError {
             ProxyError::RedirectHttps(_) => "308 permanent redirect to https\n",
             ProxyError::NoRoute => "404 no route\n",
             ProxyError::NoBackend | ProxyError::Unreachable(_) => "503 no backend available\n",
+            ProxyError::AllDown => {
+                "503 no backend available: every backend is down (health checks failing)\n"
+            }
             ProxyError::Rejected => "503 backend unavailable\n",
             ProxyError::BadGateway(_) => "502 bad gateway\n",
             ProxyError::Timeout(_) => "504 gateway timeout\n",

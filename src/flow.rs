@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::access_log::AccessRecord;
 use crate::affinity::HeaderLookup;
+use crate::backend::Health;
 use crate::config::{Failover, SameSite, Secure};
 use crate::error::{BoxError, ProxyError};
 use crate::metrics::{code_class, Metrics};
@@ -96,9 +97,14 @@ impl Proxy {
         trace.outcome = Some(decision.outcome);
         if decision.outcome == Outcome::Rejected {
             let reject = upstream.config.failover == Failover::Reject;
-            return Err(match reject && pin.is_some() {
-                true => ProxyError::Rejected,
-                false => ProxyError::NoBackend,
+            let all_down = upstream
+                .backends
+                .iter()
+                .all(|b| b.state.health() == Health::Down);
+            return Err(match (reject && pin.is_some(), all_down) {
+                (true, _) => ProxyError::Rejected,
+                (false, true) => ProxyError::AllDown,
+                (false, false) => ProxyError::NoBackend,
             });
         }
         Ok(Chosen {

@@ -38,6 +38,24 @@ pub fn passive_failure(upstream: &Upstream, index: usize, cause: &dyn Display) {
             reason = %cause,
             "backend down: {failures} consecutive connection failure(s) of live traffic, the last with {cause}"
         );
+        warn_if_all_down(upstream);
+    }
+}
+
+/// After a backend went down: if it was the last one up, say that every
+/// request to the upstream now gets 503 (the warnings before say why each
+/// went down).
+fn warn_if_all_down(upstream: &Upstream) {
+    if upstream
+        .backends
+        .iter()
+        .all(|b| b.state.health() == Health::Down)
+    {
+        tracing::warn!(
+            upstream = %upstream.name,
+            "every backend of the upstream is down: its requests get 503 until one comes back (health path {})",
+            upstream.config.health.path
+        );
     }
 }
 
@@ -115,6 +133,9 @@ async fn check_loop(upstream: &Upstream, backend: &Backend, metrics: &Metrics) {
                         "backend down: {} consecutive health check(s) failed, the last with {reason}",
                         cfg.fall
                     ),
+                }
+                if next == Health::Down {
+                    warn_if_all_down(upstream);
                 }
             }
         }
