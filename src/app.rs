@@ -3,6 +3,7 @@
 //! listener. [`Limpet::start`] is what `limpet run` and the tests call.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -15,6 +16,7 @@ use crate::limit::ConnectionLimit;
 use crate::metrics::{ConnectionGauge, Metrics};
 use crate::reload::Reloader;
 use crate::state::{self, SharedState, Snapshot};
+use crate::upgrade::Inherited;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -41,6 +43,8 @@ pub struct Limpet {
     shutdown: watch::Sender<bool>,
     pub reloader: Reloader,
     tasks: JoinSet<()>,
+    /// The listening sockets (public and admin), for a binary upgrade.
+    sockets: Vec<OwnedFd>,
 }
 
 impl Limpet {
@@ -56,18 +60,31 @@ impl Limpet {
         let config = state.load().config.clone();
 
         let backlog = config.listen.backlog;
+        // Sockets handed over by an upgrade (or systemd) are taken first.
+        let mut inherited = Inherited::from_env();
+        let mut listen = |addr: SocketAddr, backlog: u32| match inherited.take(addr) {
+            Some(listener) => Ok(listener),
+            None => bind(addr, backlog),
+        };
         let mut http = Vec::new();
         for addr in &config.listen.http {
-            http.push(bind(*addr, backlog)?);
+            http.push(listen(*addr, backlog)?);
         }
         let mut https = Vec::new();
         for addr in &config.listen.https {
-            https.push(bind(*addr, backlog)?);
+            https.push(listen(*addr, backlog)?);
         }
         let admin = match &config.admin {
-            Some(a) => Some(bind(a.listen, ADMIN_BACKLOG)?),
+            Some(a) => Some(listen(a.listen, ADMIN_BACKLOG)?),
             None => None,
         };
+        // Kept to hand over at the next upgrade.
+        let sockets = http
+            .iter()
+            .chain(&https)
+            .chain(&admin)
+            .filter_map(|l| l.as_fd().try_clone_to_owned().ok())
+            .collect();
         let http_addrs = http.iter().filter_map(|l| l.local_addr().ok()).collect();
         let https_addrs = https.iter().filter_map(|l| l.local_addr().ok()).collect();
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -110,6 +127,7 @@ impl Limpet {
             shutdown,
             reloader,
             tasks,
+            sockets,
         };
         if let Some(listener) = admin {
             let admin = crate::admin::Admin {
@@ -120,6 +138,16 @@ impl Limpet {
             limpet.tasks.spawn(admin.serve(listener, shutdown_rx));
         }
         Ok(limpet)
+    }
+
+    /// Starts a new limpet from this one's command line with its listening
+    /// sockets, and returns once it serves (see `crate::upgrade`); then this
+    /// one should [`Limpet::shutdown`]. Blocks: call it off the runtime.
+    pub fn start_successor(&self) -> Result<u32, String> {
+        let mut child =
+            crate::upgrade::spawn_successor(&self.sockets).map_err(|e| format!("start: {e}"))?;
+        crate::upgrade::wait_ready(&mut child, SUCCESSOR_READY)?;
+        Ok(child.id())
     }
 
     /// Re-reads the configuration file and swaps it in; on error nothing changes.
@@ -144,6 +172,9 @@ impl Limpet {
         self.shutdown.subscribe()
     }
 }
+
+/// How long a new process started by an upgrade may take to serve.
+const SUCCESSOR_READY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The accept queue of the admin listener.
 const ADMIN_BACKLOG: u32 = 128;

@@ -19,6 +19,7 @@
 //! state      Snapshot: router, upstreams, backends; Upstream::choose
 //! router  balancer  affinity  backend  series  pool  error  shutdown  limit
 //! config     the TOML file's shape and validation (tls: certificates)
+//! upgrade    sockets handed over at a binary upgrade (or by systemd)
 //! ```
 //!
 //! A request: `listener` -> `h1` or `h2` -> `flow::Proxy::decide` (`router`,
@@ -56,6 +57,7 @@ pub mod series;
 mod shutdown;
 pub mod state;
 pub mod tls;
+pub mod upgrade;
 
 pub use app::Limpet;
 pub use config::Config;

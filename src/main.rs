@@ -150,7 +150,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         if let Some(addr) = limpet.admin_addr {
             tracing::info!("admin on http://{addr}");
         }
+        limpet::upgrade::announce_ready();
+        let limpet = std::sync::Arc::new(limpet);
         wait_for_stop(&limpet).await?;
+        let Ok(limpet) = std::sync::Arc::try_unwrap(limpet) else {
+            anyhow::bail!("still in use at shutdown");
+        };
         tracing::info!("shutting down: no new connections, waiting for requests in flight (a second signal exits at once)");
         tokio::select! {
             _ = limpet.shutdown() => {}
@@ -161,16 +166,30 @@ fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_stop(limpet: &Limpet) -> anyhow::Result<()> {
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT, and on SIGUSR2 once a
+/// new process started from this one's command line serves (a binary upgrade).
+async fn wait_for_stop(limpet: &std::sync::Arc<Limpet>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: starting a new process with the listening sockets");
+                let current = limpet.clone();
+                match tokio::task::spawn_blocking(move || current.start_successor()).await {
+                    Ok(Ok(pid)) => {
+                        tracing::info!(pid, "binary upgrade: the new process serves (pid {pid}); draining this one");
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => tracing::error!("binary upgrade failed, this process keeps serving: {e}"),
+                    Err(e) => tracing::error!("binary upgrade task failed: {e}"),
+                }
+            }
             _ = hup.recv() => {
                 // Reading the file and resolving names block: keep them off the runtime.
                 let reloader = limpet.reloader.clone();
