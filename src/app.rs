@@ -163,6 +163,9 @@ impl Limpet {
     /// Stops accepting, lets requests in flight finish up to `shutdown_grace`, and
     /// returns when every task has ended.
     pub async fn shutdown(mut self) {
+        // The sockets kept for an upgrade would keep the listeners open (new
+        // connections queued, not refused) once the accept loops drop theirs.
+        self.sockets.clear();
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
     }
