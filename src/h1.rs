@@ -61,6 +61,10 @@ pub(crate) use io::{Prefixed, Stream};
 /// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
 /// section 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long an idle keep-alive connection stays open once shutdown has
+/// started, for the request its client may be sending (served with
+/// Connection: close); an idle connection does not hold shutdown up longer.
+const LINGER: Duration = Duration::from_secs(1);
 /// How long a closing connection may take to say goodbye (TLS close_notify).
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -172,11 +176,12 @@ fn next_bytes<'a, S: Stream>(
 ) -> impl Future<Output = stdio::Result<bool>> + 'a {
     // Polled by hand rather than an async fn: this future is in every idle
     // connection's task.
+    let mut linger = None;
     poll_fn(move |cx| {
         match client.stream.poll_read_hint(cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return idle(client, cx, deadline, closing),
+            Poll::Pending => return idle(client, cx, deadline, closing, &mut linger),
         }
         let mut buf = take_buffer();
         match io::poll_read_buf(&mut client.stream, cx, &mut buf) {
@@ -194,25 +199,39 @@ fn next_bytes<'a, S: Stream>(
             }
             Poll::Pending => {
                 give_buffer(buf);
-                idle(client, cx, deadline, closing)
+                idle(client, cx, deadline, closing, &mut linger)
             }
         }
     })
 }
 
-/// Nothing to read yet: ready (false) once shutdown starts or `deadline`
-/// passes. A request that has arrived is served (with Connection: close)
-/// even once shutdown has started, as HAProxy's `idle-close-on-response`
-/// does: the connection closes only with nothing waiting on it (the wake-up
-/// for the waiting bytes then comes with the runtime's next turn).
+/// Nothing to read yet: ready (false) once `deadline` passes, or once
+/// shutdown has started and the connection stayed quiet for [`LINGER`]
+/// after it. A request that arrives meanwhile is served with Connection:
+/// close (HAProxy's `idle-close-on-response`): a busy keep-alive client learns
+/// that the connection ends from a response rather than by sending into a
+/// connection being closed. One chosen to make room closes at once unless a
+/// request is waiting (asked of the kernel: the runtime hears of it only on
+/// its next turn).
 fn idle<S: Stream>(
     client: &mut Client<S>,
     cx: &mut Context<'_>,
     deadline: Instant,
     closing: &mut Watch,
+    linger: &mut Option<Instant>,
 ) -> Poll<stdio::Result<bool>> {
     if closing.poll_closing(cx).is_ready() && !client.stream.bytes_waiting() {
-        return Poll::Ready(Ok(false));
+        if closing.is_evicted() {
+            return Poll::Ready(Ok(false));
+        }
+        let until = *linger.get_or_insert_with(|| Instant::now() + LINGER);
+        if Instant::now() >= until {
+            return Poll::Ready(Ok(false));
+        }
+        return client
+            .clock
+            .poll_passed(cx, until.min(deadline))
+            .map(|()| Ok(false));
     }
     client.clock.poll_passed(cx, deadline).map(|()| Ok(false))
 }

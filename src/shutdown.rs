@@ -121,6 +121,11 @@ impl Watch {
         self.closing.is_closing() || self.idle.load(Ordering::Relaxed) == EVICTED
     }
 
+    /// The connection was chosen to close to make room for a new one.
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.idle.load(Ordering::Relaxed) == EVICTED
+    }
+
     /// The connection waits for a request (true) or serves one (false); an
     /// evicted one stays evicted.
     pub(crate) fn set_idle(&self, idle: bool) {
