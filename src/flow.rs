@@ -178,11 +178,6 @@ fn redirect_https<H: HeaderLookup>(request: &RequestView<'_, H>) -> ProxyError {
     ProxyError::RedirectHttps(format!("https://{host}{target}"))
 }
 
-/// Whether the access log is on (the path is then copied for it).
-pub(crate) fn access_log_enabled() -> bool {
-    crate::access_log::enabled()
-}
-
 /// The methods whose request may be sent twice (RFC 9110, section 9.2.2).
 pub(crate) fn is_idempotent(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE")

@@ -86,7 +86,7 @@ async fn call(proxy: &Proxy, req: Request<Incoming>, info: &ConnInfo) -> Respons
     let started = Instant::now();
     let head_request = req.method() == Method::HEAD;
     // Copied for the access log only when it is on.
-    let access = flow::access_log_enabled().then(|| {
+    let access = crate::access_log::enabled().then(|| {
         let path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
         (req.method().clone(), path.unwrap_or_default())
     });
@@ -166,24 +166,29 @@ async fn handle(
         .map_err(|_| ProxyError::BadRequest("bad request target"))?;
     let replayable = flow::is_idempotent(parts.method.as_str().as_bytes()) && body.is_end_stream();
     let mut attempts = Attempts::new(upstream, &proxy.metrics, replayable);
+    // The request's fields for a backend, made once; each attempt adds its
+    // own `x-limpet-failover-from`.
+    let mut forwarded = parts.headers;
+    let fwd = Forwarding {
+        host: host.as_deref(),
+        strip_cookie: upstream
+            .cookie
+            .as_ref()
+            .map(|_| &*upstream.config.cookie.name),
+        client: info.peer.ip(),
+        tls: info.tls,
+        failover_from: None,
+    };
+    policy::rewrite_request(&mut forwarded, &fwd);
     let mut body = Some(body);
     let mut fresh = false;
     let timeouts = upstream.timeouts();
     loop {
         let backend = &upstream.backends[decision.backend];
         trace.backend = Some(decision.backend);
-        let mut headers = parts.headers.clone();
-        let fwd = Forwarding {
-            host: host.as_deref(),
-            strip_cookie: upstream
-                .cookie
-                .as_ref()
-                .map(|_| &*upstream.config.cookie.name),
-            client: info.peer.ip(),
-            tls: info.tls,
-            failover_from: decision.failover_from.map(|f| &*upstream.backends[f].name),
-        };
-        policy::rewrite_request(&mut headers, &fwd);
+        let mut headers = forwarded.clone();
+        let from = decision.failover_from.map(|f| &*upstream.backends[f].name);
+        policy::set_failover_from(&mut headers, from);
         let body = match body.take() {
             Some(b) => Either::Left(b),
             None => Either::Right(Empty::new()),

@@ -295,11 +295,18 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(forwarded_proto(fwd.tls)),
     );
-    if let Some(v) = fwd
-        .failover_from
-        .and_then(|from| HeaderValue::from_str(from).ok())
-    {
-        headers.insert(HeaderName::from_static(FAILOVER_FROM), v);
+    set_failover_from(headers, fwd.failover_from);
+}
+
+/// Sets `x-limpet-failover-from` to the backend failed over from, or removes it.
+pub fn set_failover_from(headers: &mut HeaderMap, from: Option<&str>) {
+    match from.and_then(|from| HeaderValue::from_str(from).ok()) {
+        Some(v) => {
+            headers.insert(HeaderName::from_static(FAILOVER_FROM), v);
+        }
+        None => {
+            headers.remove(FAILOVER_FROM);
+        }
     }
 }
 

@@ -147,7 +147,7 @@ impl<'a> Exchange<'a> {
             Ok(clean) => {
                 if clean && resp_head.keep_alive && self.body.done() {
                     let keep_for = crate::pool::keep_for(
-                        Waits::of(self.snap, upstream).backend.keepalive,
+                        timeouts.backend.keepalive,
                         resp_head.keep_alive_timeout,
                     );
                     let pool = &upstream.backends[decision.backend].state.pool;
@@ -519,7 +519,7 @@ pub(super) fn record(
     status: u16,
     started: std::time::Instant,
 ) {
-    let access = flow::access_log_enabled().then(|| {
+    let access = crate::access_log::enabled().then(|| {
         let method = std::str::from_utf8(head.method(buf)).unwrap_or("");
         (method, head.target(buf))
     });

@@ -403,26 +403,16 @@ fn write_cookie(out: &mut Vec<u8>, buf: &[u8], fields: &[FieldAt], strip: Option
     let start = out.len();
     out.extend_from_slice(b"Cookie: ");
     let (wrote, stripped) = policy::write_cookie(out, values.clone(), strip);
-    let lone = values.nth(1).is_none();
-    if lone && !stripped {
-        // Passed untouched: separators and all.
+    let first = values.next().unwrap_or_default();
+    if values.next().is_none() && !stripped {
+        // A lone field passes untouched: separators and all.
         out.truncate(start);
-        let value = values_first(buf, fields);
-        write_field(out, b"Cookie", value);
+        write_field(out, b"Cookie", first);
     } else if wrote {
         out.extend_from_slice(b"\r\n");
     } else {
         out.truncate(start);
     }
-}
-
-/// The value of the first Cookie field.
-fn values_first<'b>(buf: &'b [u8], fields: &[FieldAt]) -> &'b [u8] {
-    fields
-        .iter()
-        .find(|f| f.kind == Field::Cookie)
-        .map(|f| &buf[f.value.clone()])
-        .unwrap_or_default()
 }
 
 /// How a response's body is delimited.
