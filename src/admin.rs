@@ -1,5 +1,7 @@
 //! The admin listener (SPEC section 6): `/healthz`, `/metrics`, `/status`, operator
-//! actions and `POST /reload`. Never served on a public listener.
+//! actions, `POST /reload` and the live dashboard at `/` (one self-contained
+//! HTML page, `admin/dashboard.html`, that polls `/status` and posts the operator
+//! actions). Never served on a public listener.
 //!
 //! Reads go straight to the shared snapshot and the backends' atomics; operator
 //! actions flip an atomic in the backend's shared state (which a reload carries
@@ -36,6 +38,7 @@ pub struct Admin {
 /// The endpoints, as parsed from the request path.
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint<'a> {
+    Dashboard,
     Healthz,
     Metrics,
     Status,
@@ -51,6 +54,7 @@ enum Endpoint<'a> {
 impl<'a> Endpoint<'a> {
     fn parse(path: &'a str) -> Option<Endpoint<'a>> {
         match path {
+            "/" => return Some(Endpoint::Dashboard),
             "/healthz" => return Some(Endpoint::Healthz),
             "/metrics" => return Some(Endpoint::Metrics),
             "/status" => return Some(Endpoint::Status),
@@ -134,6 +138,7 @@ impl Admin {
             return method_not_allowed("GET, HEAD");
         }
         match endpoint {
+            Endpoint::Dashboard => dashboard(),
             Endpoint::Healthz => plain(StatusCode::OK, "ok\n"),
             Endpoint::Metrics => {
                 let text = self.metrics.scrape(&self.state.load_full());
@@ -268,6 +273,8 @@ pub struct BackendStatus {
     pub weight: u32,
     pub in_flight: usize,
     pub requests: u64,
+    /// Requests pinned to this backend that another backend answered.
+    pub failovers: u64,
     pub last_check: Option<CheckStatus>,
     /// What the health checks say, whatever the operator set: `up` or `down`.
     pub health: &'static str,
@@ -321,6 +328,7 @@ pub fn backend_status(up: &Upstream, b: &Backend) -> BackendStatus {
         weight: b.weight,
         in_flight: b.state.in_flight.load(Relaxed),
         requests: b.state.requests.load(Relaxed),
+        failovers: b.state.failovers.load(Relaxed),
         last_check: b.state.last_check().map(|c| CheckStatus {
             ok: c.ok,
             // Microsecond precision is plenty and keeps the JSON short.
@@ -348,6 +356,29 @@ fn operator_str(op: Operator) -> &'static str {
 /// `2026-11-21T20:00:00Z`: RFC 3339, UTC, whole seconds.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The dashboard page: no external assets, so it works offline. Its inline
+/// script and styles are allowed, nothing else is loaded, and no other site
+/// may frame it (its buttons act).
+fn dashboard() -> Response<Body> {
+    const PAGE: &str = include_str!("admin/dashboard.html");
+    let mut resp = Response::new(Body::from(PAGE));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
@@ -406,6 +437,7 @@ mod tests {
     #[test]
     fn parses_the_endpoints() {
         assert_eq!(Endpoint::parse("/status"), Some(Endpoint::Status));
+        assert_eq!(Endpoint::parse("/"), Some(Endpoint::Dashboard));
         assert_eq!(
             Endpoint::parse("/upstreams/shop/backends/app1/drain"),
             Some(Endpoint::Operator {
@@ -431,7 +463,9 @@ mod tests {
             })
         );
         for bad in [
-            "/",
+            "",
+            "//",
+            "/index.html",
             "/status/",
             "/upstreams/shop/backends/app1",
             "/upstreams/shop/backends/app1/explode",

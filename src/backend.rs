@@ -59,6 +59,9 @@ pub struct BackendState {
     pub in_flight: AtomicUsize,
     /// Requests answered by this backend since it appeared.
     pub requests: AtomicU64,
+    /// Requests pinned to this backend that another one answered (failover or
+    /// rebalance): with cookie affinity, about one per session moved away.
+    pub failovers: AtomicU64,
     /// Consecutive connection-level failures of live traffic.
     pub passive_failures: AtomicU32,
     /// Milliseconds since [`epoch`] when the backend last came up (for slow start).
@@ -75,6 +78,7 @@ impl BackendState {
             operator: AtomicU8::new(0),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             // Backends start up, at full weight.
             up_since_ms: AtomicU64::new(0),

@@ -44,6 +44,16 @@ pub(crate) struct Trace {
     pub(crate) upstream: Option<usize>,
     pub(crate) backend: Option<usize>,
     pub(crate) outcome: Option<Outcome>,
+    /// The pinned backend the request failed over from, if it did.
+    pub(crate) failover_from: Option<usize>,
+}
+
+impl Trace {
+    /// Notes where the request went (its first choice, then where it was answered).
+    pub(crate) fn decided(&mut self, decision: &Decision) {
+        self.outcome = Some(decision.outcome);
+        self.failover_from = decision.failover_from;
+    }
 }
 
 /// What routing needs of a request head, whatever its protocol.
@@ -94,7 +104,7 @@ impl Proxy {
         trace.upstream = Some(routed.upstream);
         let pin = upstream.read_pin(request.headers, request.path, request.peer);
         let decision = upstream.choose(pin);
-        trace.outcome = Some(decision.outcome);
+        trace.decided(&decision);
         if decision.outcome == Outcome::Rejected {
             let reject = upstream.config.failover == Failover::Reject;
             let all_down = upstream
@@ -149,6 +159,12 @@ impl Proxy {
             u.series
                 .affinity(&self.metrics.affinity, upstream, outcome)
                 .inc();
+            if let (Outcome::Failover | Outcome::Rebalanced, Some(from)) =
+                (outcome, trace.failover_from)
+            {
+                let failovers = &u.backends[from].state.failovers;
+                failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if let Some((method, path)) = access {
             crate::access_log::write(&AccessRecord {

@@ -204,7 +204,7 @@ async fn handle(
             Ok((resp, lease)) => {
                 backend.state.passive_failures.store(0, Relaxed);
                 backend.state.requests.fetch_add(1, Relaxed);
-                trace.outcome = Some(decision.outcome);
+                trace.decided(&decision);
                 let set_cookie = flow::pin_cookie(upstream, &decision, info.tls);
                 let (mut parts, incoming) = resp.into_parts();
                 policy::rewrite_response(&mut parts.headers, set_cookie, hsts);

@@ -89,7 +89,7 @@ impl<'a> Exchange<'a> {
             Ok(answer) => answer,
             Err(e) => return Answered::Local(e),
         };
-        trace.outcome = Some(decision.outcome);
+        trace.decided(&decision);
         let Response {
             mut socket,
             buf: resp_buf,
