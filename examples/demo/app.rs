@@ -12,7 +12,10 @@
 //! | `GET /cart` | [`CartView`] as JSON: user, items, served_by |
 //! | `GET /health` | `ok` |
 //! | `PUT /_replicate/{id}` | stores a peer's session as a backup copy |
-//! | `GET /_demo/servers`, `POST /_demo/kill/{name}`, `POST /_demo/revive/{name}` | the page's controls |
+//!
+//! The page's controls (`/_demo/...`) are not served here but by the demo's
+//! [control endpoint](crate::control), which limpet routes to, so that they work
+//! when every app server is dead.
 //!
 //! Every session write is replicated, before the answer, to the server's replica
 //! (`PUT /_replicate/{id}` with the session as JSON). A server answers for a session
@@ -339,26 +342,6 @@ async fn handle(cluster: Cluster, index: usize, req: Request<Incoming>) -> Respo
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, "/_demo/servers") => json(StatusCode::OK, &cluster.servers()),
-        (&Method::POST, p) if p.starts_with("/_demo/kill/") => {
-            let name = p.trim_start_matches("/_demo/kill/").to_owned();
-            if cluster.node(&name).is_none() {
-                return text(StatusCode::NOT_FOUND, "no such server\n");
-            }
-            // Answer first: the server being killed may be this one.
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                cluster.kill(&name).await;
-            });
-            text(StatusCode::ACCEPTED, "killing\n")
-        }
-        (&Method::POST, p) if p.starts_with("/_demo/revive/") => {
-            match cluster.revive(p.trim_start_matches("/_demo/revive/")).await {
-                Ok(true) => text(StatusCode::OK, "revived\n"),
-                Ok(false) => text(StatusCode::CONFLICT, "no such server, or it is running\n"),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
-            }
-        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -526,7 +509,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     Ok((parts.headers, value))
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -536,7 +519,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(value) {
         Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));

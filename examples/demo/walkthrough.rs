@@ -15,6 +15,7 @@ use limpet::Limpet;
 
 use crate::app::{CartView, Cluster, DemoError};
 use crate::client::Browser;
+use crate::control::Control;
 
 /// The demo's limpet configuration (its backend addresses are replaced at start).
 pub const CONFIG: &str = include_str!("../../config/demo.toml");
@@ -31,24 +32,35 @@ pub enum Ports {
     Ephemeral,
 }
 
-/// The app servers and limpet in front of them.
+/// The upstream of config/demo.toml that is the demo's control endpoint; the
+/// other one is the shop its app servers form.
+pub const CONTROL_UPSTREAM: &str = "demo";
+
+/// The app servers, the control endpoint and limpet in front of them.
 pub struct Demo {
     pub cluster: Cluster,
     pub limpet: Limpet,
-    /// The upstream the app servers form (the config's only one).
+    /// The upstream the app servers form (the config's other one).
     pub upstream: String,
     /// The config's ports were taken, so limpet listens on free ones.
     pub ports_taken: bool,
+    /// The page's kill and revive controls, which limpet routes `/_demo/` to.
+    pub control: Control,
 }
 
 impl Demo {
-    /// Starts one app server per backend of the config's upstream (replicating as
-    /// the config's `replica` says), points the config at them, and starts limpet.
+    /// Starts one app server per backend of the shop upstream (replicating as the
+    /// config's `replica` says) and the control endpoint, points the config at
+    /// them, and starts limpet.
     pub async fn start(mut config: Config, ports: Ports) -> Result<Demo, DemoError> {
-        let [upstream] = config.upstreams.as_mut_slice() else {
-            return Err(DemoError::Unexpected(
-                "the demo config needs exactly one upstream".into(),
-            ));
+        let (mut control, mut shop): (Vec<_>, Vec<_>) = config
+            .upstreams
+            .iter_mut()
+            .partition(|u| u.name == CONTROL_UPSTREAM);
+        let ([control_upstream], [upstream]) = (control.as_mut_slice(), shop.as_mut_slice()) else {
+            return Err(DemoError::Unexpected(format!(
+                "the demo config needs two upstreams: the shop and {CONTROL_UPSTREAM:?}"
+            )));
         };
         let servers: Vec<(&str, Option<&str>)> = upstream
             .backends
@@ -61,6 +73,11 @@ impl Demo {
                 b.addr = addr;
                 b.addr_text = addr.to_string();
             }
+        }
+        let control = Control::start(cluster.clone()).await?;
+        for b in &mut control_upstream.backends {
+            b.addr = control.addr;
+            b.addr_text = control.addr.to_string();
         }
         let upstream = upstream.name.clone();
         if ports == Ports::Ephemeral {
@@ -79,6 +96,7 @@ impl Demo {
             limpet,
             upstream,
             ports_taken,
+            control,
         })
     }
 
@@ -130,8 +148,11 @@ impl Demo {
             .get()
     }
 
+    /// Stops limpet, then the control endpoint (the app servers stop when the
+    /// last clone of the cluster goes).
     pub async fn shutdown(self) {
         self.limpet.shutdown().await;
+        drop(self.control);
     }
 }
 
@@ -283,13 +304,10 @@ pub async fn walkthrough<W: Write>(
         out,
         "\n6. what limpet counted (limpet_affinity_total, also at the admin /metrics)"
     )?;
-    for line in demo
-        .limpet
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("limpet_affinity_total{"))
-    {
+    for line in demo.limpet.metrics.render().lines().filter(|l| {
+        l.starts_with("limpet_affinity_total{")
+            && l.contains(&format!("upstream=\"{}\"", demo.upstream))
+    }) {
         writeln!(out, "     {line}")?;
     }
     check(
@@ -348,7 +366,11 @@ pub async fn contrast(
     victim: &str,
 ) -> Result<Tally, DemoError> {
     let mut config = config.clone();
-    for up in &mut config.upstreams {
+    for up in config
+        .upstreams
+        .iter_mut()
+        .filter(|u| u.name != CONTROL_UPSTREAM)
+    {
         up.failover = failover;
     }
     let demo = Demo::start(config, Ports::Ephemeral).await?;
