@@ -104,3 +104,69 @@ impl ProxyError {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every answer limpet can give, one per variant.
+    fn every_answer() -> Vec<ProxyError> {
+        let cause = || Box::new(std::io::Error::other("cause")) as BoxError;
+        let refused = crate::pool::ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        vec![
+            ProxyError::BadRequest("x"),
+            ProxyError::BadBody(cause()),
+            ProxyError::HeadTooLarge,
+            ProxyError::HeadTimeout,
+            ProxyError::Expectation,
+            ProxyError::RedirectHttps("https://shop.example/".into()),
+            ProxyError::NoRoute,
+            ProxyError::NoBackend,
+            ProxyError::AllDown,
+            ProxyError::Rejected,
+            ProxyError::Unreachable(refused),
+            ProxyError::BadGateway(cause()),
+            ProxyError::Timeout(std::time::Duration::from_secs(1)),
+        ]
+    }
+
+    #[test]
+    fn each_body_starts_with_its_status() {
+        for e in every_answer() {
+            let status = e.status().as_u16().to_string();
+            assert!(e.body().starts_with(&format!("{status} ")), "{e:?}");
+            assert!(e.body().ends_with('\n') && e.body().lines().count() == 1);
+        }
+    }
+
+    /// README's table of limpet's own answers (under "Statuses") is exactly
+    /// what the code sends.
+    #[test]
+    fn the_readme_table_is_the_real_answers() {
+        let readme = include_str!("../README.md");
+        let mut table: Vec<(String, String)> = readme
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.trim().strip_prefix('|')?.split('|').map(str::trim);
+                let status = cells.next()?;
+                let body = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                (status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| (status.to_owned(), body.to_owned()))
+            })
+            .collect();
+        let mut real: Vec<(String, String)> = every_answer()
+            .iter()
+            .map(|e| {
+                (
+                    e.status().as_u16().to_string(),
+                    e.body().trim_end().to_owned(),
+                )
+            })
+            .collect();
+        for list in [&mut table, &mut real] {
+            list.sort();
+            list.dedup();
+        }
+        assert_eq!(table, real);
+    }
+}
