@@ -35,10 +35,13 @@ impl Chromium {
     /// Starts chromium, or says why it cannot and returns `None`.
     pub fn start() -> Option<Chromium> {
         let Some(binary) = chromium_binary() else {
-            eprintln!(
+            // Straight to stderr: the test harness hides what eprintln! says in a
+            // passing test, and this must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: chromium not found (install Debian's `chromium`, or set \
-                 LIMPET_CHROMIUM to a Chrome/Chromium binary); the dashboard was not \
-                 tested in a browser"
+                 LIMPET_CHROMIUM to a Chrome/Chromium binary): this test ran no browser"
             );
             return None;
         };
