@@ -79,6 +79,11 @@ pub struct Pin {
     pub backend: usize,
     /// The affinity cookie must be re-issued even if the backend stays the same.
     pub reissue: bool,
+    /// The session's identity, for the active-session count (0: none known).
+    /// Provisional until cookie version 2 carries a session id: a hash of the
+    /// cookie's value, of the client address (ip-hash), or of the app's session
+    /// id (app-cookie).
+    pub session: u64,
 }
 
 /// Where a request goes.
@@ -90,6 +95,10 @@ pub struct Decision {
     pub failover_from: Option<usize>,
     /// Send a Set-Cookie pinning the client to `backend`.
     pub set_cookie: bool,
+    /// The session's identity ([`Pin::session`]; for a new client of
+    /// `affinity = "cookie"` a fresh one), counted in the active sessions of
+    /// the backend that answers; 0 when there is none (`affinity = "none"`).
+    pub session: u64,
 }
 
 /// The timeouts of a request to one upstream's backends: the upstream's own
@@ -140,6 +149,8 @@ impl Upstream {
                             .find(|old| *old.name == *b.name && old.addr == b.addr)
                     })
                     .map(|old| old.state.clone());
+                let state = carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr)));
+                state.sessions.set_window(config.session_window);
                 Backend {
                     name: b.name.as_str().into(),
                     addr: b.addr,
@@ -147,7 +158,7 @@ impl Upstream {
                     weight: b.weight,
                     replica: b.replica.as_deref().and_then(|r| index.get(r).copied()),
                     route: b.route.clone(),
-                    state: carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr))),
+                    state,
                 }
             })
             .collect();
@@ -201,28 +212,37 @@ impl Upstream {
         match self.config.affinity {
             Affinity::Cookie => {
                 let codec = self.cookie.as_ref()?;
-                affinity::find_cookie(headers, &self.config.cookie.name, |v| codec.decode_bytes(v))
-                    .map(|p| Pin {
-                        backend: p.backend,
-                        reissue: p.stale_key,
-                    })
+                affinity::find_cookie(headers, &self.config.cookie.name, |v| {
+                    codec.decode_bytes(v).map(|p| (p, session_of(v)))
+                })
+                .map(|(p, session)| Pin {
+                    backend: p.backend,
+                    reissue: p.stale_key,
+                    session,
+                })
             }
             Affinity::IpHash => {
                 let ip = affinity::client_ip(peer, headers, &self.config.ip_hash.trusted_proxies);
-                balancer::rendezvous(&self.backends, balancer::ip_key(ip)).map(|backend| Pin {
+                let key = balancer::ip_key(ip);
+                balancer::rendezvous(&self.backends, key).map(|backend| Pin {
                     backend,
                     reissue: false,
+                    session: key.max(1),
                 })
             }
             Affinity::AppCookie => {
                 let c = &self.config.app_cookie;
-                affinity::app_route(headers, path, &c.name, &c.separator)
+                let backend = affinity::app_route(headers, path, &c.name, &c.separator)
                     .into_iter()
-                    .find_map(|r| self.by_route.get(r).copied())
-                    .map(|backend| Pin {
-                        backend,
-                        reissue: false,
-                    })
+                    .find_map(|r| self.by_route.get(r).copied())?;
+                let id = affinity::cookies(headers)
+                    .find(|(n, _)| *n == c.name)
+                    .map(|(_, v)| v.rsplit_once(c.separator.as_str()).map_or(v, |(id, _)| id));
+                Some(Pin {
+                    backend,
+                    reissue: false,
+                    session: id.map_or(0, |id| session_of(id.as_bytes())),
+                })
             }
             Affinity::None => None,
         }
@@ -237,14 +257,24 @@ impl Upstream {
                 outcome: Outcome::Pinned,
                 failover_from: None,
                 set_cookie: sets_cookie && pin.reissue,
+                session: pin.session,
             },
-            Some(pin) => self.fail_over(pin.backend, &[pin.backend]),
+            Some(pin) => Decision {
+                session: pin.session,
+                ..self.fail_over(pin.backend, &[pin.backend])
+            },
             None => match self.balancer.pick(&self.backends, &[]) {
                 Some(backend) => Decision {
                     backend,
                     outcome: Outcome::New,
                     failover_from: None,
                     set_cookie: sets_cookie,
+                    // Provisional: the cookie about to be issued has no
+                    // session id of its own yet.
+                    session: match sets_cookie {
+                        true => fastrand::u64(1..),
+                        false => 0,
+                    },
                 },
                 None => self.rejected(None),
             },
@@ -271,6 +301,7 @@ impl Upstream {
                 if next.outcome != Outcome::Rejected {
                     next.failover_from = Some(from);
                 }
+                next.session = previous.session;
                 next
             }
         }
@@ -292,6 +323,7 @@ impl Upstream {
                     outcome: Outcome::Failover,
                     failover_from: Some(from),
                     set_cookie: sets_cookie,
+                    session: 0,
                 };
             }
         }
@@ -301,6 +333,7 @@ impl Upstream {
                 outcome: Outcome::Rebalanced,
                 failover_from: Some(from),
                 set_cookie: sets_cookie,
+                session: 0,
             },
             None => self.rejected(Some(from)),
         }
@@ -312,6 +345,7 @@ impl Upstream {
             outcome: Outcome::Rejected,
             failover_from: from,
             set_cookie: false,
+            session: 0,
         }
     }
 
@@ -334,6 +368,11 @@ impl Upstream {
     pub fn backend_index(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| &*b.name == name)
     }
+}
+
+/// A session identity from the bytes that name it (never 0).
+fn session_of(bytes: &[u8]) -> u64 {
+    balancer::mix64(balancer::fnv1a(bytes)).max(1)
 }
 
 /// The cookie secret used when none is configured: random, once per process, so
@@ -382,15 +421,25 @@ mod tests {
         Down,
         Draining,
         Maintenance,
+        /// Draining with a deadline an hour away.
+        DrainingUntil,
+        /// Draining, its deadline passed.
+        Drained,
     }
 
     fn set(up: &Upstream, name: &str, is: Is) {
         let state = &up.backends[up.backend_index(name).unwrap()].state;
+        match is {
+            Is::DrainingUntil => return state.drain_until(Duration::from_secs(3600)),
+            Is::Drained => return state.drain_until(Duration::ZERO),
+            _ => {}
+        }
         let (health, operator) = match is {
             Is::Up => (Health::Up, Operator::Ready),
             Is::Down => (Health::Down, Operator::Ready),
             Is::Draining => (Health::Up, Operator::Draining),
             Is::Maintenance => (Health::Up, Operator::Maintenance),
+            Is::DrainingUntil | Is::Drained => unreachable!(),
         };
         state.set_health(health);
         state.set_operator(operator);
@@ -431,6 +480,34 @@ mod tests {
                 states: [Draining, Up, Up, Up],
                 pin: Some(("app1", false)),
                 expect: (Pinned, Some("app1"), None, false),
+            },
+            Row {
+                case: "pinned, draining before its deadline: keeps its sessions",
+                failover: "replica",
+                states: [DrainingUntil, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Pinned, Some("app1"), None, false),
+            },
+            Row {
+                case: "pinned, drain deadline passed: fails over as if down",
+                failover: "replica",
+                states: [Drained, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Failover, Some("app2"), Some("app1"), true),
+            },
+            Row {
+                case: "pinned, down, replica's drain deadline passed: the next in the chain",
+                failover: "replica",
+                states: [Down, Drained, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Failover, Some("app3"), Some("app1"), true),
+            },
+            Row {
+                case: "no pin: neither drain takes new sessions",
+                failover: "replica",
+                states: [DrainingUntil, Drained, Down, Up],
+                pin: None,
+                expect: (New, Some("app4"), None, true),
             },
             Row {
                 case: "pinned, down, replica up",
@@ -512,6 +589,7 @@ mod tests {
             let pin = row.pin.map(|(name, reissue)| Pin {
                 backend: up.backend_index(name).unwrap(),
                 reissue,
+                session: 7,
             });
             let decision = up.choose(pin);
             let name = |i: usize| &*up.backends[i].name;
