@@ -266,6 +266,12 @@ pub struct CookieConfig {
     pub path: String,
     /// Zero means a browser-session cookie.
     pub max_age: Duration,
+    /// A pin created longer ago is no pin (zero: no limit). The cookie's
+    /// Max-Age is then the time the pin has left.
+    pub max_lifetime: Duration,
+    /// A pin not re-issued for longer is no pin (zero: no limit); a pin older
+    /// than half of it is re-issued.
+    pub max_idle: Duration,
     pub secure: Secure,
     pub http_only: bool,
     pub same_site: SameSite,
@@ -280,6 +286,9 @@ pub struct IpHashConfig {
 pub struct AppCookieConfig {
     pub name: String,
     pub separator: String,
+    /// Set for WebLogic-style ids, `id!primary!secondary`: the text after the
+    /// first `separator` is the primary route, then this, then the secondary.
+    pub secondary_separator: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub backend_active_sessions: IntGaugeVec,
     pub backend_drain_deadline: GaugeVec,
     pub affinity: IntCounterVec,
+    pub pins_ignored: IntCounterVec,
+    pub session_replica_invalid: IntCounterVec,
     pub retries: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub downstream_connections: IntGaugeVec,
@@ -106,6 +108,16 @@ impl Metrics {
                 "Routing decisions by outcome.",
                 &["upstream", "outcome"],
             )?,
+            pins_ignored: counter(
+                "limpet_pins_ignored_total",
+                "Pins a request carried that were not used: expired (cookie.max_lifetime) or idle (cookie.max_idle).",
+                &["upstream", "reason"],
+            )?,
+            session_replica_invalid: counter(
+                "limpet_session_replica_invalid_total",
+                "x-session-replica answers that named no other backend of the upstream (ignored).",
+                &["upstream"],
+            )?,
             retries: counter(
                 "limpet_retries_total",
                 "Retries, labelled with the backend that failed.",
@@ -161,6 +173,11 @@ impl Metrics {
                 self.affinity
                     .with_label_values(&[&up.name, outcome.as_str()]);
             }
+            for ignored in crate::state::Ignored::ALL {
+                self.pins_ignored
+                    .with_label_values(&[&up.name, ignored.as_str()]);
+            }
+            self.session_replica_invalid.with_label_values(&[&up.name]);
             for b in &up.backends {
                 self.retries.with_label_values(&[&up.name, &b.name]);
                 for result in ["ok", "fail"] {
@@ -229,6 +246,14 @@ impl Metrics {
                         .affinity
                         .remove_label_values(&[&up.name, outcome.as_str()]);
                 }
+                for ignored in crate::state::Ignored::ALL {
+                    let _ = self
+                        .pins_ignored
+                        .remove_label_values(&[&up.name, ignored.as_str()]);
+                }
+                let _ = self
+                    .session_replica_invalid
+                    .remove_label_values(&[&up.name]);
             }
             for b in &up.backends {
                 if kept.is_some_and(|k| k.backend_index(&b.name).is_some()) {

@@ -237,6 +237,8 @@ fn keys(table: &str, clean: bool) -> Vec<(&'static str, BoxedStrategy<String>)> 
             ("previous_secrets", array(secret(clean))),
             ("path", m(&["/"], &[""])),
             ("max_age", duration(clean)),
+            ("max_lifetime", duration(clean)),
+            ("max_idle", m(&["0s", "2s", "30m"], &["1s", "500ms", "abc"])),
             (
                 "secure",
                 prop_oneof![boolean(), m(&["auto"], &["yes"])].boxed(),
@@ -251,6 +253,7 @@ fn keys(table: &str, clean: bool) -> Vec<(&'static str, BoxedStrategy<String>)> 
         "app_cookie" => vec![
             ("name", m(&["JSESSIONID"], &[""])),
             ("separator", m(&["."], &[""])),
+            ("secondary_separator", m(&["!"], &[""])),
         ],
         "health" => vec![
             ("path", m(&["/health"], &["health", ""])),

@@ -132,6 +132,8 @@ pub struct Cookie {
     pub previous_secrets: Vec<String>,
     pub path: Option<String>,
     pub max_age: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub max_idle: Option<String>,
     pub secure: Option<BoolOrAuto>,
     pub http_only: Option<bool>,
     pub same_site: Option<SameSite>,
@@ -149,6 +151,7 @@ pub struct IpHash {
 pub struct AppCookie {
     pub name: Option<String>,
     pub separator: Option<String>,
+    pub secondary_separator: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

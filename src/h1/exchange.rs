@@ -96,10 +96,11 @@ impl<'a> Exchange<'a> {
             in_flight,
         } = response;
         let status = resp_head.status;
+        let said = resp_head.session_replica(&resp_buf);
+        let set_cookie = flow::pin_cookie(upstream, &decision, said, self.info.tls, trace);
         record(
             self.proxy, self.snap, trace, self.buf, self.head, status, started,
         );
-        let set_cookie = flow::pin_cookie(upstream, &decision, self.info.tls);
         let dechunk = self.head.http10 && resp_head.framing == Framing::Chunked;
         // Shutdown may have started while the request was on its way: the
         // connection closes after this response, which must say so. A request
@@ -229,7 +230,7 @@ impl<'a> Exchange<'a> {
                             .map(|_| &*upstream.config.cookie.name),
                         client: self.info.peer.ip(),
                         tls: self.info.tls,
-                        failover_from: decision.failover_from.map(|f| &*upstream.backends[f].name),
+                        failover_from: decision.failover_from.map(|f| upstream.name_of(f)),
                     };
                     head::write_request(&mut out, self.buf, self.head, &fwd);
                     let body = &self.buf[self.head.len..self.head.len + self.body_in_buf];
@@ -240,7 +241,7 @@ impl<'a> Exchange<'a> {
             };
             match result {
                 Ok((socket, buf, head)) => {
-                    backend.state.answered(decision.session);
+                    backend.state.answered(upstream.counted_session(&decision));
                     let response = Response {
                         socket,
                         buf,
