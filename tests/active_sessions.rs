@@ -122,24 +122,30 @@ async fn ten_thousand_distinct_clients_are_estimated_within_five_percent() {
     );
 }
 
-/// `n` new clients of an app that keeps its sessions in `JSESSIONID=<id>.<jvmRoute>`
-/// (Tomcat style: limpet reads the route, the id names the session): each
-/// sends a first request, gets its session id from the backend that answered
-/// (set here, as the app would), and sends a second. Where they went.
+/// `n` new clients, each sending two requests; where they went. Under
+/// `app-cookie` the app keeps its sessions in `JSESSIONID=<id>.<jvmRoute>`
+/// (Tomcat style: limpet reads the route, the id names the session), set here
+/// after the first answer as the app would; under `cookie` the client keeps
+/// limpet's cookie.
 async fn new_clients(
     lb: &TestLb,
     n: usize,
     first_id: usize,
+    app_cookie: bool,
 ) -> (Vec<Client>, HashMap<String, usize>) {
     let mut clients = Vec::new();
     let mut went = HashMap::new();
     for id in first_id..first_id + n {
         let mut client = lb.client();
-        client.cookie_name = "JSESSIONID".to_string();
+        if app_cookie {
+            client.cookie_name = "JSESSIONID".to_string();
+        }
         let r = client.get("/").await;
         assert_eq!(r.status, 200);
         let backend = r.backend().to_string();
-        client.cookie = Some(format!("{id:08X}.{backend}"));
+        if app_cookie {
+            client.cookie = Some(format!("{id:08X}.{backend}"));
+        }
         assert_eq!(client.get("/").await.backend(), backend);
         *went.entry(backend).or_insert(0) += 1;
         clients.push(client);
@@ -148,22 +154,38 @@ async fn new_clients(
 }
 
 #[tokio::test]
-async fn least_sessions_keeps_new_clients_off_the_replica_that_absorbed_a_failover() {
+async fn least_sessions_keeps_new_cookie_clients_off_the_replica_that_absorbed_a_failover() {
+    steers_new_clients_away_from_the_replica("cookie").await;
+}
+
+#[tokio::test]
+async fn least_sessions_keeps_new_app_cookie_clients_off_the_replica_that_absorbed_a_failover() {
+    steers_new_clients_away_from_the_replica("app-cookie").await;
+}
+
+/// Three backends in a replica ring, 10 sessions each; app1 dies and app2
+/// takes its 10 sessions; new clients then go to app3 until it catches up.
+/// (Under least-requests they would split between app2 and app3.)
+async fn steers_new_clients_away_from_the_replica(affinity: &str) {
+    let app_cookie = affinity == "app-cookie";
     let [a, b, c] = three_backends().await;
-    let extra = "affinity = \"app-cookie\"\nbalance = \"least-sessions\"\n\n\
-                 [upstream.shop.health]\ninterval = \"200ms\"\n";
-    let mut toml = ring_config(&[&a, &b, &c], extra);
+    let extra = format!(
+        "affinity = \"{affinity}\"\nbalance = \"least-sessions\"\n\n\
+         [upstream.shop.health]\ninterval = \"200ms\"\n"
+    );
+    let mut toml = ring_config(&[&a, &b, &c], &extra);
     toml.push_str(ADMIN);
     let lb = TestLb::start(&toml).await;
     let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
 
-    let (mut clients, went) = new_clients(&lb, 30, 0).await;
+    let (mut clients, went) = new_clients(&lb, 30, 0, app_cookie).await;
     for backend in ["app1", "app2", "app3"] {
-        assert_eq!(went.get(backend), Some(&10), "{went:?}");
+        let n = went.get(backend).copied().unwrap_or(0);
+        assert!((9..=11).contains(&n), "{went:?}");
     }
 
-    // app1 dies: its clients move to app2, its replica (whose app then
-    // rewrites their route).
+    // app1 dies: its clients move to app2, its replica (whose app, under
+    // app-cookie, then rewrites their route).
     a.stop().await;
     let mut moved = 0;
     for client in &mut clients {
@@ -171,12 +193,14 @@ async fn least_sessions_keeps_new_clients_off_the_replica_that_absorbed_a_failov
         assert_eq!(r.status, 200);
         if r.header("x-seen-failover-from") == Some("app1") {
             assert_eq!(r.backend(), "app2");
-            let id = client.cookie.as_deref().unwrap().replace(".app1", ".app2");
-            client.cookie = Some(id);
+            if app_cookie {
+                let id = client.cookie.as_deref().unwrap().replace(".app1", ".app2");
+                client.cookie = Some(id);
+            }
             moved += 1;
         }
     }
-    assert_eq!(moved, 10);
+    assert_eq!(moved, went["app1"]);
     for client in &mut clients {
         assert_ne!(client.get("/").await.backend(), "app1");
     }
@@ -185,18 +209,25 @@ async fn least_sessions_keeps_new_clients_off_the_replica_that_absorbed_a_failov
             .as_u64()
             .unwrap()
     };
+    // The estimate is exact at so few sessions, but for two that share a
+    // register (about one chance in 20 among 20 random cookie session ids).
+    let (on_app2, on_app3) = (went["app2"] + moved, went["app3"]);
     let seen = eventually(Duration::from_secs(5), || async {
         let status = admin.status().await;
-        sessions(&status, "app2") == 20 && sessions(&status, "app3") == 10
+        (on_app2 - 2..=on_app2).contains(&(sessions(&status, "app2") as usize))
+            && (on_app3 - 1..=on_app3).contains(&(sessions(&status, "app3") as usize))
     })
     .await;
-    assert!(seen, "{}", admin.status().await);
+    let status = admin.status().await;
+    assert!(seen, "{status}");
+    let gap = (sessions(&status, "app2") - sessions(&status, "app3")) as usize;
+    assert!(gap >= 6, "{status}");
 
     // New clients go to app3 until it has as many sessions as app2...
-    let (_, went) = new_clients(&lb, 8, 100).await;
-    assert_eq!(went.get("app3"), Some(&8), "{went:?}");
+    let (_, went) = new_clients(&lb, gap - 1, 100, app_cookie).await;
+    assert_eq!(went.get("app3"), Some(&(gap - 1)), "{went:?}");
     // ... and then to both.
-    let (_, went) = new_clients(&lb, 30, 200).await;
+    let (_, went) = new_clients(&lb, 30, 200, app_cookie).await;
     assert!(went.get("app2").is_some_and(|n| *n >= 10), "{went:?}");
     assert_eq!(went.get("app1"), None, "{went:?}");
 }
