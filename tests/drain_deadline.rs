@@ -98,12 +98,26 @@ async fn clients_move_to_the_replica_at_the_deadline_without_a_failed_request() 
     // A request in flight on app1 when the deadline passes finishes there.
     let slow = tokio::spawn(async move { slow_client.get("/slow?ms=4500").await });
 
-    // A reload keeps the drain and its deadline.
+    // app1 has its 5 sessions (4 under load, 1 slow), each counted once
+    // (4 when two random session ids share a register: 1 chance in 400).
+    let counted = eventually(Duration::from_secs(5), || async {
+        let n = lb.admin.backend("shop", "app1").await["active_sessions"].clone();
+        n == 5 || n == 4
+    })
+    .await;
+    let before = lb.admin.backend("shop", "app1").await;
+    assert!(counted, "{before}");
+
+    // A reload keeps the drain and its deadline, and the session estimate.
     let reload = lb.admin.post("/reload").await;
     assert_eq!(reload.status, 200, "{}", reload.body);
     let entry = lb.admin.backend("shop", "app1").await;
     assert_eq!(entry["state"], "draining");
     assert_eq!(entry["drain"]["deadline"], deadline.as_str(), "{entry}");
+    assert_eq!(
+        entry["active_sessions"], before["active_sessions"],
+        "{entry}"
+    );
     let metrics = lb.admin.metrics().await;
     let gauge = metrics.value(
         "limpet_backend_drain_deadline_seconds",
@@ -173,6 +187,11 @@ async fn clients_move_to_the_replica_at_the_deadline_without_a_failed_request() 
         &[("upstream", "shop"), ("backend", "app1")],
     );
     assert_eq!(gauge, 0.0);
+    let summary = lb.admin.set("app1", "drain?deadline=1s").await["summary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(summary.starts_with("app1: draining until "), "{summary}");
     // ready clears the drain and its deadline.
     let entry = lb.admin.set("app1", "ready").await;
     assert!(entry["drain"].is_null(), "{entry}");
