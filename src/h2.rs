@@ -11,7 +11,6 @@ mod timeouts;
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -202,8 +201,7 @@ async fn handle(
         let sent = send(&backend.state, fresh, replayable, request, timeouts);
         let (failure, reused) = match sent.await {
             Ok((resp, lease)) => {
-                backend.state.passive_failures.store(0, Relaxed);
-                backend.state.requests.fetch_add(1, Relaxed);
+                backend.state.answered(upstream.counted_session(&decision));
                 trace.decided(&decision);
                 let (mut parts, incoming) = resp.into_parts();
                 let said = parts.headers.get(policy::SESSION_REPLICA);

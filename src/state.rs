@@ -185,6 +185,8 @@ impl Upstream {
                             .find(|old| *old.name == *b.name && old.addr == b.addr)
                     })
                     .map(|old| old.state.clone());
+                let state = carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr)));
+                state.sessions.set_window(config.session_window);
                 Backend {
                     name: b.name.as_str().into(),
                     addr: b.addr,
@@ -192,7 +194,7 @@ impl Upstream {
                     weight: b.weight,
                     replica: b.replica.as_deref().and_then(|r| index.get(r).copied()),
                     route: b.route.clone(),
-                    state: carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr))),
+                    state,
                 }
             })
             .collect();
@@ -349,6 +351,20 @@ impl Upstream {
                 },
                 None => self.rejected(None),
             },
+        }
+    }
+
+    /// The identity to count in the active sessions of the backend that
+    /// answers `decision` (0: none): every request's session under `cookie`
+    /// (a new client's is the one its cookie is about to carry) and `ip-hash`;
+    /// under `app-cookie` only a request that carried the application's
+    /// session (a new client has none until the application sets it); none
+    /// under `affinity = "none"`.
+    pub fn counted_session(&self, decision: &Decision) -> u64 {
+        match self.config.affinity {
+            Affinity::Cookie | Affinity::IpHash => decision.session.id.max(1),
+            Affinity::AppCookie if decision.outcome != Outcome::New => decision.session.id.max(1),
+            Affinity::AppCookie | Affinity::None => 0,
         }
     }
 
@@ -577,15 +593,25 @@ mod tests {
         Down,
         Draining,
         Maintenance,
+        /// Draining with a deadline an hour away.
+        DrainingUntil,
+        /// Draining, its deadline passed.
+        Drained,
     }
 
     fn set(up: &Upstream, name: &str, is: Is) {
         let state = &up.backends[up.backend_index(name).unwrap()].state;
+        match is {
+            Is::DrainingUntil => return state.drain_until(Duration::from_secs(3600)),
+            Is::Drained => return state.drain_until(Duration::ZERO),
+            _ => {}
+        }
         let (health, operator) = match is {
             Is::Up => (Health::Up, Operator::Ready),
             Is::Down => (Health::Down, Operator::Ready),
             Is::Draining => (Health::Up, Operator::Draining),
             Is::Maintenance => (Health::Up, Operator::Maintenance),
+            Is::DrainingUntil | Is::Drained => unreachable!(),
         };
         state.set_health(health);
         state.set_operator(operator);
@@ -626,6 +652,34 @@ mod tests {
                 states: [Draining, Up, Up, Up],
                 pin: Some(("app1", false)),
                 expect: (Pinned, Some("app1"), None, false),
+            },
+            Row {
+                case: "pinned, draining before its deadline: keeps its sessions",
+                failover: "replica",
+                states: [DrainingUntil, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Pinned, Some("app1"), None, false),
+            },
+            Row {
+                case: "pinned, drain deadline passed: fails over as if down",
+                failover: "replica",
+                states: [Drained, Up, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Failover, Some("app2"), Some("app1"), true),
+            },
+            Row {
+                case: "pinned, down, replica's drain deadline passed: the next in the chain",
+                failover: "replica",
+                states: [Down, Drained, Up, Up],
+                pin: Some(("app1", false)),
+                expect: (Failover, Some("app3"), Some("app1"), true),
+            },
+            Row {
+                case: "no pin: neither drain takes new sessions",
+                failover: "replica",
+                states: [DrainingUntil, Drained, Down, Up],
+                pin: None,
+                expect: (New, Some("app4"), None, true),
             },
             Row {
                 case: "pinned, down, replica up",

@@ -84,6 +84,13 @@ async fn the_dashboard_shows_every_backend_and_its_buttons_act() {
         assert!(Instant::now() < deadline, "req/s of {pinned}: {shown}");
     }
 
+    let sessions = format!("{} td:nth-child(6)", row(&pinned));
+    page.wait_until(
+        &format!("Number(document.querySelector({sessions:?})?.textContent) >= 1"),
+        "the pinned backend's active sessions",
+    )
+    .await;
+
     // A dead backend: its health cell says why, and its failovers are counted.
     let (victim, victim_backend) = match pinned.as_str() {
         "app1" => ("app1", &a),
@@ -123,6 +130,31 @@ async fn the_dashboard_shows_every_backend_and_its_buttons_act() {
     page.click(&button(other, "ready")).await;
     lb.wait_backend_state("shop", other, "up", WAIT).await;
     page_shows_state(&mut page, other, "up").await;
+
+    // A drain with the deadline typed into the page; a bad one is refused.
+    page.type_into("#deadline", "soon").await;
+    page.click(&button(other, "drain")).await;
+    page.wait_until(
+        "document.getElementById('msg').textContent.includes(': 400 ')",
+        "the 400 for a bad deadline",
+    )
+    .await;
+    assert_eq!(admin.state(other).await, "up");
+    page.eval("document.getElementById('deadline').value = ''")
+        .await;
+    page.type_into("#deadline", "30m").await;
+    page.click(&button(other, "drain")).await;
+    lb.wait_backend_state("shop", other, "draining", WAIT).await;
+    let drain = admin.backend("shop", other).await["drain"].clone();
+    assert!(drain["left_s"].as_u64().is_some_and(|s| s > 60), "{drain}");
+    let state = format!("{} td.state", row(other));
+    page.wait_until(
+        &format!(
+            "document.querySelector({state:?})?.textContent.startsWith('drainingfails over in ')"
+        ),
+        "the page showing the drain's time left",
+    )
+    .await;
     page.close().await;
     drop(chromium);
 }

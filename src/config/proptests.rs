@@ -226,10 +226,17 @@ fn keys(table: &str, clean: bool) -> Vec<(&'static str, BoxedStrategy<String>)> 
             ),
             (
                 "balance",
-                m(&["least-requests", "round-robin", "random"], &["best"]),
+                m(
+                    &["least-requests", "round-robin", "random", "least-sessions"],
+                    &["best"],
+                ),
             ),
             ("failover", m(&["replica", "rebalance", "reject"], &["no"])),
             ("retries", integer(clean, 0, 3)),
+            (
+                "session_window",
+                m(&["10m", "8s", "1h"], &["7s", "0s", "abc"]),
+            ),
         ],
         "cookie" => vec![
             ("name", m(&["limpet"], &["", "a b", "sid;"])),

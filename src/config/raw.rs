@@ -98,6 +98,7 @@ pub struct Upstream {
     pub balance: Option<Balance>,
     pub failover: Option<Failover>,
     pub retries: Option<u32>,
+    pub session_window: Option<String>,
     pub cookie: Option<Cookie>,
     pub ip_hash: Option<IpHash>,
     pub app_cookie: Option<AppCookie>,

@@ -447,12 +447,28 @@ fn validate_upstream(
         keepalive: optional_duration(t.keepalive, &key("timeouts.keepalive"))?,
     };
 
+    let session_window = duration(
+        up.session_window,
+        DEFAULT_SESSION_WINDOW,
+        &key("session_window"),
+    )?;
+    if session_window < MIN_SESSION_WINDOW {
+        return Err(invalid(
+            key("session_window"),
+            format!(
+                "must be at least {}",
+                humantime::format_duration(MIN_SESSION_WINDOW)
+            ),
+        ));
+    }
+
     Ok(UpstreamConfig {
         name: name.to_string(),
         affinity,
         balance: up.balance.unwrap_or(Balance::LeastRequests),
         failover: up.failover.unwrap_or(Failover::Replica),
         retries: up.retries.unwrap_or(DEFAULT_RETRIES),
+        session_window,
         cookie,
         ip_hash,
         app_cookie,
