@@ -116,6 +116,23 @@ async fn the_contrast_counts_users_and_replica_routing_loses_none() {
     assert!(without.kept <= without.affected, "{without:?}");
 }
 
+#[tokio::test]
+async fn sessions_whose_server_chose_their_replica_survive_on_it_when_limpet_is_told() {
+    let config = Config::parse(CONFIG, CONFIG_NAME).unwrap();
+    let told = walkthrough::per_session(&config, true, 12, "app2")
+        .await
+        .unwrap();
+    assert!(told.affected >= 2 && told.elsewhere >= 1, "{told:?}");
+    assert_eq!(told.kept, told.affected, "{told:?}");
+    // Told nothing, limpet follows the static chain: exactly the sessions
+    // whose copy is elsewhere are lost.
+    let untold = walkthrough::per_session(&config, false, 12, "app2")
+        .await
+        .unwrap();
+    assert!(untold.elsewhere >= 1, "{untold:?}");
+    assert_eq!(untold.affected - untold.kept, untold.elsewhere, "{untold:?}");
+}
+
 /// A request straight to one app server, carrying a session cookie and headers.
 async fn get_cart(addr: std::net::SocketAddr, session: &str, headers: &[(&str, &str)]) -> CartView {
     let mut req = Request::get("/cart")

@@ -13,7 +13,7 @@ use limpet::backend::Health;
 use limpet::config::{Config, Failover};
 use limpet::Limpet;
 
-use crate::app::{CartView, Cluster, DemoError};
+use crate::app::{CartView, Cluster, DemoError, Placement, SESSION_COOKIE};
 use crate::client::Browser;
 use crate::control::Control;
 
@@ -403,6 +403,70 @@ pub async fn contrast(
     Ok(tally)
 }
 
+/// What happened to the sessions of a server that chose each session's replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The server told limpet each session's replica (`x-session-replica`).
+    pub told: bool,
+    /// Users on the victim, and how many of them kept their session.
+    pub affected: usize,
+    pub kept: usize,
+    /// Of the affected, those whose copy was not on the victim's static replica.
+    pub elsewhere: usize,
+}
+
+/// `users` log in through a fresh demo in which `victim` places each new
+/// session's copy on its peers in turn (telling limpet when `told`);
+/// `victim` dies; every user of the victim clicks again.
+pub async fn per_session(
+    config: &Config,
+    told: bool,
+    users: usize,
+    victim: &str,
+) -> Result<Placed, DemoError> {
+    let demo = Demo::start(config.clone(), Ports::Ephemeral).await?;
+    demo.cluster
+        .set_placement(victim, Placement::PerSession { tell: told });
+    let static_replica = demo.cluster.replica_of(victim).map(str::to_owned);
+    let mut logged_in = Vec::new();
+    for i in 0..users {
+        let mut browser = demo.browser();
+        let name = format!("user{i}");
+        browser.login(&name).await?;
+        let (v, _) = browser.add("book").await?;
+        logged_in.push((browser, name, v.served_by));
+    }
+    let mut placed = Placed {
+        told,
+        affected: 0,
+        kept: 0,
+        elsewhere: 0,
+    };
+    for (browser, _, home) in &logged_in {
+        if home != victim {
+            continue;
+        }
+        let holder = browser
+            .jar
+            .get(SESSION_COOKIE)
+            .and_then(|id| demo.cluster.holder_of_copy(id));
+        placed.elsewhere += usize::from(holder != static_replica.as_deref());
+    }
+    demo.cluster.kill(victim).await;
+    for (browser, name, home) in &mut logged_in {
+        if home != victim {
+            continue;
+        }
+        placed.affected += 1;
+        let (v, _) = browser.cart().await?;
+        if v.user.as_deref() == Some(name.as_str()) && v.items == ["book"] {
+            placed.kept += 1;
+        }
+    }
+    demo.shutdown().await;
+    Ok(placed)
+}
+
 /// The whole narration: starts the demo, tells alice's story, then the contrast
 /// with `users` users. Returns the demo (still serving) and whether every cart
 /// that replica routing was responsible for survived.
@@ -466,7 +530,39 @@ pub async fn run<W: Write>(
         report.replica
     )?;
 
-    let ok = report.survived && with.lost() == 0;
+    let victim = report.victim.as_str();
+    let static_replica = demo.cluster.replica_of(victim).unwrap_or("-").to_owned();
+    writeln!(
+        out,
+        "\n8. replicas chosen per session: {victim} now puts each new session's copy on its peers\n   \
+         in turn (as a replication layer spreading its backups would), not always on\n   \
+         {static_replica}; {users} users log in, then {victim} dies"
+    )?;
+    let told = per_session(&config, true, users, victim).await?;
+    let untold = per_session(&config, false, users, victim).await?;
+    for p in [told, untold] {
+        writeln!(
+            out,
+            "   {:<34} {:>2} users on {victim} ({:>2} with their copy elsewhere than {static_replica}): {:>2} kept, {:>2} lost",
+            if p.told {
+                "with `x-session-replica: <name>`"
+            } else {
+                "without telling limpet"
+            },
+            p.affected,
+            p.elsewhere,
+            p.kept,
+            p.affected - p.kept
+        )?;
+    }
+    writeln!(
+        out,
+        "     (limpet carries the replica it is told in its signed cookie and sends each session\n      \
+         to the server holding its copy; told nothing, it can only follow the static chain)"
+    )?;
+
+    let ok =
+        report.survived && with.lost() == 0 && told.kept == told.affected && told.elsewhere > 0;
     writeln!(
         out,
         "\n{}",
