@@ -151,7 +151,8 @@ async fn serve(
                     if req.uri().path() != "/health" {
                         requests.lock().unwrap().push(conn);
                     }
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                    let slow = req.uri().path() == "/slow-read";
+                    let body = read_body(req.into_body(), slow).await;
                     let mut text = name.clone();
                     if let Ok(b) = body {
                         text.push_str(&String::from_utf8_lossy(&b));
@@ -170,6 +171,21 @@ async fn serve(
                 .await;
         });
     }
+}
+
+/// A request body; `slow`: a millisecond's pause after each piece, so that
+/// the body backs up in the sender's socket.
+async fn read_body(mut body: hyper::body::Incoming, slow: bool) -> Result<Bytes, hyper::Error> {
+    let mut all = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            all.extend_from_slice(&data);
+        }
+        if slow {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    Ok(all.into())
 }
 
 /// One upstream `shop` over `backend` with `tls` as its `[upstream.shop.tls]`
@@ -241,6 +257,29 @@ async fn requests_go_over_tls_on_a_pooled_connection_over_http1_and_h2() {
         requests.iter().all(|&c| c == requests[0]),
         "every request on one pooled TLS connection: {requests:?}"
     );
+}
+
+#[tokio::test]
+async fn a_large_request_body_streams_to_a_tls_backend() {
+    let (_dir, ca, cert) = pki("btls-body");
+    let backend = TlsBackend::spawn("tls1", server_config(&cert, None)).await;
+    let tls = format!("ca = {}", toml_path(&ca.cert_path));
+    let lb = start_from_file(&config(&backend, &tls, "24h")).await;
+    // Streamed from the client in many reads to a backend that reads
+    // slowly: writes into the TLS layer meet a full socket (back-pressure),
+    // and every byte arrives.
+    let body: String = (0..8 << 20)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut client = lb.client();
+    for _ in 0..2 {
+        let r = client
+            .request("POST", "/slow-read", Bytes::from(body.clone()))
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), "tls1".len() + body.len());
+        assert!(r.body.ends_with(&body[body.len() - 100..]));
+    }
 }
 
 #[tokio::test]

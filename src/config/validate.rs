@@ -494,6 +494,11 @@ fn validate_backend_tls(
         .map(|pair| crate::tls::load_cert_pair(&pair.cert, &pair.key))
         .transpose()
         .map_err(|m| invalid(key("cert"), m))?;
+    if let (Some(ca), false) = (&t.ca, verify) {
+        // Unused while verify is off, but checked: turning it on must not
+        // find a broken file.
+        crate::tls::load_roots(ca).map_err(|m| invalid(key("ca"), m))?;
+    }
     let roots = match &t.ca {
         Some(ca) => crate::tls::Roots::File(ca),
         None => crate::tls::Roots::Public,
