@@ -89,6 +89,7 @@ impl Conn {
 }
 
 impl AsyncRead for Conn {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -102,6 +103,7 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -113,6 +115,7 @@ impl AsyncWrite for Conn {
         }
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -124,6 +127,7 @@ impl AsyncWrite for Conn {
         }
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         match self {
             Conn::Plain(tcp) => tcp.is_write_vectored(),
@@ -131,6 +135,7 @@ impl AsyncWrite for Conn {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
@@ -138,6 +143,7 @@ impl AsyncWrite for Conn {
         }
     }
 
+    #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
