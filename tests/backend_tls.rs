@@ -445,15 +445,42 @@ async fn a_reload_reads_the_ca_file_again() {
     assert_eq!(lb.client().get("/").await.status, 200);
 }
 
-/// `limpet check`'s message for `tls` (checked as `check.toml`).
-fn check_error(tls: &str) -> String {
-    let text = format!(
+/// A config whose `[upstream.shop.tls]` table holds `tls`.
+fn check_text(tls: &str) -> String {
+    format!(
         "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\naffinity = \"none\"\n\n\
          [upstream.shop.tls]\n{tls}\n\n[[upstream.shop.backend]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n"
-    );
-    limpet::Config::parse(&text, "check.toml")
+    )
+}
+
+/// `limpet check`'s message for `tls` (checked as `check.toml`).
+fn check_error(tls: &str) -> String {
+    limpet::Config::parse(&check_text(tls), "check.toml")
         .expect_err("an error")
         .to_string()
+}
+
+#[test]
+fn check_summarises_an_upstreams_tls_and_enabled_false_turns_it_off() {
+    let dir = temp_dir("btls-summary");
+    let ca = TestCa::new(&dir, "ca");
+    let tls = format!("ca = {}\nsni = \"app.internal\"", toml_path(&ca.cert_path));
+    let config = limpet::Config::parse(&check_text(&tls), "check.toml").unwrap();
+    let summary = config.summary();
+    let expected = format!("tls(ca={} sni=app.internal)", ca.cert_path.display());
+    assert!(summary.contains(&expected), "{summary}");
+    let roots = limpet::Config::parse(&check_text(""), "check.toml").unwrap();
+    assert!(
+        roots
+            .summary()
+            .contains("tls(ca=webpki-roots sni=backend-host)"),
+        "{}",
+        roots.summary()
+    );
+    let off = format!("{tls}\nenabled = false");
+    let config = limpet::Config::parse(&check_text(&off), "check.toml").unwrap();
+    assert!(config.upstreams[0].tls.is_none());
+    assert!(!config.summary().contains("tls("), "{}", config.summary());
 }
 
 #[test]
