@@ -145,11 +145,14 @@ async fn serve(
                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                 client_cert: session.peer_certificates().is_some_and(|c| !c.is_empty()),
             });
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+            let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 let (name, requests) = (name.clone(), requests.clone());
                 async move {
                     if req.uri().path() != "/health" {
                         requests.lock().unwrap().push(conn);
+                    }
+                    if req.uri().path() == "/upgrade" {
+                        return Ok(echo_upgrade(&mut req));
                     }
                     let slow = req.uri().path() == "/slow-read";
                     let body = read_body(req.into_body(), slow).await;
@@ -168,9 +171,32 @@ async fn serve(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
+                .with_upgrades()
                 .await;
         });
     }
+}
+
+/// Answers 101 and echoes every byte of the upgraded connection back.
+fn echo_upgrade(req: &mut Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = [0u8; 1024];
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() || io.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 /// A request body; `slow`: a millisecond's pause after each piece, so that
@@ -279,6 +305,25 @@ async fn a_large_request_body_streams_to_a_tls_backend() {
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), "tls1".len() + body.len());
         assert!(r.body.ends_with(&body[body.len() - 100..]));
+    }
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_is_tunnelled_over_tls() {
+    let (_dir, ca, cert) = pki("btls-upgrade");
+    let backend = TlsBackend::spawn("tls1", server_config(&cert, None)).await;
+    let tls = format!("ca = {}", toml_path(&ca.cert_path));
+    let lb = start_from_file(&config(&backend, &tls, "24h")).await;
+    let mut wire = wire::Wire::connect(lb.addr).await;
+    wire.send(
+        "GET /upgrade HTTP/1.1\r\nhost: shop\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await;
+    let head = wire.read_head().await;
+    assert_eq!(head.status, 101);
+    for message in ["ping", "a longer second message"] {
+        wire.send(message).await;
+        assert_eq!(wire.take_exact(message.len()).await, message.as_bytes());
     }
 }
 
