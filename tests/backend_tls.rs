@@ -84,7 +84,11 @@ fn server_config(cert: &TestCert, client_ca: Option<&TestCa>) -> Arc<ServerConfi
 
 impl TlsBackend {
     async fn spawn(name: &str, config: Arc<ServerConfig>) -> TlsBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TlsBackend::spawn_on("127.0.0.1:0".parse().unwrap(), name, config).await
+    }
+
+    async fn spawn_on(bind: SocketAddr, name: &str, config: Arc<ServerConfig>) -> TlsBackend {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = Arc::new(Mutex::new(config));
         let handshakes = Arc::new(Mutex::new(Vec::new()));
@@ -445,6 +449,29 @@ async fn sni_is_the_configured_name_and_the_certificate_is_verified_against_it()
     assert_eq!(lb.admin.post("/reload").await.status, 200);
     let r = lb.client().get("/").await;
     assert_eq!(r.status, 502, "{}", r.body);
+}
+
+#[tokio::test]
+async fn without_sni_a_backend_named_by_host_gets_its_host_as_sni() {
+    let dir = temp_dir("btls-host-sni");
+    let ca = TestCa::new(&dir, "ca");
+    let cert = ca.server_cert(&dir, "backend", &["localhost"]);
+    // Where limpet will connect: the first address the name resolves to.
+    let first = std::net::ToSocketAddrs::to_socket_addrs("localhost:0")
+        .unwrap()
+        .next()
+        .expect("localhost resolves");
+    let backend = TlsBackend::spawn_on(first, "tls1", server_config(&cert, None)).await;
+    let tls = format!("ca = {}", toml_path(&ca.cert_path));
+    let text = config(&backend, &tls, "24h").replace(
+        &format!("addr = \"{}\"", backend.addr),
+        &format!("addr = \"localhost:{}\"", backend.addr.port()),
+    );
+    let lb = start_from_file(&text).await;
+    let r = lb.client().get("/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = backend.handshakes();
+    assert_eq!(seen[0].sni.as_deref(), Some("localhost"), "{seen:?}");
 }
 
 #[tokio::test]
