@@ -258,6 +258,8 @@ pub struct Backend {
     pub replica: Option<usize>,
     /// The app-cookie route suffix naming this backend.
     pub route: String,
+    /// TLS to this backend (`[upstream.NAME.tls]`), with its server name.
+    pub tls: Option<crate::pool::TlsTarget>,
     pub state: Arc<BackendState>,
 }
 

@@ -261,6 +261,7 @@ mod tests {
                     weight: w,
                     replica: None,
                     route: format!("app{}", i + 1),
+                    tls: None,
                     state: Arc::new(BackendState::new(addr)),
                 }
             })

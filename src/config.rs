@@ -242,7 +242,27 @@ pub struct UpstreamConfig {
     /// `[upstream.NAME.timeouts]`: what overrides the global `[timeouts]` for
     /// requests to this upstream's backends.
     pub timeouts: TimeoutOverrides,
+    /// `[upstream.NAME.tls]` with `enabled = true`: TLS to the backends.
+    pub tls: Option<BackendTls>,
     pub backends: Vec<BackendConfig>,
+}
+
+/// How limpet speaks TLS to an upstream's backends (`[upstream.NAME.tls]`).
+#[derive(Debug, Clone)]
+pub struct BackendTls {
+    /// The name sent as SNI and verified in every backend's certificate;
+    /// `None`: each backend's own host (see `crate::tls::backend_name`).
+    pub sni: Option<String>,
+    /// The CA certificates backends' certificates must chain to; `None`: the
+    /// compiled-in webpki roots.
+    pub ca: Option<PathBuf>,
+    /// `false`: any certificate is accepted (warned about at load).
+    pub verify: bool,
+    /// The client certificate and key presented to backends that ask (mTLS).
+    pub client_cert: Option<CertPair>,
+    /// Built from the files above at load and at every reload; pooled
+    /// connections made with another configuration are not reused.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// An upstream's own `connect` and `response` timeouts; `None` keeps the global
@@ -313,6 +333,23 @@ pub struct BackendConfig {
     pub replica: Option<String>,
     pub weight: u32,
     pub route: String,
+}
+
+impl BackendTls {
+    /// ` tls=...` for the summary line of its upstream.
+    fn summary(&self) -> String {
+        let roots = match (&self.ca, self.verify) {
+            (_, false) => "verify=off".to_string(),
+            (Some(ca), true) => format!("ca={}", ca.display()),
+            (None, true) => "ca=webpki-roots".to_string(),
+        };
+        let sni = self.sni.as_deref().unwrap_or("backend-host");
+        let mtls = match self.client_cert {
+            Some(_) => " client-cert",
+            None => "",
+        };
+        format!(" tls({roots} sni={sni}{mtls})")
+    }
 }
 
 impl Config {
@@ -388,13 +425,14 @@ impl Config {
         for up in &self.upstreams {
             let _ = writeln!(
                 out,
-                "upstream {} affinity={} balance={} failover={} health={} every {}",
+                "upstream {} affinity={} balance={} failover={} health={} every {}{}",
                 up.name,
                 up.affinity.as_str(),
                 up.balance.as_str(),
                 up.failover.as_str(),
                 up.health.path,
-                humantime::format_duration(up.health.interval)
+                humantime::format_duration(up.health.interval),
+                up.tls.as_ref().map(BackendTls::summary).unwrap_or_default()
             );
             for b in &up.backends {
                 let _ = writeln!(

@@ -37,7 +37,9 @@ pub enum ProxyError {
     /// No connection to the last backend tried, and no retry left. Nothing of the
     /// request was sent, so it is a 503 like [`ProxyError::NoBackend`] (the same
     /// outage answers 503 before and after health marks the backends down; after,
-    /// [`ProxyError::AllDown`] says why), not a 502.
+    /// [`ProxyError::AllDown`] says why), not a 502. Except a failed TLS
+    /// handshake: the backend is there but limpet will not talk to it (a
+    /// certificate it does not trust, say), a 502 as nginx answers.
     #[error("backend unreachable: {0}")]
     Unreachable(#[source] crate::pool::ConnectError),
     #[error("backend failed before answering: {0}")]
@@ -55,6 +57,7 @@ impl ProxyError {
             ProxyError::Expectation => StatusCode::EXPECTATION_FAILED,
             ProxyError::RedirectHttps(_) => StatusCode::PERMANENT_REDIRECT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Unreachable(cause) if cause.is_tls() => StatusCode::BAD_GATEWAY,
             ProxyError::NoBackend
             | ProxyError::AllDown
             | ProxyError::Rejected
@@ -73,6 +76,9 @@ impl ProxyError {
             ProxyError::Expectation => "417 expectation failed\n",
             ProxyError::RedirectHttps(_) => "308 permanent redirect to https\n",
             ProxyError::NoRoute => "404 no route\n",
+            ProxyError::Unreachable(cause) if cause.is_tls() => {
+                "502 bad gateway: the TLS handshake with the backend failed\n"
+            }
             ProxyError::NoBackend | ProxyError::Unreachable(_) => "503 no backend available\n",
             ProxyError::AllDown => {
                 "503 no backend available: every backend is down (health checks failing)\n"
@@ -125,6 +131,7 @@ mod tests {
             ProxyError::AllDown,
             ProxyError::Rejected,
             ProxyError::Unreachable(refused),
+            ProxyError::Unreachable(crate::pool::ConnectError::Tls(std::io::Error::other("x"))),
             ProxyError::BadGateway(cause()),
             ProxyError::Timeout(std::time::Duration::from_secs(1)),
         ]

@@ -366,7 +366,14 @@ impl<'a> Attempts<'a> {
                 if self.retries_left == 0 {
                     return Err(ProxyError::Unreachable(cause));
                 }
-                self.next(failed).map(Retry::Next)
+                // No target left after a failed TLS handshake: say so (502)
+                // rather than that no backend was available.
+                match self.next(failed) {
+                    Err(ProxyError::NoBackend) if cause.is_tls() => {
+                        Err(ProxyError::Unreachable(cause))
+                    }
+                    next => next.map(Retry::Next),
+                }
             }
             Failure::Closed(cause) => self.closed(failed, cause, reused),
             // The backend took the request and answered garbage: it is sick,

@@ -26,13 +26,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::backend::{BackendState, InFlight};
+use crate::backend::{Backend, BackendState, InFlight};
 use crate::error::{BoxError, ProxyError};
 use crate::flow::policy::{self, Forwarding};
 use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::pool::Conn;
 use crate::state::{BackendTimeouts, Snapshot};
 use timeouts::{Activity, TimedIo};
 
@@ -198,7 +198,7 @@ async fn handle(
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         let in_flight = InFlight::start(&backend.state);
-        let sent = send(&backend.state, fresh, replayable, request, timeouts);
+        let sent = send(backend, fresh, replayable, request, timeouts);
         let (failure, reused) = match sent.await {
             Ok((resp, lease)) => {
                 backend.state.answered(upstream.counted_session(&decision));
@@ -224,7 +224,7 @@ async fn handle(
 /// replaced by a new one. The error says how the attempt failed and whether
 /// its connection came from the pool.
 async fn send(
-    state: &Arc<BackendState>,
+    backend: &Backend,
     fresh: bool,
     replayable: bool,
     mut req: Request<UpstreamBody>,
@@ -232,15 +232,16 @@ async fn send(
 ) -> Result<(Response<Incoming>, Lease), (Failure, bool)> {
     // What cannot be sent twice goes only on a connection surely alive.
     let reuse_within = (!replayable).then_some(crate::pool::SAFE_REUSE);
+    let (state, tls) = (&backend.state, backend.tls.as_ref());
     let mut pooled = match fresh {
         true => None,
-        false => state.pool.take(reuse_within),
+        false => state.pool.take(reuse_within, tls),
     };
     loop {
         let reused = pooled.is_some();
         let socket = match pooled.take() {
             Some(socket) => socket,
-            None => crate::pool::connect(state.pool.addr(), timeouts.connect)
+            None => crate::pool::connect(state.pool.addr(), tls, timeouts.connect)
                 .await
                 .map_err(|e| (Failure::NotSent(e), false))?,
         };
@@ -304,7 +305,7 @@ struct Lease {
     sender: http1::SendRequest<UpstreamBody>,
     /// hyper's connection task; it ends, handing the socket back, once the
     /// sender is dropped and the exchange is over.
-    connection: JoinHandle<hyper::Result<http1::Parts<TokioIo<TcpStream>>>>,
+    connection: JoinHandle<hyper::Result<http1::Parts<TokioIo<Conn>>>>,
     /// How long the pool may keep the connection (zero: not at all).
     keep_for: Duration,
 }

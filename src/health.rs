@@ -200,7 +200,7 @@ impl RiseFall {
 /// One `GET health.path`; the error says why it failed.
 async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
     let attempt = async {
-        let socket = crate::pool::connect(backend.addr, cfg.timeout)
+        let socket = crate::pool::connect(backend.addr, backend.tls.as_ref(), cfg.timeout)
             .await
             .map_err(|e| match e {
                 crate::pool::ConnectError::Io(io)

@@ -13,12 +13,14 @@ use std::time::{Duration, SystemTime};
 
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
+use rustls_pki_types::ServerName;
 
 use crate::affinity::{self, CookieCodec};
 pub use crate::affinity::{Outcome, Session};
 use crate::backend::{Backend, BackendState};
 use crate::balancer::{self, Balancer};
-use crate::config::{Affinity, Config, Failover, Timeouts, UpstreamConfig};
+use crate::config::{Affinity, BackendTls, Config, Failover, Timeouts, UpstreamConfig};
+use crate::pool::TlsTarget;
 use crate::router::Router;
 use crate::series::UpstreamSeries;
 
@@ -70,6 +72,17 @@ impl Snapshot {
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| &*u.name == name)
+    }
+}
+
+/// How to speak TLS to the backend at `addr` (as written in the file).
+fn tls_target(tls: &BackendTls, addr: &str) -> TlsTarget {
+    TlsTarget {
+        config: tls.client.clone(),
+        // Validation checked the name; an unusable one would fail every
+        // handshake rather than fall back to plain text.
+        name: crate::tls::backend_name(tls.sni.as_deref(), addr)
+            .unwrap_or_else(|_| ServerName::IpAddress(IpAddr::from([0, 0, 0, 0]).into())),
     }
 }
 
@@ -194,6 +207,7 @@ impl Upstream {
                     weight: b.weight,
                     replica: b.replica.as_deref().and_then(|r| index.get(r).copied()),
                     route: b.route.clone(),
+                    tls: config.tls.as_ref().map(|t| tls_target(t, &b.addr_text)),
                     state,
                 }
             })

@@ -104,8 +104,21 @@ pub struct Upstream {
     pub app_cookie: Option<AppCookie>,
     pub health: Option<Health>,
     pub timeouts: Option<UpstreamTimeouts>,
+    pub tls: Option<UpstreamTls>,
     #[serde(default)]
     pub backend: Vec<Backend>,
+}
+
+/// `[upstream.NAME.tls]`: TLS to the upstream's backends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub enabled: Option<bool>,
+    pub sni: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub verify: Option<bool>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]

@@ -447,6 +447,12 @@ fn validate_upstream(
         keepalive: optional_duration(t.keepalive, &key("timeouts.keepalive"))?,
     };
 
+    let tls = match up.tls {
+        Some(t) if t.enabled.unwrap_or(true) => {
+            Some(validate_backend_tls(name, t, &backends, warnings)?)
+        }
+        _ => None,
+    };
     let session_window = duration(
         up.session_window,
         DEFAULT_SESSION_WINDOW,
@@ -474,7 +480,72 @@ fn validate_upstream(
         app_cookie,
         health,
         timeouts,
+        tls,
         backends,
+    })
+}
+
+/// `[upstream.NAME.tls]`: reads the CA, the client certificate and its key
+/// (at load and at every reload) and checks each backend has a name to verify.
+fn validate_backend_tls(
+    name: &str,
+    t: raw::UpstreamTls,
+    backends: &[BackendConfig],
+    warnings: &mut Vec<String>,
+) -> Result<BackendTls, Invalid> {
+    let key = |k: &str| format!("upstream.{name}.tls.{k}");
+    let verify = t.verify.unwrap_or(true);
+    if !verify {
+        warnings.push(format!(
+            "upstream.{name}.tls.verify = false: backends' certificates are not checked, \
+             so anyone on the path to them can read and change the traffic"
+        ));
+    }
+    if let Some(sni) = &t.sni {
+        crate::tls::backend_name(Some(sni), "").map_err(|m| invalid(key("sni"), m))?;
+    }
+    for (i, b) in backends.iter().enumerate() {
+        crate::tls::backend_name(t.sni.as_deref(), &b.addr_text).map_err(|m| {
+            invalid(
+                format!("upstream.{name}.backend[{i}].addr"),
+                format!("{m}: set upstream.{name}.tls.sni"),
+            )
+        })?;
+    }
+    for (what, path) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+        if let Some(path) = path {
+            std::fs::File::open(path)
+                .map_err(|e| invalid(key(what), format!("cannot read {}: {e}", path.display())))?;
+        }
+    }
+    let client_cert = match (t.cert, t.key) {
+        (Some(cert), Some(key)) => Some(CertPair { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid(key("cert"), "a client cert needs its key")),
+        (None, Some(_)) => return Err(invalid(key("key"), "a client key needs its cert")),
+    };
+    let client_key = client_cert
+        .as_ref()
+        .map(|pair| crate::tls::load_cert_pair(&pair.cert, &pair.key))
+        .transpose()
+        .map_err(|m| invalid(key("cert"), m))?;
+    if let (Some(ca), false) = (&t.ca, verify) {
+        // Unused while verify is off, but checked: turning it on must not
+        // find a broken file.
+        crate::tls::load_roots(ca).map_err(|m| invalid(key("ca"), m))?;
+    }
+    let roots = match &t.ca {
+        Some(ca) => crate::tls::Roots::File(ca),
+        None => crate::tls::Roots::Public,
+    };
+    let client =
+        crate::tls::client_config(roots, verify, client_key).map_err(|m| invalid(key("ca"), m))?;
+    Ok(BackendTls {
+        sni: t.sni,
+        ca: t.ca,
+        verify,
+        client_cert,
+        client,
     })
 }
 

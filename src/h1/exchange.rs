@@ -10,7 +10,6 @@ use std::task::Poll;
 
 use bytes::BufMut;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::{relay_body, BodyReader};
@@ -23,6 +22,7 @@ use crate::backend::{InFlight, Tunnel};
 use crate::error::ProxyError;
 use crate::flow::policy::Forwarding;
 use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::pool::Conn;
 use crate::shutdown::Watch;
 use crate::state::{Decision, Snapshot, Upstream};
 
@@ -210,14 +210,18 @@ impl<'a> Exchange<'a> {
             let in_flight = InFlight::start(&backend.state);
             let pooled = match fresh {
                 true => None,
-                false => backend.state.pool.take(reuse_within),
+                false => backend.state.pool.take(reuse_within, backend.tls.as_ref()),
             };
             let reused = pooled.is_some();
             let result = match pooled {
                 Some(socket) => Ok(socket),
-                None => crate::pool::connect(backend.addr, timeouts.backend.connect)
-                    .await
-                    .map_err(Failure::NotSent),
+                None => crate::pool::connect(
+                    backend.addr,
+                    backend.tls.as_ref(),
+                    timeouts.backend.connect,
+                )
+                .await
+                .map_err(Failure::NotSent),
             };
             let result = match result {
                 Ok(socket) => {
@@ -263,10 +267,10 @@ impl<'a> Exchange<'a> {
     pub(super) async fn exchange<S: Stream>(
         &mut self,
         client: &mut Client<S>,
-        mut socket: TcpStream,
+        mut socket: Conn,
         request: &[u8],
         timeouts: Waits,
-    ) -> Result<(TcpStream, Vec<u8>, ResponseHead), Failure> {
+    ) -> Result<(Conn, Vec<u8>, ResponseHead), Failure> {
         let backend_wait = Wait::Idle(timeouts.backend.response);
         write_all(&mut socket, request, &mut client.clock, backend_wait)
             .await
@@ -292,6 +296,9 @@ impl<'a> Exchange<'a> {
             upload
                 .stream(client, &mut self.body, &mut self.past_body)
                 .await?;
+            // TLS may hold the body's last records until flushed (a
+            // failure shows when the response is read).
+            let _ = write_all(&mut socket, &[], &mut client.clock, backend_wait).await;
         }
         let deadline = Wait::Until(Instant::now() + timeouts.backend.response);
         // Bytes of a response arrived (an interim one included): a failure
@@ -336,7 +343,7 @@ impl<'a> Exchange<'a> {
     pub(super) async fn tunnel<S: Stream>(
         &mut self,
         client: &mut Client<S>,
-        mut socket: TcpStream,
+        mut socket: Conn,
         after_head: &[u8],
         mut out: Vec<u8>,
     ) {
@@ -367,7 +374,7 @@ impl<'a> Exchange<'a> {
 
 /// A response head from a backend, with what it takes to relay the body.
 pub(super) struct Response {
-    socket: TcpStream,
+    socket: Conn,
     /// The head, and the first bytes of the body after it.
     buf: Vec<u8>,
     head: ResponseHead,
@@ -389,7 +396,7 @@ pub(super) fn sending(cause: stdio::Error, timeouts: Waits) -> Failure {
 
 /// A request body on its way from the client to the backend.
 pub(super) struct Upload<'s> {
-    socket: &'s mut TcpStream,
+    socket: &'s mut Conn,
     /// What the backend answers while the body is on its way.
     answer: &'s mut Vec<u8>,
     head_request: bool,
