@@ -240,7 +240,9 @@ async fn send(
         let reused = pooled.is_some();
         let socket = match pooled.take() {
             Some(socket) => socket,
-            None => crate::pool::connect(state.pool.addr(), timeouts.connect)
+            None => state
+                .pool
+                .connect(timeouts.connect)
                 .await
                 .map_err(|e| (Failure::NotSent(e), false))?,
         };

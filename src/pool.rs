@@ -3,11 +3,17 @@
 //! these sockets (`crate::h1` writes HTTP/1.1 itself, `crate::h2` through
 //! hyper's HTTP/1.1 client, and gives the socket back when the exchange ends),
 //! and the health checker opens its connections with [`connect`].
+//!
+//! A backend named by DNS may move ([`Pool::move_to`]): its idle connections
+//! are closed, and a connection to the old address that comes back from an
+//! exchange is not kept.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use tokio::net::TcpStream;
 
 /// How long an idle connection is kept by default (`[upstream.NAME.timeouts]
@@ -49,20 +55,42 @@ struct Idle {
 /// Idle keep-alive connections to one backend.
 #[derive(Debug)]
 pub struct Pool {
-    addr: SocketAddr,
+    /// Where new connections go: an IP backend's address, or what its DNS
+    /// name resolved to last (`None` while it resolves to nothing).
+    addr: ArcSwapOption<SocketAddr>,
+    /// The address changed once: sockets given back are checked against it.
+    moved: AtomicBool,
     sockets: Mutex<Vec<Idle>>,
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: Option<SocketAddr>) -> Self {
         Pool {
-            addr,
+            addr: ArcSwapOption::new(addr.map(Arc::new)),
+            moved: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The backend's current address (a load, no resolver work).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.load().as_deref().copied()
+    }
+
+    /// The backend now lives at `addr` (its DNS name resolved elsewhere, or to
+    /// nothing): idle connections to the old address are closed, and those
+    /// still lent out are not taken back ([`Pool::put`]).
+    pub fn move_to(&self, addr: Option<SocketAddr>) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        self.addr.store(addr.map(Arc::new));
+        self.moved.store(true, Relaxed);
+        sockets.clear();
+    }
+
+    /// A new connection to the backend's current address within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
+        let addr = self.addr().ok_or(ConnectError::NoAddress)?;
+        connect(addr, timeout).await
     }
 
     /// An idle socket that is still open, most recently used first; with
@@ -99,6 +127,11 @@ impl Pool {
         }
         let now = Instant::now();
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock that `move_to` takes: a socket to an address the
+        // backend left is never kept. Costs a system call, only once moved.
+        if self.moved.load(Relaxed) && socket.peer_addr().ok() != self.addr() {
+            return;
+        }
         // Oldest first: take (newest first) may never reach the bottom sockets
         // again after a burst, so the expired ones are closed here.
         if sockets.first().is_some_and(|idle| now >= idle.until) {
@@ -132,6 +165,8 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    #[error("connect: the backend's DNS name has no address")]
+    NoAddress,
 }
 
 /// A new connection to `addr` within `timeout`, Nagle off.
@@ -141,4 +176,46 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         .map_err(|_| ConnectError::Timeout(timeout))??;
     let _ = socket.set_nodelay(true);
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A listener on a free loopback port and a connection to it.
+    async fn connected(ip: [u8; 4]) -> (TcpListener, TcpStream) {
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+        let socket = connect(listener.local_addr().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        (listener, socket)
+    }
+
+    #[tokio::test]
+    async fn a_moved_pool_keeps_no_connection_to_the_old_address() {
+        let (old, to_old) = connected([127, 0, 0, 1]).await;
+        let (new, to_new) = connected([127, 0, 0, 1]).await;
+        let (_, idle_old) = connected([127, 0, 0, 1]).await;
+        let pool = Pool::new(Some(old.local_addr().unwrap()));
+        pool.put(idle_old, Duration::from_secs(60));
+        assert_eq!(pool.idle_count(), 1);
+
+        pool.move_to(Some(new.local_addr().unwrap()));
+        assert_eq!(pool.idle_count(), 0, "idle connections closed");
+        assert_eq!(pool.addr(), Some(new.local_addr().unwrap()));
+        // A connection lent out before the move comes back: not kept.
+        pool.put(to_old, Duration::from_secs(60));
+        assert_eq!(pool.idle_count(), 0);
+        // One to the new address is.
+        pool.put(to_new, Duration::from_secs(60));
+        assert_eq!(pool.idle_count(), 1);
+
+        pool.move_to(None);
+        assert_eq!(pool.addr(), None);
+        assert!(matches!(
+            pool.connect(Duration::from_secs(1)).await,
+            Err(ConnectError::NoAddress)
+        ));
+    }
 }

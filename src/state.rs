@@ -5,7 +5,8 @@
 //! A request loads the snapshot once and keeps that `Arc` until it finishes, so a
 //! reload never changes the rules under a request in flight. Backend runtime state
 //! (health, operator state, pool) is carried from the previous snapshot when the
-//! upstream, the backend's name and its address are unchanged.
+//! upstream, the backend's name and its configured address (an IP address, or a
+//! DNS name and port: what the name resolves to may change) are unchanged.
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -142,12 +143,12 @@ impl Upstream {
                     .map(|old| old.state.clone());
                 Backend {
                     name: b.name.as_str().into(),
-                    addr: b.addr,
+                    addr: b.addr.clone(),
                     addr_text: b.addr_text.clone(),
                     weight: b.weight,
                     replica: b.replica.as_deref().and_then(|r| index.get(r).copied()),
                     route: b.route.clone(),
-                    state: carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr))),
+                    state: carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr.ip()))),
                 }
             })
             .collect();

@@ -58,7 +58,7 @@ impl Demo {
         let cluster = Cluster::start(&servers).await?;
         for b in &mut upstream.backends {
             if let Some(addr) = cluster.addr(&b.name) {
-                b.addr = addr;
+                b.addr = limpet::config::BackendAddr::Ip(addr);
                 b.addr_text = addr.to_string();
             }
         }

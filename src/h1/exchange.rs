@@ -211,7 +211,10 @@ impl<'a> Exchange<'a> {
             let reused = pooled.is_some();
             let result = match pooled {
                 Some(socket) => Ok(socket),
-                None => crate::pool::connect(backend.addr, timeouts.backend.connect)
+                None => backend
+                    .state
+                    .pool
+                    .connect(timeouts.backend.connect)
                     .await
                     .map_err(Failure::NotSent),
             };
