@@ -214,22 +214,29 @@ fn apply(
 
 /// What `limpet check` says about the backends whose names do not resolve
 /// now (neither the start nor a reload fails on them: they are down until
-/// they resolve).
+/// they resolve). The names are looked up together.
 pub async fn check_names(config: &Config) -> Vec<String> {
     let resolver = Resolver::new(&config.dns);
-    let mut warnings = Vec::new();
+    let mut lookups = JoinSet::new();
     for upstream in &config.upstreams {
         for b in &upstream.backends {
-            let BackendAddr::Name { host, port } = &b.addr else {
+            let BackendAddr::Name { host, port } = b.addr.clone() else {
                 continue;
             };
-            if let Err(why) = resolver.lookup(host, *port).await {
-                warnings.push(format!(
-                    "upstream.{}: backend {} ({}) does not resolve now ({why}): it stays down until it does",
-                    upstream.name, b.name, b.addr_text
-                ));
-            }
+            let resolver = resolver.clone();
+            let what = format!(
+                "upstream.{}: backend {} ({})",
+                upstream.name, b.name, b.addr_text
+            );
+            lookups.spawn(async move {
+                let why = resolver.lookup(&host, port).await.err()?;
+                Some(format!(
+                    "{what} does not resolve now ({why}): it stays down until it does"
+                ))
+            });
         }
     }
+    let mut warnings: Vec<String> = lookups.join_all().await.into_iter().flatten().collect();
+    warnings.sort();
     warnings
 }
