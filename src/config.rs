@@ -43,6 +43,10 @@ pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 1;
 /// How often a backend named by DNS is resolved again.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a session counts as active after its last request.
+pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(600);
+/// The shortest `session_window`: one second per sub-window of the sketch.
+pub const MIN_SESSION_WINDOW: Duration = Duration::from_secs(8);
 pub const MAX_WEIGHT: u32 = 10_000;
 
 /// A configuration error, printed as `FILE:LINE:COL: message` (or `FILE: message`).
@@ -185,6 +189,8 @@ pub enum Balance {
     LeastRequests,
     RoundRobin,
     Random,
+    /// The fewest active sessions per unit of weight; ties as least-requests.
+    LeastSessions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -201,6 +207,7 @@ impl Balance {
             Balance::LeastRequests => "least-requests",
             Balance::RoundRobin => "round-robin",
             Balance::Random => "random",
+            Balance::LeastSessions => "least-sessions",
         }
     }
 }
@@ -238,6 +245,8 @@ pub struct UpstreamConfig {
     pub balance: Balance,
     pub failover: Failover,
     pub retries: u32,
+    /// A session counts as active this long after its last request.
+    pub session_window: Duration,
     pub cookie: CookieConfig,
     pub ip_hash: IpHashConfig,
     pub app_cookie: AppCookieConfig,
@@ -271,6 +280,12 @@ pub struct CookieConfig {
     pub path: String,
     /// Zero means a browser-session cookie.
     pub max_age: Duration,
+    /// A pin created longer ago is no pin (zero: no limit). The cookie's
+    /// Max-Age is then the time the pin has left.
+    pub max_lifetime: Duration,
+    /// A pin not re-issued for longer is no pin (zero: no limit); a pin older
+    /// than half of it is re-issued.
+    pub max_idle: Duration,
     pub secure: Secure,
     pub http_only: bool,
     pub same_site: SameSite,
@@ -285,6 +300,9 @@ pub struct IpHashConfig {
 pub struct AppCookieConfig {
     pub name: String,
     pub separator: String,
+    /// Set for WebLogic-style ids, `id!primary!secondary`: the text after the
+    /// first `separator` is the primary route, then this, then the secondary.
+    pub secondary_separator: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,6 @@ mod timeouts;
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -187,7 +186,7 @@ async fn handle(
         let backend = &upstream.backends[decision.backend];
         trace.backend = Some(decision.backend);
         let mut headers = forwarded.clone();
-        let from = decision.failover_from.map(|f| &*upstream.backends[f].name);
+        let from = decision.failover_from.map(|f| upstream.name_of(f));
         policy::set_failover_from(&mut headers, from);
         let body = match body.take() {
             Some(b) => Either::Left(b),
@@ -202,11 +201,12 @@ async fn handle(
         let sent = send(&backend.state, fresh, replayable, request, timeouts);
         let (failure, reused) = match sent.await {
             Ok((resp, lease)) => {
-                backend.state.passive_failures.store(0, Relaxed);
-                backend.state.requests.fetch_add(1, Relaxed);
+                backend.state.answered(upstream.counted_session(&decision));
                 trace.outcome = Some(decision.outcome);
-                let set_cookie = flow::pin_cookie(upstream, &decision, info.tls);
                 let (mut parts, incoming) = resp.into_parts();
+                let said = parts.headers.get(policy::SESSION_REPLICA);
+                let said = said.map(|v| v.as_bytes());
+                let set_cookie = flow::pin_cookie(upstream, &decision, said, info.tls, trace);
                 policy::rewrite_response(&mut parts.headers, set_cookie, hsts);
                 parts.version = Version::HTTP_2;
                 let body = StreamedBody::new(incoming, lease, in_flight);

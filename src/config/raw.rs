@@ -106,6 +106,7 @@ pub struct Upstream {
     pub balance: Option<Balance>,
     pub failover: Option<Failover>,
     pub retries: Option<u32>,
+    pub session_window: Option<String>,
     pub cookie: Option<Cookie>,
     pub ip_hash: Option<IpHash>,
     pub app_cookie: Option<AppCookie>,
@@ -140,6 +141,8 @@ pub struct Cookie {
     pub previous_secrets: Vec<String>,
     pub path: Option<String>,
     pub max_age: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub max_idle: Option<String>,
     pub secure: Option<BoolOrAuto>,
     pub http_only: Option<bool>,
     pub same_site: Option<SameSite>,
@@ -157,6 +160,7 @@ pub struct IpHash {
 pub struct AppCookie {
     pub name: Option<String>,
     pub separator: Option<String>,
+    pub secondary_separator: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

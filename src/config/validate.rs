@@ -372,10 +372,23 @@ fn validate_upstream(
         previous_secrets,
         path: c.path.unwrap_or_else(|| "/".to_string()),
         max_age: duration(c.max_age, Duration::ZERO, &key("cookie.max_age"))?,
+        max_lifetime: duration(c.max_lifetime, Duration::ZERO, &key("cookie.max_lifetime"))?,
+        max_idle: duration(c.max_idle, Duration::ZERO, &key("cookie.max_idle"))?,
         secure,
         http_only: c.http_only.unwrap_or(true),
         same_site: c.same_site.unwrap_or(SameSite::Lax),
     };
+    if !cookie.max_idle.is_zero() && cookie.max_idle < Duration::from_secs(2) {
+        return Err(invalid(
+            key("cookie.max_idle"),
+            "must be at least 2s (the cookie counts whole seconds)",
+        ));
+    }
+    if !cookie.max_lifetime.is_zero() && !cookie.max_age.is_zero() {
+        warnings.push(format!(
+            "upstream.{name}.cookie: max_lifetime sets the cookie's Max-Age; max_age is not used"
+        ));
+    }
     if cookie.same_site == SameSite::None && secure == Secure::Never {
         warnings.push(format!(
             "upstream.{name}.cookie: same_site = \"none\" without secure is rejected by browsers"
@@ -389,9 +402,16 @@ fn validate_upstream(
     let app_cookie = AppCookieConfig {
         name: a.name.unwrap_or_else(|| "JSESSIONID".to_string()),
         separator: a.separator.unwrap_or_else(|| ".".to_string()),
+        secondary_separator: a.secondary_separator,
     };
     if app_cookie.separator.is_empty() {
         return Err(invalid(key("app_cookie.separator"), "must not be empty"));
+    }
+    if app_cookie.secondary_separator.as_deref() == Some("") {
+        return Err(invalid(
+            key("app_cookie.secondary_separator"),
+            "must not be empty",
+        ));
     }
 
     let h = up.health.unwrap_or_default();
@@ -447,12 +467,28 @@ fn validate_upstream(
         ));
     }
 
+    let session_window = duration(
+        up.session_window,
+        DEFAULT_SESSION_WINDOW,
+        &key("session_window"),
+    )?;
+    if session_window < MIN_SESSION_WINDOW {
+        return Err(invalid(
+            key("session_window"),
+            format!(
+                "must be at least {}",
+                humantime::format_duration(MIN_SESSION_WINDOW)
+            ),
+        ));
+    }
+
     Ok(UpstreamConfig {
         name: name.to_string(),
         affinity,
         balance: up.balance.unwrap_or(Balance::LeastRequests),
         failover: up.failover.unwrap_or(Failover::Replica),
         retries: up.retries.unwrap_or(DEFAULT_RETRIES),
+        session_window,
         cookie,
         ip_hash,
         app_cookie,

@@ -6,7 +6,6 @@
 use std::future::poll_fn;
 use std::io as stdio;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
 use bytes::BufMut;
@@ -20,7 +19,7 @@ use super::io::{
     self, give_buffer, grow_if_full, read_into, read_some, take_buffer, write_all, Client, Clock,
     Stream, Wait, Waits,
 };
-use crate::backend::InFlight;
+use crate::backend::{InFlight, Tunnel};
 use crate::error::ProxyError;
 use crate::flow::policy::Forwarding;
 use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
@@ -97,10 +96,11 @@ impl<'a> Exchange<'a> {
             in_flight,
         } = response;
         let status = resp_head.status;
+        let said = resp_head.session_replica(&resp_buf);
+        let set_cookie = flow::pin_cookie(upstream, &decision, said, self.info.tls, trace);
         record(
             self.proxy, self.snap, trace, self.buf, self.head, status, started,
         );
-        let set_cookie = flow::pin_cookie(upstream, &decision, self.info.tls);
         let dechunk = self.head.http10 && resp_head.framing == Framing::Chunked;
         // Shutdown may have started while the request was on its way: the
         // connection closes after this response, which must say so. A request
@@ -126,8 +126,12 @@ impl<'a> Exchange<'a> {
             delivery,
         );
         if status == 101 {
+            // Open, it counts in the backend's tunnels and (by its in-flight
+            // guard) in the requests least-requests compares.
+            let tunnel = Tunnel::open(in_flight.state());
             self.tunnel(client, socket, &resp_buf[resp_head.len..], out)
                 .await;
+            drop(tunnel);
             drop(in_flight);
             return Answered::Gone;
         }
@@ -229,7 +233,7 @@ impl<'a> Exchange<'a> {
                             .map(|_| &*upstream.config.cookie.name),
                         client: self.info.peer.ip(),
                         tls: self.info.tls,
-                        failover_from: decision.failover_from.map(|f| &*upstream.backends[f].name),
+                        failover_from: decision.failover_from.map(|f| upstream.name_of(f)),
                     };
                     head::write_request(&mut out, self.buf, self.head, &fwd);
                     let body = &self.buf[self.head.len..self.head.len + self.body_in_buf];
@@ -240,8 +244,7 @@ impl<'a> Exchange<'a> {
             };
             match result {
                 Ok((socket, buf, head)) => {
-                    backend.state.passive_failures.store(0, Relaxed);
-                    backend.state.requests.fetch_add(1, Relaxed);
+                    backend.state.answered(upstream.counted_session(&decision));
                     let response = Response {
                         socket,
                         buf,
