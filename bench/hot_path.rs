@@ -23,16 +23,16 @@ const SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret";
 fn backends(n: usize) -> Vec<Backend> {
     (0..n)
         .map(|i| {
-            let addr = format!("127.0.0.1:{}", 19000 + i).parse().unwrap();
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{}", 19000 + i).parse().unwrap();
             Backend {
                 name: format!("app{}", i + 1).into(),
-                addr,
+                addr: limpet::config::BackendAddr::Ip(addr),
                 addr_text: addr.to_string(),
                 weight: 1 + (i % 3) as u32,
                 replica: None,
                 route: format!("app{}", i + 1),
                 tls: None,
-                state: Arc::new(BackendState::new(addr)),
+                state: Arc::new(BackendState::new(Some(addr))),
             }
         })
         .collect()

@@ -388,8 +388,9 @@ pub struct BackendStatus {
     pub health: &'static str,
     /// What the operator set: `ready`, `draining` or `maintenance`.
     pub operator: &'static str,
-    /// The address limpet connects to (`addr` resolved).
-    pub resolved: String,
+    /// The address limpet connects to now (`addr`, or what its DNS name last
+    /// resolved to; `None` while the name resolves to nothing).
+    pub resolved: Option<String>,
     /// Open upgraded connections (WebSocket); each also counts in `in_flight`.
     pub tunnels: usize,
     /// Estimated distinct sessions seen within the upstream's `session_window`.
@@ -463,7 +464,7 @@ pub fn backend_status(up: &Upstream, b: &Backend) -> BackendStatus {
             Health::Down => "down",
         },
         operator: operator_str(b.state.operator()),
-        resolved: b.addr.to_string(),
+        resolved: b.state.pool.addr().map(|a| a.to_string()),
         tunnels: b.state.tunnels.load(Relaxed),
         active_sessions: b.state.active_sessions(),
         drain: b.state.drain_deadline().map(|(at, left)| DrainStatus {

@@ -1,6 +1,6 @@
 //! The composition root: binds the listeners of a configuration, builds the first
-//! snapshot, and spawns the accept loops, the health checker and the admin
-//! listener. [`Limpet::start`] is what `limpet run` and the tests call.
+//! snapshot, and spawns the accept loops, the health checker, the resolver of
+//! backends named by DNS and the admin listener. [`Limpet::start`] is what `limpet run` and the tests call.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -58,6 +58,8 @@ impl Limpet {
         metrics.register_snapshot(&snapshot);
         let state = state::shared(snapshot);
         let config = state.load().config.clone();
+        // Backends named by DNS get their first address before traffic does.
+        crate::resolve::resolve_all(&state).await;
 
         let backlog = config.listen.backlog;
         // Sockets handed over by an upgrade (or systemd) are taken first.
@@ -112,6 +114,11 @@ impl Limpet {
                 config.timeouts.shutdown_grace,
             ));
         }
+        tasks.spawn(crate::resolve::run(
+            state.clone(),
+            reloader.generation(),
+            shutdown_rx.clone(),
+        ));
         tasks.spawn(crate::health::run(
             state.clone(),
             metrics.clone(),

@@ -5,13 +5,17 @@
 //! [`BackendState`] lives in an `Arc` that a reload carries into the new snapshot when
 //! the backend's upstream, name and address are unchanged, so the health checker, the
 //! admin API and requests in flight all see one state. Everything on the request path
-//! is a relaxed atomic.
+//! is a relaxed atomic. A backend named by DNS keeps this state when its
+//! address changes (`crate::resolve` moves its pool).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::BackendAddr;
 use crate::pool::Pool;
 use crate::sessions::Sessions;
 
@@ -80,12 +84,19 @@ pub struct BackendState {
     pub pool: Pool,
     /// The last active health check (cold: written by the checker, read by `/status`).
     pub(crate) last_check: std::sync::Mutex<Option<LastCheck>>,
+    /// Why the backend's DNS name has no address (cold: written by
+    /// `crate::resolve`, read by the health checker).
+    unresolved: std::sync::Mutex<Option<String>>,
+    /// A DNS-named backend not resolved yet: it comes up at its first address.
+    awaiting_first_address: AtomicBool,
 }
 
 impl BackendState {
-    pub fn new(addr: SocketAddr) -> Self {
+    /// The state of a new backend: up at `addr`, or (`None`: a DNS name not
+    /// resolved yet) down until its name first resolves.
+    pub fn new(addr: Option<SocketAddr>) -> Self {
         BackendState {
-            health: AtomicU8::new(0),
+            health: AtomicU8::new(if addr.is_some() { 0 } else { 1 }),
             operator: AtomicU8::new(0),
             drain_deadline_ms: AtomicU64::new(0),
             drain_deadline_unix_ms: AtomicU64::new(0),
@@ -99,7 +110,47 @@ impl BackendState {
             up_since_ms: AtomicU64::new(0),
             pool: Pool::new(addr),
             last_check: std::sync::Mutex::new(None),
+            unresolved: std::sync::Mutex::new(
+                addr.is_none().then(|| "dns: not resolved yet".into()),
+            ),
+            awaiting_first_address: AtomicBool::new(addr.is_none()),
         }
+    }
+
+    /// Why the backend's DNS name has no address, if it has none.
+    pub fn unresolved(&self) -> Option<String> {
+        self.unresolved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The backend's DNS name resolved to `addr`: new connections go there
+    /// (the pool moves only when the address changed). A backend that had never
+    /// resolved comes up at full weight (as a new backend does); one whose name failed to
+    /// resolve stays down until health checks pass. Returns the address it
+    /// left, when it moved.
+    pub fn resolved(&self, addr: SocketAddr) -> Option<Option<SocketAddr>> {
+        let was = self.pool.addr();
+        if was == Some(addr) {
+            return None;
+        }
+        *self.unresolved.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.pool.move_to(Some(addr));
+        if self.awaiting_first_address.swap(false, Relaxed) {
+            self.set_health(Health::Up);
+            // New, not recovering: at full weight at once (no slow start).
+            self.up_since_ms.store(0, Relaxed);
+        }
+        Some(was)
+    }
+
+    /// The backend's DNS name resolved to nothing (`reason` says why): it is
+    /// down and has no address until it resolves again. True when it was up.
+    pub fn unresolvable(&self, reason: String) -> bool {
+        *self.unresolved.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.pool.move_to(None);
+        self.set_health(Health::Down)
     }
 
     pub fn health(&self) -> Health {
@@ -251,7 +302,9 @@ fn millis_since_epoch() -> u64 {
 #[derive(Debug)]
 pub struct Backend {
     pub name: Arc<str>,
-    pub addr: SocketAddr,
+    /// As configured: an IP address, or a DNS name (the current address is
+    /// `state.pool.addr()`).
+    pub addr: BackendAddr,
     pub addr_text: String,
     pub weight: u32,
     /// Index of the replica backend in the same upstream.

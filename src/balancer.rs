@@ -253,16 +253,16 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &w)| {
-                let addr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
+                let addr: std::net::SocketAddr = format!("127.0.0.1:{}", 9000 + i).parse().unwrap();
                 Backend {
                     name: format!("app{}", i + 1).into(),
-                    addr,
+                    addr: crate::config::BackendAddr::Ip(addr),
                     addr_text: addr.to_string(),
                     weight: w,
                     replica: None,
                     route: format!("app{}", i + 1),
                     tls: None,
-                    state: Arc::new(BackendState::new(addr)),
+                    state: Arc::new(BackendState::new(Some(addr))),
                 }
             })
             .collect()

@@ -1,6 +1,7 @@
 //! The TOML file's shape (SPEC section 2): parsing with serde, defaults as named
 //! constants, and validation into a [`Config`] whose every field is ready to use
-//! (durations parsed, secrets read, addresses resolved).
+//! (durations parsed, secrets read, listener addresses resolved; a backend
+//! named by DNS is resolved by `crate::resolve` at run time).
 //!
 //! Every error is a [`ConfigError`] that names the file, the line and column of the
 //! offending key, the key's dotted path and why it is wrong.
@@ -40,6 +41,8 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_PASSIVE_FALL: u32 = 1;
 pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 1;
+/// How often a backend named by DNS is resolved again.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a session counts as active after its last request.
 pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(600);
 /// The shortest `session_window`: one second per sub-window of the sketch.
@@ -79,6 +82,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub runtime: Runtime,
+    pub dns: DnsConfig,
     pub routes: Vec<Route>,
     /// In file order of first appearance is not kept by TOML tables; sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
@@ -110,6 +114,14 @@ pub struct TlsConfig {
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `[dns]`: how backends named by DNS are resolved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `server`: ask this DNS server (UDP, TCP when an answer is truncated)
+    /// instead of the system resolver (getaddrinfo: /etc/hosts, resolv.conf).
+    pub server: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +256,8 @@ pub struct UpstreamConfig {
     pub timeouts: TimeoutOverrides,
     /// `[upstream.NAME.tls]` with `enabled = true`: TLS to the backends.
     pub tls: Option<BackendTls>,
+    /// How often backends named by DNS are resolved again.
+    pub resolve_interval: Duration,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -329,7 +343,7 @@ pub struct BackendConfig {
     pub name: String,
     /// As written in the file (shown in `/status`).
     pub addr_text: String,
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
     pub replica: Option<String>,
     pub weight: u32,
     pub route: String,
@@ -349,6 +363,25 @@ impl BackendTls {
             None => "",
         };
         format!(" tls({roots} sni={sni}{mtls})")
+    }
+}
+
+/// Where a backend is: an IP address, or a DNS name resolved at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    /// Used as is: no resolver work.
+    Ip(SocketAddr),
+    /// Resolved at start and every `resolve_interval` (see `crate::resolve`).
+    Name { host: String, port: u16 },
+}
+
+impl BackendAddr {
+    /// The fixed address of an IP backend; `None` for a name.
+    pub fn ip(&self) -> Option<SocketAddr> {
+        match self {
+            BackendAddr::Ip(addr) => Some(*addr),
+            BackendAddr::Name { .. } => None,
+        }
     }
 }
 
@@ -435,9 +468,16 @@ impl Config {
                 up.tls.as_ref().map(BackendTls::summary).unwrap_or_default()
             );
             for b in &up.backends {
+                let dns = match &b.addr {
+                    BackendAddr::Ip(_) => String::new(),
+                    BackendAddr::Name { .. } => format!(
+                        " (DNS, resolved every {})",
+                        humantime::format_duration(up.resolve_interval)
+                    ),
+                };
                 let _ = writeln!(
                     out,
-                    "  backend {} addr={} weight={} replica={}",
+                    "  backend {} addr={}{dns} weight={} replica={}",
                     b.name,
                     b.addr_text,
                     b.weight,

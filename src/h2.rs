@@ -241,7 +241,9 @@ async fn send(
         let reused = pooled.is_some();
         let socket = match pooled.take() {
             Some(socket) => socket,
-            None => crate::pool::connect(state.pool.addr(), tls, timeouts.connect)
+            None => state
+                .pool
+                .connect(tls, timeouts.connect)
                 .await
                 .map_err(|e| (Failure::NotSent(e), false))?,
         };

@@ -45,7 +45,7 @@ pub fn passive_failure(upstream: &Upstream, index: usize, cause: &dyn Display) {
 /// After a backend went down: if it was the last one up, say that every
 /// request to the upstream now gets 503 (the warnings before say why each
 /// went down).
-fn warn_if_all_down(upstream: &Upstream) {
+pub fn warn_if_all_down(upstream: &Upstream) {
     if upstream
         .backends
         .iter()
@@ -199,8 +199,15 @@ impl RiseFall {
 
 /// One `GET health.path`; the error says why it failed.
 async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
+    let Some(addr) = backend.state.pool.addr() else {
+        // A DNS name without an address: `crate::resolve` said why.
+        return Err(backend
+            .state
+            .unresolved()
+            .unwrap_or_else(|| "dns: no address".to_string()));
+    };
     let attempt = async {
-        let socket = crate::pool::connect(backend.addr, backend.tls.as_ref(), cfg.timeout)
+        let socket = crate::pool::connect(addr, backend.tls.as_ref(), cfg.timeout)
             .await
             .map_err(|e| match e {
                 crate::pool::ConnectError::Io(io)

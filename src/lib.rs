@@ -15,7 +15,7 @@
 //! flow       the one request flow (SPEC sections 3-4) both engines call:
 //!            decide (route, pin, choose), Attempts (retry rules), policy
 //!            (header rules, two writers), record (metrics, access log)
-//! admin  reload  health  metrics  access_log   beside the flow
+//! admin  reload  health  resolve  metrics  access_log   beside the flow
 //! state      Snapshot: router, upstreams, backends; Upstream::choose
 //! router  balancer  affinity  backend  sessions  series  pool  error
 //! shutdown  limit
@@ -53,6 +53,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod reload;
+pub mod resolve;
 pub mod router;
 pub mod series;
 pub mod sessions;

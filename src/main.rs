@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::from_file(&config) {
             Ok(c) => {
-                for w in &c.warnings {
+                for w in c.warnings.iter().chain(&unresolvable_names(&c)) {
                     eprintln!("warning: {w}");
                 }
                 print!("{}: ok\n{}", config.display(), c.summary());
@@ -77,6 +77,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `limpet check`'s warnings about backend names that do not resolve now.
+fn unresolvable_names(config: &Config) -> Vec<String> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(limpet::resolve::check_names(config)),
+        Err(e) => vec![format!("backend names not checked: {e}")],
     }
 }
 

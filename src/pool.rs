@@ -4,14 +4,20 @@
 //! `crate::h2` through hyper's HTTP/1.1 client, and gives the socket back when
 //! the exchange ends), and the health checker opens its connections with
 //! [`connect`].
+//!
+//! A backend named by DNS may move ([`Pool::move_to`]): its idle connections
+//! are closed, and a connection to the old address that comes back from an
+//! exchange is not kept.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -165,20 +171,47 @@ struct Idle {
 /// Idle keep-alive connections to one backend.
 #[derive(Debug)]
 pub struct Pool {
-    addr: SocketAddr,
+    /// Where new connections go: an IP backend's address, or what its DNS
+    /// name resolved to last (`None` while it resolves to nothing).
+    addr: ArcSwapOption<SocketAddr>,
+    /// The address changed once: sockets given back are checked against it.
+    moved: AtomicBool,
     sockets: Mutex<Vec<Idle>>,
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: Option<SocketAddr>) -> Self {
         Pool {
-            addr,
+            addr: ArcSwapOption::new(addr.map(Arc::new)),
+            moved: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The backend's current address (a load, no resolver work).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.load().as_deref().copied()
+    }
+
+    /// The backend now lives at `addr` (its DNS name resolved elsewhere, or to
+    /// nothing): idle connections to the old address are closed, and those
+    /// still lent out are not taken back ([`Pool::put`]).
+    pub fn move_to(&self, addr: Option<SocketAddr>) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        self.addr.store(addr.map(Arc::new));
+        self.moved.store(true, Relaxed);
+        sockets.clear();
+    }
+
+    /// A new connection to the backend's current address within `timeout`,
+    /// TLS when `tls` says so.
+    pub async fn connect(
+        &self,
+        tls: Option<&TlsTarget>,
+        timeout: Duration,
+    ) -> Result<Conn, ConnectError> {
+        let addr = self.addr().ok_or(ConnectError::NoAddress)?;
+        connect(addr, tls, timeout).await
     }
 
     /// An idle socket that is still open and speaks what `tls` asks for, most
@@ -218,6 +251,11 @@ impl Pool {
         }
         let now = Instant::now();
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock that `move_to` takes: a socket to an address the
+        // backend left is never kept. Costs a system call, only once moved.
+        if self.moved.load(Relaxed) && socket.tcp().peer_addr().ok() != self.addr() {
+            return;
+        }
         // Oldest first: take (newest first) may never reach the bottom sockets
         // again after a burst, so the expired ones are closed here.
         if sockets.first().is_some_and(|idle| now >= idle.until) {
@@ -255,6 +293,8 @@ pub enum ConnectError {
     /// not match, a backend that wants a client certificate...).
     #[error("TLS handshake: {0}")]
     Tls(#[source] std::io::Error),
+    #[error("connect: the backend's DNS name has no address")]
+    NoAddress,
 }
 
 impl ConnectError {
@@ -291,4 +331,46 @@ pub async fn connect(
     tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A listener on a free loopback port and a connection to it.
+    async fn connected(ip: [u8; 4]) -> (TcpListener, Conn) {
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+        let socket = connect(listener.local_addr().unwrap(), None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        (listener, socket)
+    }
+
+    #[tokio::test]
+    async fn a_moved_pool_keeps_no_connection_to_the_old_address() {
+        let (old, to_old) = connected([127, 0, 0, 1]).await;
+        let (new, to_new) = connected([127, 0, 0, 1]).await;
+        let (_, idle_old) = connected([127, 0, 0, 1]).await;
+        let pool = Pool::new(Some(old.local_addr().unwrap()));
+        pool.put(idle_old, Duration::from_secs(60));
+        assert_eq!(pool.idle_count(), 1);
+
+        pool.move_to(Some(new.local_addr().unwrap()));
+        assert_eq!(pool.idle_count(), 0, "idle connections closed");
+        assert_eq!(pool.addr(), Some(new.local_addr().unwrap()));
+        // A connection lent out before the move comes back: not kept.
+        pool.put(to_old, Duration::from_secs(60));
+        assert_eq!(pool.idle_count(), 0);
+        // One to the new address is.
+        pool.put(to_new, Duration::from_secs(60));
+        assert_eq!(pool.idle_count(), 1);
+
+        pool.move_to(None);
+        assert_eq!(pool.addr(), None);
+        assert!(matches!(
+            pool.connect(None, Duration::from_secs(1)).await,
+            Err(ConnectError::NoAddress)
+        ));
+    }
 }

@@ -5,7 +5,8 @@
 //! A request loads the snapshot once and keeps that `Arc` until it finishes, so a
 //! reload never changes the rules under a request in flight. Backend runtime state
 //! (health, operator state, pool) is carried from the previous snapshot when the
-//! upstream, the backend's name and its address are unchanged.
+//! upstream, the backend's name and its configured address (an IP address, or a
+//! DNS name and port: what the name resolves to may change) are unchanged.
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -198,11 +199,11 @@ impl Upstream {
                             .find(|old| *old.name == *b.name && old.addr == b.addr)
                     })
                     .map(|old| old.state.clone());
-                let state = carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr)));
+                let state = carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr.ip())));
                 state.sessions.set_window(config.session_window);
                 Backend {
                     name: b.name.as_str().into(),
-                    addr: b.addr,
+                    addr: b.addr.clone(),
                     addr_text: b.addr_text.clone(),
                     weight: b.weight,
                     replica: b.replica.as_deref().and_then(|r| index.get(r).copied()),

@@ -315,6 +315,38 @@ fn bad_addresses() {
         "upstream.shop.backend[1].addr",
         "\"localhost\" is not a usable host:port address",
     );
+    let text = shop("").replace("127.0.0.1:9002", "app 2.shop:8080");
+    assert_error(
+        "backend-addr-not-a-name",
+        &text,
+        "addr = \"app 2",
+        "upstream.shop.backend[1].addr",
+        "the host is neither an IP address nor a DNS name",
+    );
+    let text = shop("").replace("127.0.0.1:9002", "app2.shop:80800");
+    assert_error(
+        "backend-addr-port-out-of-range",
+        &text,
+        "addr = \"app2.shop",
+        "upstream.shop.backend[1].addr",
+        "the port must be 0 to 65535",
+    );
+    let text = shop("resolve_interval = \"10ms\"");
+    assert_error(
+        "resolve-interval-too-short",
+        &text,
+        "resolve_interval",
+        "upstream.shop.resolve_interval",
+        "must be at least 100ms",
+    );
+    let text = format!("[dns]\nserver = \"dns.local\"\n{}", shop(""));
+    assert_error(
+        "dns-server-not-an-ip",
+        &text,
+        "server = ",
+        "dns.server",
+        "\"dns.local\" is not an IP address or IP:port",
+    );
     let text = shop("").replace(
         "http = [\"127.0.0.1:8080\"]",
         "http = [\"127.0.0.1:8080\", \"127.0.0.1:99999\"]",

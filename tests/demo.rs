@@ -130,7 +130,11 @@ async fn sessions_whose_server_chose_their_replica_survive_on_it_when_limpet_is_
         .await
         .unwrap();
     assert!(untold.elsewhere >= 1, "{untold:?}");
-    assert_eq!(untold.affected - untold.kept, untold.elsewhere, "{untold:?}");
+    assert_eq!(
+        untold.affected - untold.kept,
+        untold.elsewhere,
+        "{untold:?}"
+    );
 }
 
 /// A request straight to one app server, carrying a session cookie and headers.

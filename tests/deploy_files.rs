@@ -293,36 +293,40 @@ fn the_kubernetes_manifests_agree_and_embed_a_valid_config() {
     assert_eq!(str_at(mount, &["mountPath"]), dir);
     let toml = str_at(config_map, &["data", file]);
 
-    // Give the pod's environment and DNS their test values, then parse it as limpet
-    // would: the secret comes from the Secret, every backend is a Service here.
+    // Give the pod's environment its test value, then parse it as limpet would
+    // (backend names are resolved at run time, not by parsing).
     assert!(toml.contains("secret = \"env:LIMPET_SECRET\""));
-    let mut local = toml.replace("\"env:LIMPET_SECRET\"", "\"test-secret\"");
-    let services: Vec<&Value> = docs
-        .iter()
-        .filter(|d| d["kind"].as_str() == Some("Service"))
-        .collect();
-    let mut backends_on_services = 0;
-    for s in &services {
-        let name = str_at(s, &["metadata", "name"]);
-        for p in s["spec"]["ports"].as_sequence().unwrap() {
-            let addr = format!("\"{name}:{}\"", p["port"].as_u64().unwrap());
-            if local.contains(&addr) {
-                backends_on_services += 1;
-                local = local.replace(
-                    &addr,
-                    &format!("\"127.0.0.1:{}\"", p["port"].as_u64().unwrap()),
-                );
-            }
-        }
-    }
+    let local = toml.replace("\"env:LIMPET_SECRET\"", "\"test-secret\"");
     let config = limpet::Config::parse(&local, "kubernetes.yaml#limpet-config")
         .unwrap_or_else(|e| panic!("{e}"));
     let shop = &config.upstreams[0];
-    assert_eq!(
-        backends_on_services,
-        shop.backends.len(),
-        "every backend is a Service"
-    );
+
+    // Every backend is a pod of the app's StatefulSet, by its name under the
+    // headless Service: POD.SERVICE:PORT, backend name = pod name.
+    let app = find("StatefulSet", "shop");
+    let service_name = str_at(app, &["spec", "serviceName"]);
+    let headless = find("Service", service_name);
+    assert_eq!(str_at(headless, &["spec", "clusterIP"]), "None");
+    let app_labels = &app["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&app["spec"]["selector"]["matchLabels"], app_labels);
+    assert_eq!(&headless["spec"]["selector"], app_labels);
+    let app_port = app["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        .as_u64()
+        .expect("the app's container port") as u16;
+    let replicas = app["spec"]["replicas"].as_u64().expect("replicas") as usize;
+    assert_eq!(shop.backends.len(), replicas, "one backend per pod");
+    for (i, b) in shop.backends.iter().enumerate() {
+        let pod = format!("shop-{i}");
+        assert_eq!(b.name, pod);
+        assert_eq!(
+            b.addr,
+            limpet::config::BackendAddr::Name {
+                host: format!("{pod}.{service_name}"),
+                port: app_port,
+            }
+        );
+    }
+    assert!(shop.resolve_interval <= std::time::Duration::from_secs(10));
     assert_eq!(shop.failover, limpet::config::Failover::Replica);
     assert!(shop.backends.iter().all(|b| b.replica.is_some()));
     assert_eq!(config.listen.http[0].port(), port("http"));

@@ -70,13 +70,13 @@ impl Demo {
         let cluster = Cluster::start(&servers).await?;
         for b in &mut upstream.backends {
             if let Some(addr) = cluster.addr(&b.name) {
-                b.addr = addr;
+                b.addr = limpet::config::BackendAddr::Ip(addr);
                 b.addr_text = addr.to_string();
             }
         }
         let control = Control::start(cluster.clone()).await?;
         for b in &mut control_upstream.backends {
-            b.addr = control.addr;
+            b.addr = limpet::config::BackendAddr::Ip(control.addr);
             b.addr_text = control.addr.to_string();
         }
         let upstream = upstream.name.clone();

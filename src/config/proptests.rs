@@ -97,6 +97,27 @@ fn address(clean: bool) -> BoxedStrategy<String> {
     )
 }
 
+/// A backend's addr: an IP address or a DNS name (not resolved at load).
+fn backend_address(clean: bool) -> BoxedStrategy<String> {
+    mostly(
+        clean,
+        &[
+            "127.0.0.1:9001",
+            "[::1]:9002",
+            "app-0.app.shop.svc.cluster.local:8080",
+            "localhost:9003",
+        ],
+        &[
+            "app 0:80",
+            "app-0",
+            "app..x:80",
+            "app-0:99999",
+            "[app]:80",
+            ":80",
+        ],
+    )
+}
+
 fn duration(clean: bool) -> BoxedStrategy<String> {
     mostly(
         clean,
@@ -237,7 +258,18 @@ fn keys(table: &str, clean: bool) -> Vec<(&'static str, BoxedStrategy<String>)> 
                 "session_window",
                 m(&["10m", "8s", "1h"], &["7s", "0s", "abc"]),
             ),
+            (
+                "resolve_interval",
+                m(&["5s", "100ms", "1m"], &["50ms", "0s", "abc"]),
+            ),
         ],
+        "dns" => vec![(
+            "server",
+            m(
+                &["127.0.0.1:5353", "10.96.0.10", "[::1]:53"],
+                &["dns.local", "127.0.0.1:99999", ""],
+            ),
+        )],
         "cookie" => vec![
             ("name", m(&["limpet"], &["", "a b", "sid;"])),
             ("secret", secret(clean)),
@@ -280,7 +312,7 @@ fn keys(table: &str, clean: bool) -> Vec<(&'static str, BoxedStrategy<String>)> 
         ],
         "backend" => vec![
             ("name", backend_name(clean)),
-            ("addr", address(clean)),
+            ("addr", backend_address(clean)),
             ("replica", backend_name(clean)),
             ("weight", integer(clean, 1, 10_000)),
             ("route", backend_name(clean)),
@@ -335,6 +367,7 @@ fn document(clean: bool) -> impl Strategy<Value = String> {
         ("[timeouts]", "timeouts", 0.3),
         ("[limits]", "limits", 0.3),
         ("[runtime]", "runtime", 0.2),
+        ("[dns]", "dns", 0.2),
         ("[upstream.shop]", "upstream", 0.5),
         ("[upstream.blog]", "upstream", 0.1),
         ("[upstream.shop.cookie]", "cookie", 0.4),

@@ -23,6 +23,8 @@ pub struct File {
     #[serde(default)]
     pub runtime: Runtime,
     #[serde(default)]
+    pub dns: Dns,
+    #[serde(default)]
     pub route: Vec<Route>,
     #[serde(default)]
     pub upstream: BTreeMap<String, Upstream>,
@@ -81,6 +83,12 @@ pub struct Runtime {
     pub worker_threads: Option<usize>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    pub server: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
@@ -105,6 +113,7 @@ pub struct Upstream {
     pub health: Option<Health>,
     pub timeouts: Option<UpstreamTimeouts>,
     pub tls: Option<UpstreamTls>,
+    pub resolve_interval: Option<String>,
     #[serde(default)]
     pub backend: Vec<Backend>,
 }

@@ -1,5 +1,6 @@
 //! Validation: turns the raw file into a [`Config`], parsing durations, reading
-//! secrets and certificates, resolving addresses, and checking every rule of SPEC
+//! secrets and certificates, resolving listener addresses (a backend's DNS name
+//! is only checked here: `crate::resolve` resolves it), and checking every rule of SPEC
 //! section 2. Errors carry the dotted key they are about.
 
 use std::collections::HashSet;
@@ -131,6 +132,9 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
     let runtime = Runtime {
         worker_threads: raw.runtime.worker_threads.unwrap_or(0),
     };
+    let dns = DnsConfig {
+        server: raw.dns.server.as_deref().map(dns_server).transpose()?,
+    };
 
     let mut upstreams = Vec::new();
     for (name, up) in raw.upstream {
@@ -150,6 +154,7 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
         timeouts,
         limits,
         runtime,
+        dns,
         routes,
         upstreams,
         warnings,
@@ -303,7 +308,7 @@ fn validate_upstream(
         backends.push(BackendConfig {
             name: b.name.clone(),
             addr_text: b.addr.clone(),
-            addr: resolve_addr(&b.addr, &bkey("addr"))?,
+            addr: backend_addr(&b.addr, &bkey("addr"))?,
             replica: b.replica.clone(),
             weight,
             route,
@@ -453,6 +458,21 @@ fn validate_upstream(
         }
         _ => None,
     };
+    let resolve_interval = duration(
+        up.resolve_interval,
+        DEFAULT_RESOLVE_INTERVAL,
+        &key("resolve_interval"),
+    )?;
+    if resolve_interval < MIN_RESOLVE_INTERVAL {
+        return Err(invalid(
+            key("resolve_interval"),
+            format!(
+                "must be at least {}",
+                humantime::format_duration(MIN_RESOLVE_INTERVAL)
+            ),
+        ));
+    }
+
     let session_window = duration(
         up.session_window,
         DEFAULT_SESSION_WINDOW,
@@ -481,6 +501,7 @@ fn validate_upstream(
         health,
         timeouts,
         tls,
+        resolve_interval,
         backends,
     })
 }
@@ -596,6 +617,70 @@ fn optional_duration(text: Option<String>, key: &str) -> Result<Option<Duration>
 
 fn parse_listen_addr(text: &str, key: &str) -> Result<SocketAddr, Invalid> {
     resolve_addr(text, key)
+}
+
+/// `[dns] server`: an IP address with an optional port (53 when absent).
+fn dns_server(text: &str) -> Result<SocketAddr, Invalid> {
+    let ip = text
+        .parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53));
+    ip.or_else(|_| text.parse::<SocketAddr>()).map_err(|_| {
+        invalid(
+            "dns.server",
+            format!("\"{text}\" is not an IP address or IP:port (like \"10.96.0.10\" or \"127.0.0.1:5353\")"),
+        )
+    })
+}
+
+/// A name resolved more often than this would load the DNS server for nothing.
+const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A backend's `host:port`: an IP address is used as is; a DNS name is only
+/// checked here (resolved at run time by `crate::resolve`, so a name that does
+/// not resolve yet fails neither `limpet check`, nor the start, nor a reload).
+fn backend_addr(text: &str, key: &str) -> Result<BackendAddr, Invalid> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(BackendAddr::Ip(addr));
+    }
+    let bad = |why: &str| {
+        invalid(
+            key,
+            format!("\"{text}\" is not a usable host:port address ({why})"),
+        )
+    };
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(bad("expected host:port"));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) => p,
+        Err(_) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(bad("the port must be 0 to 65535"))
+        }
+        Err(_) => return Err(bad("expected host:port")),
+    };
+    if !is_dns_name(host) {
+        return Err(bad(
+            "the host is neither an IP address nor a DNS name (letters, digits, '-', '_' and '.'; an IPv6 address goes in brackets)",
+        ));
+    }
+    Ok(BackendAddr::Name {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// A host name as DNS carries it: dot-separated labels of 1 to 63 letters,
+/// digits, '-' or '_', at most 253 characters; one trailing dot allowed.
+fn is_dns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// `host:port`; a host name is resolved now (at load and at reload).

@@ -215,13 +215,12 @@ impl<'a> Exchange<'a> {
             let reused = pooled.is_some();
             let result = match pooled {
                 Some(socket) => Ok(socket),
-                None => crate::pool::connect(
-                    backend.addr,
-                    backend.tls.as_ref(),
-                    timeouts.backend.connect,
-                )
-                .await
-                .map_err(Failure::NotSent),
+                None => backend
+                    .state
+                    .pool
+                    .connect(backend.tls.as_ref(), timeouts.backend.connect)
+                    .await
+                    .map_err(Failure::NotSent),
             };
             let result = match result {
                 Ok(socket) => {

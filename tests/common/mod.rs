@@ -9,9 +9,11 @@
 //! - [`eventually`]: polls a condition instead of sleeping.
 //!
 //! Beside them: [`scripted`] (a raw-TCP backend that answers by script),
-//! [`wire`] (a raw HTTP/1 client, plain or TLS) and [`tls`] (test certificates).
+//! [`wire`] (a raw HTTP/1 client, plain or TLS), [`tls`] (test certificates)
+//! and [`dns`] (a DNS server whose answers a test changes).
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod scripted;
 pub mod tls;
 pub mod wire;
@@ -48,9 +50,14 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub async fn spawn(name: &str) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::spawn_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A backend listening on `addr` (port 0: any free port).
+    pub async fn spawn_at(name: &str, addr: SocketAddr) -> TestBackend {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind test backend");
+            .unwrap_or_else(|e| panic!("bind test backend on {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let b = TestBackend {
             name: name.to_string(),
