@@ -216,6 +216,7 @@ mod tests {
                     weight: w,
                     replica: None,
                     route: format!("app{}", i + 1),
+                    send_proxy: false,
                     state: Arc::new(BackendState::new(addr)),
                 }
             })

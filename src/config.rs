@@ -90,6 +90,10 @@ pub struct Listen {
     /// `max_connections` wait there (default: the larger of `max_connections`
     /// and [`MIN_DEFAULT_BACKLOG`], as HAProxy defaults it to maxconn).
     pub backlog: u32,
+    /// `[listen] proxy_protocol.from`: connections from these sources must
+    /// start with a PROXY header (v1 or v2), whose address is then the
+    /// client's. Empty: no connection is expected to send one.
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// The smallest default accept queue.
@@ -211,6 +215,17 @@ pub enum SameSite {
     None,
 }
 
+/// `send_proxy` of an upstream or a backend: what limpet puts in front of
+/// each connection to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SendProxy {
+    /// Nothing (the default; on a backend, overrides its upstream's `v2`).
+    Off,
+    /// A PROXY protocol version 2 header with the client's address.
+    V2,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secure {
     Always,
@@ -295,6 +310,10 @@ pub struct BackendConfig {
     pub replica: Option<String>,
     pub weight: u32,
     pub route: String,
+    /// Each connection to this backend starts with a PROXY v2 header (the
+    /// backend's `send_proxy`, else its upstream's); such connections are not
+    /// pooled.
+    pub send_proxy: bool,
 }
 
 impl Config {

@@ -25,7 +25,11 @@ use crate::state::{Decision, Outcome, SharedState, Snapshot, Upstream};
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The client: the socket's peer, or the source a PROXY header carried.
     pub peer: SocketAddr,
+    /// The address the client connected to: the socket's local address, or
+    /// the destination a PROXY header carried (what `send_proxy` passes on).
+    pub local: SocketAddr,
     pub tls: bool,
 }
 

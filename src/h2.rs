@@ -26,7 +26,7 @@ use hyper::client::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -199,7 +199,15 @@ async fn handle(
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         let in_flight = InFlight::start(&backend.state);
-        let sent = send(&backend.state, fresh, replayable, request, timeouts);
+        let proxy_header = backend.send_proxy.then_some(info);
+        let sent = send(
+            &backend.state,
+            fresh,
+            replayable,
+            request,
+            timeouts,
+            proxy_header,
+        );
         let (failure, reused) = match sent.await {
             Ok((resp, lease)) => {
                 backend.state.passive_failures.store(0, Relaxed);
@@ -222,17 +230,20 @@ async fn handle(
 /// Sends `req` to a backend on a pooled socket (unless `fresh`) or a new one;
 /// a pooled socket the backend closed before the request was written is
 /// replaced by a new one. The error says how the attempt failed and whether
-/// its connection came from the pool.
+/// its connection came from the pool. `proxy_header`: the backend has
+/// `send_proxy`, and this client's connection goes first on a new socket
+/// that is never pooled.
 async fn send(
     state: &Arc<BackendState>,
     fresh: bool,
     replayable: bool,
     mut req: Request<UpstreamBody>,
     timeouts: BackendTimeouts,
+    proxy_header: Option<&ConnInfo>,
 ) -> Result<(Response<Incoming>, Lease), (Failure, bool)> {
     // What cannot be sent twice goes only on a connection surely alive.
     let reuse_within = (!replayable).then_some(crate::pool::SAFE_REUSE);
-    let mut pooled = match fresh {
+    let mut pooled = match fresh || proxy_header.is_some() {
         true => None,
         false => state.pool.take(reuse_within),
     };
@@ -240,9 +251,7 @@ async fn send(
         let reused = pooled.is_some();
         let socket = match pooled.take() {
             Some(socket) => socket,
-            None => crate::pool::connect(state.pool.addr(), timeouts.connect)
-                .await
-                .map_err(|e| (Failure::NotSent(e), false))?,
+            None => connect(state, timeouts, proxy_header).await?,
         };
         let (mut sender, conn) = http1::handshake(TokioIo::new(socket))
             .await
@@ -255,7 +264,10 @@ async fn send(
                 let lease = Lease {
                     sender,
                     connection,
-                    keep_for: keep_for(&resp, timeouts),
+                    keep_for: match proxy_header {
+                        Some(_) => Duration::ZERO,
+                        None => keep_for(&resp, timeouts),
+                    },
                 };
                 return Ok((resp, lease));
             }
@@ -266,6 +278,27 @@ async fn send(
             },
         }
     }
+}
+
+/// A new connection to the backend, which starts with the client's PROXY v2
+/// header when `proxy_header` is given.
+async fn connect(
+    state: &BackendState,
+    timeouts: BackendTimeouts,
+    proxy_header: Option<&ConnInfo>,
+) -> Result<TcpStream, (Failure, bool)> {
+    let mut socket = crate::pool::connect(state.pool.addr(), timeouts.connect)
+        .await
+        .map_err(|e| (Failure::NotSent(e), false))?;
+    if let Some(info) = proxy_header {
+        let mut header = Vec::with_capacity(52);
+        crate::proxy_protocol::write_v2(&mut header, info.peer, info.local);
+        socket
+            .write_all(&header)
+            .await
+            .map_err(|e| (Failure::NotSent(e.into()), false))?;
+    }
+    Ok(socket)
 }
 
 /// How hyper's client failed, in the terms of the retry rules.

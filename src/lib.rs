@@ -20,6 +20,7 @@
 //! router  balancer  affinity  backend  series  pool  error  shutdown  limit
 //! config     the TOML file's shape and validation (tls: certificates)
 //! upgrade    sockets handed over at a binary upgrade (or by systemd)
+//! proxy_protocol  the PROXY header read by the listener, written to backends
 //! ```
 //!
 //! A request: `listener` -> `h1` or `h2` -> `flow::Proxy::decide` (`router`,
@@ -51,6 +52,7 @@ pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod router;
 pub mod series;

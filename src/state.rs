@@ -147,6 +147,7 @@ impl Upstream {
                     weight: b.weight,
                     replica: b.replica.as_deref().and_then(|r| index.get(r).copied()),
                     route: b.route.clone(),
+                    send_proxy: b.send_proxy,
                     state: carried.unwrap_or_else(|| Arc::new(BackendState::new(b.addr))),
                 }
             })

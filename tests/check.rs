@@ -440,6 +440,27 @@ fn bad_values() {
 }
 
 #[test]
+fn bad_proxy_protocol_values() {
+    let pp = "proxy_protocol = { from = [\"10.0.0.0/8\", \"10.1.2.300/32\"] }\n";
+    let text = shop("").replacen(LISTEN, &format!("{LISTEN}{pp}"), 1);
+    assert_error(
+        "bad-proxy-cidr",
+        &text,
+        "\"10.1.2.300/32\"",
+        "listen.proxy_protocol.from[1]",
+        "invalid IP address",
+    );
+    let text = shop("send_proxy = \"v3\"");
+    assert_error(
+        "bad-send-proxy",
+        &text,
+        "\"v3\"",
+        "upstream.shop.send_proxy",
+        "unknown variant `v3`",
+    );
+}
+
+#[test]
 fn a_syntax_error_has_a_position_and_one_line() {
     let text = shop("").replace(
         "http = [\"127.0.0.1:8080\"]",

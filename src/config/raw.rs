@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Affinity, Balance, Failover, SameSite};
+use super::{Affinity, Balance, Failover, SameSite, SendProxy};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +36,13 @@ pub struct Listen {
     #[serde(default)]
     pub https: Vec<String>,
     pub backlog: Option<u32>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    pub from: Vec<IpNet>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +110,7 @@ pub struct Upstream {
     pub app_cookie: Option<AppCookie>,
     pub health: Option<Health>,
     pub timeouts: Option<UpstreamTimeouts>,
+    pub send_proxy: Option<SendProxy>,
     #[serde(default)]
     pub backend: Vec<Backend>,
 }
@@ -171,4 +179,5 @@ pub struct Backend {
     pub replica: Option<String>,
     pub weight: Option<u32>,
     pub route: Option<String>,
+    pub send_proxy: Option<SendProxy>,
 }

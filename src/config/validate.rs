@@ -40,6 +40,11 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
             .collect::<Result<_, _>>()?,
         // Set below, once max_connections is known.
         backlog: 0,
+        proxy_protocol_from: raw
+            .listen
+            .proxy_protocol
+            .map(|p| p.from)
+            .unwrap_or_default(),
     };
     if listen.http.is_empty() && listen.https.is_empty() {
         return Err(invalid(
@@ -307,6 +312,7 @@ fn validate_upstream(
             replica: b.replica.clone(),
             weight,
             route,
+            send_proxy: b.send_proxy.or(up.send_proxy) == Some(SendProxy::V2),
         });
     }
     for (i, b) in backends.iter().enumerate() {

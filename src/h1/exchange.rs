@@ -145,13 +145,13 @@ impl<'a> Exchange<'a> {
         drop(in_flight);
         match relayed {
             Ok(clean) => {
-                if clean && resp_head.keep_alive && self.body.done() {
+                let backend = &upstream.backends[decision.backend];
+                if clean && resp_head.keep_alive && self.body.done() && !backend.send_proxy {
                     let keep_for = crate::pool::keep_for(
                         timeouts.backend.keepalive,
                         resp_head.keep_alive_timeout,
                     );
-                    let pool = &upstream.backends[decision.backend].state.pool;
-                    pool.put(socket, keep_for);
+                    backend.state.pool.put(socket, keep_for);
                 }
                 Answered::Relayed { keep_alive: !close }
             }
@@ -204,7 +204,9 @@ impl<'a> Exchange<'a> {
             let backend = &upstream.backends[decision.backend];
             trace.backend = Some(decision.backend);
             let in_flight = InFlight::start(&backend.state);
-            let pooled = match fresh {
+            // A connection that began with one client's PROXY header is
+            // that client's alone: never pooled.
+            let pooled = match fresh || backend.send_proxy {
                 true => None,
                 false => backend.state.pool.take(reuse_within),
             };
@@ -218,6 +220,9 @@ impl<'a> Exchange<'a> {
             let result = match result {
                 Ok(socket) => {
                     out.clear();
+                    if backend.send_proxy {
+                        crate::proxy_protocol::write_v2(&mut out, self.info.peer, self.info.local);
+                    }
                     let fwd = Forwarding {
                         host: self.head.host(self.buf),
                         strip_cookie: upstream
