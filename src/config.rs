@@ -75,6 +75,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub runtime: Runtime,
+    /// `[log]`: where the access log goes and how it is written.
+    pub log: LogConfig,
     pub routes: Vec<Route>,
     /// In file order of first appearance is not kept by TOML tables; sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
@@ -137,6 +139,40 @@ pub struct Limits {
 pub struct Runtime {
     /// 0 = one per CPU.
     pub worker_threads: usize,
+}
+
+/// `[log]`: the access log's destination and format (`crate::access_log`
+/// applies it at start and at every reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    pub access: AccessDestination,
+    /// `None`: the format of limpet's other logs (`--log-format`).
+    pub format: Option<LogFormat>,
+}
+
+/// `[log] access`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessDestination {
+    /// No `access` key: stderr, on when `RUST_LOG` enables `limpet::access`
+    /// at `info` (what limpet did before `[log]` existed).
+    #[default]
+    Default,
+    Off,
+    /// stderr, whatever `RUST_LOG` says.
+    Stderr,
+    /// A file opened in append mode, reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+/// How an access-log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// `TIMESTAMP  INFO limpet::access: key=value ...`
+    #[default]
+    Text,
+    /// One JSON object per line, keyed as tracing-subscriber's JSON format.
+    Json,
 }
 
 #[derive(Debug, Clone)]

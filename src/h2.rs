@@ -11,7 +11,7 @@ mod timeouts;
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -33,13 +33,13 @@ use tokio::task::JoinHandle;
 use crate::backend::{BackendState, InFlight};
 use crate::error::{BoxError, ProxyError};
 use crate::flow::policy::{self, Forwarding};
-use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::flow::{self, Access, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::state::{BackendTimeouts, Snapshot};
 use timeouts::{Activity, TimedIo};
 
 /// The body of a request sent to a backend: the client's, streamed, or none
 /// when a bodiless request is sent again.
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type UpstreamBody = Either<Counted, Empty<Bytes>>;
 
 /// Serves an HTTP/2 connection until it closes, or until shutdown (the
 /// listener's graceful shutdown, through `watcher`).
@@ -90,9 +90,10 @@ async fn call(proxy: &Proxy, req: Request<Incoming>, info: &ConnInfo) -> Respons
         let path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
         (req.method().clone(), path.unwrap_or_default())
     });
+    let bytes_in = access.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
     let snap = proxy.state.load_full();
     let mut trace = Trace::default();
-    let response = match handle(proxy, &snap, req, info, &mut trace).await {
+    let response = match handle(proxy, &snap, req, info, &mut trace, bytes_in.clone()).await {
         Ok(resp) => resp,
         Err(err) => {
             if err.status().is_server_error() {
@@ -102,9 +103,108 @@ async fn call(proxy: &Proxy, req: Request<Incoming>, info: &ConnInfo) -> Respons
         }
     };
     let status = response.status().as_u16();
-    let access = access.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
-    proxy.record(&snap, &trace, status, started.elapsed(), access);
-    response
+    let elapsed = started.elapsed();
+    proxy.record_metrics(&snap, &trace, status, elapsed);
+    let Some((method, path)) = access else {
+        return response;
+    };
+    let line = Box::new(Pending {
+        snap,
+        trace,
+        status,
+        elapsed,
+        method,
+        path,
+        client: info.peer.ip(),
+        bytes_in: bytes_in.unwrap_or_default(),
+        bytes_out: 0,
+    });
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        ProxyBody::Streamed(mut streamed) => {
+            streamed.line = Some(line);
+            ProxyBody::Streamed(streamed)
+        }
+        ProxyBody::Local(full) => {
+            let mut line = line;
+            line.bytes_out = full.size_hint().exact().unwrap_or(0);
+            line.write();
+            ProxyBody::Local(full)
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A request's access-log line, written when its response body has ended
+/// (or was dropped: the client went away), with the body bytes counted.
+struct Pending {
+    snap: Arc<Snapshot>,
+    trace: Trace,
+    status: u16,
+    /// To the response head.
+    elapsed: Duration,
+    method: Method,
+    path: String,
+    client: std::net::IpAddr,
+    /// The request body's DATA bytes, counted as they go to the backend.
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+}
+
+impl Pending {
+    fn write(&self) {
+        let access = Access {
+            method: self.method.as_str(),
+            path: &self.path,
+            client: self.client,
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out,
+        };
+        flow::log_access(&self.snap, &self.trace, self.status, self.elapsed, &access);
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// The client's request body on its way to a backend, its DATA bytes counted
+/// for the access log when it is on.
+#[derive(Debug)]
+struct Counted {
+    inner: Incoming,
+    count: Option<Arc<AtomicU64>>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(count)) = (&polled, &this.count) {
+            if let Some(data) = frame.data_ref() {
+                count.fetch_add(data.len() as u64, Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// limpet's own answer: status and a short plain-text body (none for HEAD).
@@ -135,6 +235,7 @@ async fn handle(
     req: Request<Incoming>,
     info: &ConnInfo,
     trace: &mut Trace,
+    bytes_in: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // `:authority` wins over a `host` field (RFC 9113, section 8.3.1).
     let host: Option<Bytes> = match (req.uri().authority(), req.headers().get(header::HOST)) {
@@ -178,14 +279,18 @@ async fn handle(
         client: info.peer.ip(),
         tls: info.tls,
         failover_from: None,
+        request_id: trace.forwarded_id(),
     };
     policy::rewrite_request(&mut forwarded, &fwd);
-    let mut body = Some(body);
+    let mut body = Some(Counted {
+        inner: body,
+        count: bytes_in,
+    });
     let mut fresh = false;
     let timeouts = upstream.timeouts();
     loop {
         let backend = &upstream.backends[decision.backend];
-        trace.backend = Some(decision.backend);
+        trace.attempt(&decision);
         let mut headers = forwarded.clone();
         let from = decision.failover_from.map(|f| &*upstream.backends[f].name);
         policy::set_failover_from(&mut headers, from);
@@ -374,6 +479,8 @@ pub struct StreamedBody {
     lease: Option<Lease>,
     in_flight: Option<InFlight>,
     state: Arc<BackendState>,
+    /// The access-log line, written when the body ends or is dropped.
+    line: Option<Box<Pending>>,
 }
 
 impl StreamedBody {
@@ -384,6 +491,7 @@ impl StreamedBody {
             lease: Some(lease),
             in_flight: Some(in_flight),
             state,
+            line: None,
         };
         if body.inner.is_end_stream() {
             body.finish();
@@ -396,6 +504,17 @@ impl StreamedBody {
             lease.release(self.state.clone());
         }
         self.in_flight = None;
+        if let Some(line) = self.line.take() {
+            line.write();
+        }
+    }
+}
+
+impl Drop for StreamedBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.write();
+        }
     }
 }
 
@@ -409,6 +528,11 @@ impl Body for StreamedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(line)) = (&polled, &mut this.line) {
+            if let Some(data) = frame.data_ref() {
+                line.bytes_out += data.len() as u64;
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Affinity, Balance, Failover, SameSite, SendProxy};
+use super::{Affinity, Balance, Failover, LogFormat, SameSite, SendProxy};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,8 @@ pub struct File {
     pub limits: Limits,
     #[serde(default)]
     pub runtime: Runtime,
+    #[serde(default)]
+    pub log: Log,
     #[serde(default)]
     pub route: Vec<Route>,
     #[serde(default)]
@@ -86,6 +88,13 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     pub worker_threads: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub access: Option<String>,
+    pub format: Option<LogFormat>,
 }
 
 #[derive(Deserialize)]

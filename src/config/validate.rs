@@ -136,6 +136,10 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
     let runtime = Runtime {
         worker_threads: raw.runtime.worker_threads.unwrap_or(0),
     };
+    let log = LogConfig {
+        access: access_destination(raw.log.access)?,
+        format: raw.log.format,
+    };
 
     let mut upstreams = Vec::new();
     for (name, up) in raw.upstream {
@@ -155,10 +159,38 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
         timeouts,
         limits,
         runtime,
+        log,
         routes,
         upstreams,
         warnings,
     })
+}
+
+/// `[log] access`: "off", "stderr", or a file, which must be writable: it is
+/// opened (and created if missing) in append mode, as nginx's `-t` does.
+fn access_destination(text: Option<String>) -> Result<AccessDestination, Invalid> {
+    let Some(text) = text else {
+        return Ok(AccessDestination::Default);
+    };
+    match text.as_str() {
+        "off" => Ok(AccessDestination::Off),
+        "stderr" => Ok(AccessDestination::Stderr),
+        "" => Err(invalid(
+            "log.access",
+            "must be \"off\", \"stderr\" or a file path",
+        )),
+        path => std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map(|_| AccessDestination::File(path.into()))
+            .map_err(|e| {
+                invalid(
+                    "log.access",
+                    format!("cannot open {path} for appending: {e}"),
+                )
+            }),
+    }
 }
 
 fn validate_tls(tls: raw::Tls) -> Result<TlsConfig, Invalid> {

@@ -23,7 +23,7 @@ use super::io::{
 use crate::backend::InFlight;
 use crate::error::ProxyError;
 use crate::flow::policy::Forwarding;
-use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::flow::{self, Access, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::shutdown::Watch;
 use crate::state::{Decision, Snapshot, Upstream};
 
@@ -97,9 +97,8 @@ impl<'a> Exchange<'a> {
             in_flight,
         } = response;
         let status = resp_head.status;
-        record(
-            self.proxy, self.snap, trace, self.buf, self.head, status, started,
-        );
+        let elapsed = started.elapsed();
+        self.proxy.record_metrics(self.snap, trace, status, elapsed);
         let set_cookie = flow::pin_cookie(upstream, &decision, self.info.tls);
         let dechunk = self.head.http10 && resp_head.framing == Framing::Chunked;
         // Shutdown may have started while the request was on its way: the
@@ -126,12 +125,15 @@ impl<'a> Exchange<'a> {
             delivery,
         );
         if status == 101 {
+            // Logged as the tunnel opens: it may stay open for hours.
+            self.log(trace, status, elapsed, 0);
             self.tunnel(client, socket, &resp_buf[resp_head.len..], out)
                 .await;
             drop(in_flight);
             return Answered::Gone;
         }
         let timeouts = Waits::of(self.snap, upstream);
+        let mut sent = 0;
         let relayed = relay_body(
             client,
             &mut socket,
@@ -140,9 +142,11 @@ impl<'a> Exchange<'a> {
             out,
             timeouts,
             dechunk,
+            &mut sent,
         )
         .await;
         drop(in_flight);
+        self.log(trace, status, elapsed, sent);
         match relayed {
             Ok(clean) => {
                 let backend = &upstream.backends[decision.backend];
@@ -159,6 +163,14 @@ impl<'a> Exchange<'a> {
                 tracing::debug!(error = %e, "response relay broke off");
                 Answered::Gone
             }
+        }
+    }
+
+    /// The access-log line of a relayed response, `bytes_out` body bytes long.
+    fn log(&self, trace: &Trace, status: u16, elapsed: std::time::Duration, bytes_out: u64) {
+        let bytes = (self.body.taken(), bytes_out);
+        if let Some(access) = access(self.buf, self.head, self.info, bytes) {
+            flow::log_access(self.snap, trace, status, elapsed, &access);
         }
     }
 
@@ -202,7 +214,7 @@ impl<'a> Exchange<'a> {
         let mut out = Vec::with_capacity(self.head.len + 256 + self.body_in_buf);
         loop {
             let backend = &upstream.backends[decision.backend];
-            trace.backend = Some(decision.backend);
+            trace.attempt(&decision);
             let in_flight = InFlight::start(&backend.state);
             // A connection that began with one client's PROXY header is
             // that client's alone: never pooled.
@@ -232,6 +244,7 @@ impl<'a> Exchange<'a> {
                         client: self.info.peer.ip(),
                         tls: self.info.tls,
                         failover_from: decision.failover_from.map(|f| &*upstream.backends[f].name),
+                        request_id: trace.forwarded_id(),
                     };
                     head::write_request(&mut out, self.buf, self.head, &fwd);
                     let body = &self.buf[self.head.len..self.head.len + self.body_in_buf];
@@ -514,19 +527,32 @@ impl Upload<'_> {
     }
 }
 
-/// The request's metrics and access-log line.
+/// The metrics and access-log line of a request limpet answered itself
+/// (`access`: see [`access`]).
 pub(super) fn record(
     proxy: &Proxy,
     snap: &Snapshot,
     trace: &Trace,
-    buf: &[u8],
-    head: &RequestHead,
     status: u16,
     started: std::time::Instant,
+    access: Option<Access<'_>>,
 ) {
-    let access = crate::access_log::enabled().then(|| {
-        let method = std::str::from_utf8(head.method(buf)).unwrap_or("");
-        (method, head.target(buf))
-    });
     proxy.record(snap, trace, status, started.elapsed(), access);
+}
+
+/// What the access log says of the request beyond its trace, when it is on;
+/// `bytes`: the body bytes received and sent.
+pub(super) fn access<'b>(
+    buf: &'b [u8],
+    head: &RequestHead,
+    info: &ConnInfo,
+    bytes: (u64, u64),
+) -> Option<Access<'b>> {
+    crate::access_log::enabled().then(|| Access {
+        method: std::str::from_utf8(head.method(buf)).unwrap_or(""),
+        path: head.target(buf),
+        client: info.peer.ip(),
+        bytes_in: bytes.0,
+        bytes_out: bytes.1,
+    })
 }
