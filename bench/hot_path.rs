@@ -32,6 +32,7 @@ fn backends(n: usize) -> Vec<Backend> {
                 replica: None,
                 route: format!("app{}", i + 1),
                 send_proxy: false,
+                tls: None,
                 state: Arc::new(BackendState::new(addr)),
             }
         })
@@ -41,7 +42,7 @@ fn backends(n: usize) -> Vec<Backend> {
 fn cookie_decode(c: &mut Criterion) {
     let names = ["app1", "app2", "app3"];
     let codec = CookieCodec::new("shop", [SECRET], &names);
-    let valid = codec.encode(1);
+    let valid = codec.encode(1, &limpet::affinity::Session::new());
     let rotated = CookieCodec::new("shop", [&b"new-secret"[..], SECRET], &names);
     let mut forged = valid.clone().into_bytes();
     forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
@@ -57,7 +58,9 @@ fn cookie_decode(c: &mut Criterion) {
     g.bench_function("previous_secret", |b| {
         b.iter(|| rotated.decode(black_box(&valid)))
     });
-    g.bench_function("encode", |b| b.iter(|| codec.encode(black_box(2))));
+    g.bench_function("encode", |b| {
+        b.iter(|| codec.encode(black_box(2), &limpet::affinity::Session::new()))
+    });
     g.finish();
 }
 
@@ -184,7 +187,11 @@ fn pick(c: &mut Criterion) {
     let shop = snap.upstream("shop").unwrap();
     let api = snap.upstream("api").unwrap();
     let peer: IpAddr = "198.51.100.23".parse().unwrap();
-    let cookie = shop.cookie.as_ref().unwrap().encode(1);
+    let cookie = shop
+        .cookie
+        .as_ref()
+        .unwrap()
+        .encode(1, &limpet::affinity::Session::new());
 
     let mut pinned = HeaderMap::new();
     pinned.insert(HOST, HeaderValue::from_static("shop.example.com"));
@@ -202,19 +209,28 @@ fn pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick");
     g.bench_function("cookie_pinned", |b| {
         b.iter(|| {
-            let pin = shop.read_pin(black_box(&pinned), "/cart", peer);
+            let pin = shop
+                .read_pin(black_box(&pinned), "/cart", peer)
+                .ok()
+                .flatten();
             shop.choose(pin)
         })
     });
     g.bench_function("cookie_new_session", |b| {
         b.iter(|| {
-            let pin = shop.read_pin(black_box(&fresh), "/cart", peer);
+            let pin = shop
+                .read_pin(black_box(&fresh), "/cart", peer)
+                .ok()
+                .flatten();
             shop.choose(pin)
         })
     });
     g.bench_function("ip_hash", |b| {
         b.iter(|| {
-            let pin = api.read_pin(black_box(&fresh), "/api/x", black_box(peer));
+            let pin = api
+                .read_pin(black_box(&fresh), "/api/x", black_box(peer))
+                .ok()
+                .flatten();
             api.choose(pin)
         })
     });
@@ -222,7 +238,7 @@ fn pick(c: &mut Criterion) {
         b.iter(|| {
             let host = black_box(&pinned).get(HOST).and_then(|h| h.to_str().ok());
             let u = &snap.upstreams[snap.router.route(host, "/cart").unwrap()];
-            let pin = u.read_pin(&pinned, "/cart", peer);
+            let pin = u.read_pin(&pinned, "/cart", peer).ok().flatten();
             u.choose(pin)
         })
     });

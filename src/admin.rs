@@ -1,19 +1,23 @@
 //! The admin listener (SPEC section 6): `/healthz`, `/metrics`, `/status`, operator
-//! actions and `POST /reload`. Never served on a public listener.
+//! actions, `POST /reload` and the live dashboard at `/` (one self-contained
+//! HTML page, `admin/dashboard.html`, that polls `/status` and posts the operator
+//! actions). Never served on a public listener.
 //!
 //! Reads go straight to the shared snapshot and the backends' atomics; operator
 //! actions flip an atomic in the backend's shared state (which a reload carries
-//! over); `POST /reload` goes through the same [`Reloader`] as SIGHUP. With
+//! over); a drain may carry a `deadline` (`?deadline=30m` or `{"deadline":
+//! "30m"}`). `POST /reload` goes through the same [`Reloader`] as SIGHUP. With
 //! `admin.token` set, every POST needs `Authorization: Bearer <token>`.
 
 use std::convert::Infallible;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -36,6 +40,7 @@ pub struct Admin {
 /// The endpoints, as parsed from the request path.
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint<'a> {
+    Dashboard,
     Healthz,
     Metrics,
     Status,
@@ -51,6 +56,7 @@ enum Endpoint<'a> {
 impl<'a> Endpoint<'a> {
     fn parse(path: &'a str) -> Option<Endpoint<'a>> {
         match path {
+            "/" => return Some(Endpoint::Dashboard),
             "/healthz" => return Some(Endpoint::Healthz),
             "/metrics" => return Some(Endpoint::Metrics),
             "/status" => return Some(Endpoint::Status),
@@ -134,6 +140,7 @@ impl Admin {
             return method_not_allowed("GET, HEAD");
         }
         match endpoint {
+            Endpoint::Dashboard => dashboard(),
             Endpoint::Healthz => plain(StatusCode::OK, "ok\n"),
             Endpoint::Metrics => {
                 let text = self.metrics.scrape(&self.state.load_full());
@@ -150,7 +157,14 @@ impl Admin {
                 upstream,
                 backend,
                 set,
-            } => self.set_operator(upstream, backend, set),
+            } => {
+                let (upstream, backend) = (upstream.to_string(), backend.to_string());
+                let query = req.uri().query().map(str::to_string);
+                match deadline(set, query.as_deref(), req.into_body()).await {
+                    Ok(deadline) => self.set_operator(&upstream, &backend, set, deadline),
+                    Err(why) => text(StatusCode::BAD_REQUEST, format!("400 {why}\n")),
+                }
+            }
         }
     }
 
@@ -210,8 +224,15 @@ impl Admin {
         }
     }
 
-    /// `POST /upstreams/{u}/backends/{b}/{drain|maintenance|ready}`.
-    fn set_operator(&self, upstream: &str, backend: &str, set: Operator) -> Response<Body> {
+    /// `POST /upstreams/{u}/backends/{b}/{drain|maintenance|ready}`; a drain
+    /// with a deadline fails its pinned clients over once it passes.
+    fn set_operator(
+        &self,
+        upstream: &str,
+        backend: &str,
+        set: Operator,
+        deadline: Option<Duration>,
+    ) -> Response<Body> {
         let snap = self.state.load_full();
         let Some(up) = snap.upstream(upstream) else {
             return plain(StatusCode::NOT_FOUND, "404 no such upstream\n");
@@ -220,18 +241,110 @@ impl Admin {
             return plain(StatusCode::NOT_FOUND, "404 no such backend\n");
         };
         let before = b.state.operator();
-        b.state.set_operator(set);
+        match deadline {
+            Some(after) => b.state.drain_until(after),
+            None => b.state.set_operator(set),
+        }
+        let answer = ActionAnswer {
+            summary: summary(b),
+            backend: backend_status(up, b),
+        };
         tracing::warn!(
             upstream = %up.name,
             backend = %b.name,
-            "backend set to {} by the admin API (was {}; now {})",
+            "backend set to {} by the admin API (was {}; now {}): {}",
             operator_str(set),
             operator_str(before),
-            b.state.state().as_str()
+            b.state.state().as_str(),
+            answer.summary
         );
-        json(StatusCode::OK, &backend_status(up, b))
+        json(StatusCode::OK, &answer)
     }
 }
+
+/// A drain's deadline from the query (`?deadline=30m`) or the JSON body
+/// (`{"deadline": "30m"}`); an error says why the request is bad.
+async fn deadline(
+    set: Operator,
+    query: Option<&str>,
+    body: Incoming,
+) -> Result<Option<Duration>, String> {
+    /// More than any deadline document needs.
+    const MAX_BODY: usize = 4096;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Given {
+        deadline: Option<String>,
+    }
+    let from_query = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("deadline="))
+        .map(|v| v.replace("%20", " ").replace('+', " "))
+        .next();
+    let bytes = http_body_util::Limited::new(body, MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the request body: {e}"))?
+        .to_bytes();
+    let from_body = match bytes.iter().all(u8::is_ascii_whitespace) {
+        true => None,
+        false => {
+            serde_json::from_slice::<Given>(&bytes)
+                .map_err(|e| format!("the body is not {{\"deadline\": \"30m\"}}: {e}"))?
+                .deadline
+        }
+    };
+    let text = match (from_query, from_body) {
+        (Some(_), Some(_)) => return Err("give the deadline once, in the query or the body".into()),
+        (None, None) => return Ok(None),
+        (Some(t), None) | (None, Some(t)) => t,
+    };
+    if set != Operator::Draining {
+        return Err("a deadline applies only to drain".into());
+    }
+    let after = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("deadline \"{text}\" is not a duration like \"90s\", \"30m\" or \"2h\" ({e})")
+    })?;
+    if after.is_zero() {
+        return Err(
+            "the deadline must be longer than 0s (maintenance fails clients over now)".into(),
+        );
+    }
+    Ok(Some(after))
+}
+
+/// The line an operator action answers and logs: `app3: draining until
+/// 2026-11-21T20:30:00Z (30m left), ~42 active sessions`.
+fn summary(b: &Backend) -> String {
+    let state = match b.state.drain_deadline() {
+        Some((at, left)) if left.is_zero() => {
+            format!("draining, deadline {} passed", rfc3339(at))
+        }
+        Some((at, left)) => format!(
+            "draining until {} ({} left)",
+            rfc3339(at),
+            humantime::format_duration(Duration::from_secs(left.as_secs()))
+        ),
+        None => b.state.state().as_str().to_string(),
+    };
+    format!(
+        "{}: {state}, ~{} active sessions",
+        b.name,
+        b.state.active_sessions()
+    )
+}
+
+/// The answer to an operator action: the backend's `/status` entry and a
+/// one-line summary.
+#[derive(Debug, Serialize)]
+pub struct ActionAnswer {
+    #[serde(flatten)]
+    pub backend: BackendStatus,
+    pub summary: String,
+}
+
+impl Admin {}
 
 /// `GET /status`, shaped as SPEC section 6 shows.
 #[derive(Debug, Serialize)]
@@ -268,6 +381,8 @@ pub struct BackendStatus {
     pub weight: u32,
     pub in_flight: usize,
     pub requests: u64,
+    /// Requests pinned to this backend that another backend answered.
+    pub failovers: u64,
     pub last_check: Option<CheckStatus>,
     /// What the health checks say, whatever the operator set: `up` or `down`.
     pub health: &'static str,
@@ -275,6 +390,20 @@ pub struct BackendStatus {
     pub operator: &'static str,
     /// The address limpet connects to (`addr` resolved).
     pub resolved: String,
+    /// Open upgraded connections (WebSocket); each also counts in `in_flight`.
+    pub tunnels: usize,
+    /// Estimated distinct sessions seen within the upstream's `session_window`.
+    pub active_sessions: u64,
+    /// A running drain's deadline, or null.
+    pub drain: Option<DrainStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrainStatus {
+    /// When the pinned clients fail over (RFC 3339, UTC).
+    pub deadline: String,
+    /// Whole seconds left; 0 once the deadline has passed.
+    pub left_s: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -321,6 +450,7 @@ pub fn backend_status(up: &Upstream, b: &Backend) -> BackendStatus {
         weight: b.weight,
         in_flight: b.state.in_flight.load(Relaxed),
         requests: b.state.requests.load(Relaxed),
+        failovers: b.state.failovers.load(Relaxed),
         last_check: b.state.last_check().map(|c| CheckStatus {
             ok: c.ok,
             // Microsecond precision is plenty and keeps the JSON short.
@@ -334,6 +464,13 @@ pub fn backend_status(up: &Upstream, b: &Backend) -> BackendStatus {
         },
         operator: operator_str(b.state.operator()),
         resolved: b.addr.to_string(),
+        tunnels: b.state.tunnels.load(Relaxed),
+        active_sessions: b.state.active_sessions(),
+        drain: b.state.drain_deadline().map(|(at, left)| DrainStatus {
+            deadline: rfc3339(at),
+            // Rounded up: "1 s left" until it has passed.
+            left_s: left.as_millis().div_ceil(1000) as u64,
+        }),
     }
 }
 
@@ -348,6 +485,29 @@ fn operator_str(op: Operator) -> &'static str {
 /// `2026-11-21T20:00:00Z`: RFC 3339, UTC, whole seconds.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The dashboard page: no external assets, so it works offline. Its inline
+/// script and styles are allowed, nothing else is loaded, and no other site
+/// may frame it (its buttons act).
+fn dashboard() -> Response<Body> {
+    const PAGE: &str = include_str!("admin/dashboard.html");
+    let mut resp = Response::new(Body::from(PAGE));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
@@ -406,6 +566,7 @@ mod tests {
     #[test]
     fn parses_the_endpoints() {
         assert_eq!(Endpoint::parse("/status"), Some(Endpoint::Status));
+        assert_eq!(Endpoint::parse("/"), Some(Endpoint::Dashboard));
         assert_eq!(
             Endpoint::parse("/upstreams/shop/backends/app1/drain"),
             Some(Endpoint::Operator {
@@ -431,7 +592,9 @@ mod tests {
             })
         );
         for bad in [
-            "/",
+            "",
+            "//",
+            "/index.html",
             "/status/",
             "/upstreams/shop/backends/app1",
             "/upstreams/shop/backends/app1/explode",

@@ -1,5 +1,6 @@
 //! A backend of an upstream: its identity from the config and its shared runtime
-//! state (health, operator state, in-flight count, connection pool).
+//! state (health, operator state and drain deadline, in-flight and tunnel
+//! counts, active-session sketch, connection pool).
 //!
 //! [`BackendState`] lives in an `Arc` that a reload carries into the new snapshot when
 //! the backend's upstream, name and address are unchanged, so the health checker, the
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::pool::Pool;
+use crate::sessions::Sessions;
 
 /// What health checks (active or passive) last concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +57,22 @@ impl State {
 pub struct BackendState {
     health: AtomicU8,
     operator: AtomicU8,
-    /// Requests whose response has not finished streaming (least-requests reads it).
+    /// When a drain's deadline passes, in milliseconds since [`epoch`] (0: no
+    /// deadline) and as the wall clock's Unix milliseconds (for `/status`).
+    drain_deadline_ms: AtomicU64,
+    drain_deadline_unix_ms: AtomicU64,
+    /// Requests whose response has not finished streaming, open tunnels
+    /// included (least-requests reads it).
     pub in_flight: AtomicUsize,
+    /// Upgraded connections (WebSocket and others) open to this backend.
+    pub tunnels: AtomicUsize,
+    /// The distinct sessions seen within the upstream's `session_window`.
+    pub sessions: Sessions,
     /// Requests answered by this backend since it appeared.
     pub requests: AtomicU64,
+    /// Requests pinned to this backend that another one answered (failover or
+    /// rebalance): with cookie affinity, about one per session moved away.
+    pub failovers: AtomicU64,
     /// Consecutive connection-level failures of live traffic.
     pub passive_failures: AtomicU32,
     /// Milliseconds since [`epoch`] when the backend last came up (for slow start).
@@ -73,8 +87,13 @@ impl BackendState {
         BackendState {
             health: AtomicU8::new(0),
             operator: AtomicU8::new(0),
+            drain_deadline_ms: AtomicU64::new(0),
+            drain_deadline_unix_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
+            sessions: Sessions::new(crate::config::DEFAULT_SESSION_WINDOW),
             requests: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             // Backends start up, at full weight.
             up_since_ms: AtomicU64::new(0),
@@ -116,6 +135,7 @@ impl BackendState {
         }
     }
 
+    /// Sets the operator state; a drain set this way has no deadline.
     pub fn set_operator(&self, op: Operator) {
         let value = match op {
             Operator::Ready => 0,
@@ -123,6 +143,44 @@ impl BackendState {
             Operator::Maintenance => 2,
         };
         self.operator.store(value, Relaxed);
+        self.drain_deadline_ms.store(0, Relaxed);
+    }
+
+    /// Drains until `after` from now: the backend keeps its pinned clients
+    /// until then, and from then on they fail over as if it were down.
+    pub fn drain_until(&self, after: Duration) {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.drain_deadline_unix_ms
+            .store(unix.saturating_add(after_ms), Relaxed);
+        self.drain_deadline_ms
+            .store(millis_since_epoch().saturating_add(after_ms), Relaxed);
+        self.operator.store(1, Relaxed);
+    }
+
+    /// A running drain's deadline: when it passes (wall clock) and the time
+    /// left (zero once passed). `None` when not draining, or draining without
+    /// a deadline.
+    pub fn drain_deadline(&self) -> Option<(SystemTime, Duration)> {
+        if self.operator() != Operator::Draining {
+            return None;
+        }
+        let at = self.drain_deadline_ms.load(Relaxed);
+        if at == 0 {
+            return None;
+        }
+        let left = Duration::from_millis(at.saturating_sub(millis_since_epoch()));
+        let unix = self.drain_deadline_unix_ms.load(Relaxed);
+        Some((SystemTime::UNIX_EPOCH + Duration::from_millis(unix), left))
+    }
+
+    /// Draining, and its deadline has passed: pinned clients fail over.
+    fn drain_expired(&self) -> bool {
+        let at = self.drain_deadline_ms.load(Relaxed);
+        at != 0 && self.operator() == Operator::Draining && millis_since_epoch() >= at
     }
 
     pub fn state(&self) -> State {
@@ -134,9 +192,13 @@ impl BackendState {
         }
     }
 
-    /// May serve clients pinned to it: up, or draining.
+    /// May serve clients pinned to it: up, or draining before its deadline.
     pub fn is_available(&self) -> bool {
-        matches!(self.state(), State::Up | State::Draining)
+        match self.state() {
+            State::Up => true,
+            State::Draining => !self.drain_expired(),
+            State::Down | State::Maintenance => false,
+        }
     }
 
     /// May take new sessions: up, not draining, not in maintenance.
@@ -153,6 +215,24 @@ impl BackendState {
         }
         let elapsed = millis_since_epoch().saturating_sub(since) as f64;
         (elapsed / slow_start.as_millis() as f64).clamp(0.05, 1.0)
+    }
+}
+
+impl BackendState {
+    /// A response head came from this backend for a request of `session`
+    /// (0: none): counts the request and the session, and clears the count of
+    /// passive failures.
+    pub fn answered(&self, session: u64) {
+        self.passive_failures.store(0, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+        if session != 0 {
+            self.sessions.note(session, millis_since_epoch());
+        }
+    }
+
+    /// The estimated number of distinct sessions within the window.
+    pub fn active_sessions(&self) -> u64 {
+        self.sessions.estimate(millis_since_epoch())
     }
 }
 
@@ -181,6 +261,8 @@ pub struct Backend {
     /// Each connection starts with a PROXY v2 header carrying the client's
     /// address; none is pooled (see `crate::pool`).
     pub send_proxy: bool,
+    /// TLS to this backend (`[upstream.NAME.tls]`), with its server name.
+    pub tls: Option<crate::pool::TlsTarget>,
     pub state: Arc<BackendState>,
 }
 
@@ -226,5 +308,23 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts an upgraded connection (a WebSocket) in a backend's `tunnels` until
+/// dropped. The tunnel's request keeps its [`InFlight`] while it is open too.
+#[derive(Debug)]
+pub struct Tunnel(Arc<BackendState>);
+
+impl Tunnel {
+    pub fn open(state: &Arc<BackendState>) -> Self {
+        state.tunnels.fetch_add(1, Relaxed);
+        Tunnel(state.clone())
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Relaxed);
     }
 }

@@ -1,7 +1,8 @@
 //! Picks a backend for a request without a valid pin (`least-requests`, `round-robin`,
-//! `random`, all weighted; least-requests is power of two choices on requests in flight,
-//! its candidates drawn in weighted round-robin order), and maps an ip-hash key to its backend with a consistent
-//! hash.
+//! `random`, `least-sessions`, all weighted; least-requests is power of two choices on
+//! requests in flight, its candidates drawn in weighted round-robin order;
+//! least-sessions the fewest active sessions per unit of weight), and maps an ip-hash
+//! key to its backend with a consistent hash.
 //!
 //! The consistent hash is weighted rendezvous hashing (highest random weight): each
 //! backend scores `-weight / ln(u)` where `u` is a hash of (key, backend name) mapped to
@@ -46,6 +47,13 @@ impl Balancer {
             Balance::RoundRobin => self.round_robin(backends, eligible),
             Balance::Random => self.weighted_random(backends, eligible),
             Balance::LeastRequests => self.least_requests(backends, eligible),
+            Balance::LeastSessions => {
+                let chosen = self.least_sessions(backends, eligible);
+                if let Some(i) = chosen {
+                    backends[i].state.sessions.assigned();
+                }
+                chosen
+            }
         }
     }
 
@@ -123,6 +131,43 @@ impl Balancer {
         } else {
             Some(a)
         }
+    }
+}
+
+impl Balancer {
+    /// The fewest active sessions per unit of weight (slow start included);
+    /// among equals the fewest requests in flight per unit of weight, then the
+    /// first from a cursor that moves by one per pick. Every eligible backend
+    /// is compared (O(N)): after a failover, the replica that took a dead
+    /// backend's sessions gets no new ones until the others have as many. The
+    /// pick counts at once in the backend's estimate, so a burst of new clients
+    /// spreads (and follows the weights) before the sketch has seen them.
+    fn least_sessions(
+        &self,
+        backends: &[Backend],
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let len = backends.len();
+        let start = self.rr_next.fetch_add(1, Relaxed);
+        let mut best: Option<(usize, f64, f64)> = None;
+        for step in 0..len {
+            let i = (start + step) % len;
+            if !eligible(i) {
+                continue;
+            }
+            let weight = self.effective_weight(&backends[i]);
+            let state = &backends[i].state;
+            let sessions = state.active_sessions() as f64 / weight;
+            let requests = state.in_flight.load(Relaxed) as f64 / weight;
+            let better = match best {
+                None => true,
+                Some((_, s, r)) => sessions < s || (sessions == s && requests < r),
+            };
+            if better {
+                best = Some((i, sessions, requests));
+            }
+        }
+        best.map(|(i, _, _)| i)
     }
 }
 
@@ -217,6 +262,7 @@ mod tests {
                     replica: None,
                     route: format!("app{}", i + 1),
                     send_proxy: false,
+                    tls: None,
                     state: Arc::new(BackendState::new(addr)),
                 }
             })
@@ -247,6 +293,42 @@ mod tests {
         }
         assert!(counts[0] >= 100, "{counts:?}");
         assert!(counts[2] < 100, "{counts:?}");
+    }
+
+    #[test]
+    fn least_sessions_fills_the_emptiest_and_follows_the_weights() {
+        let b = backends(&[1, 1, 1]);
+        let balancer = Balancer::new(Balance::LeastSessions, &b, Duration::ZERO);
+        // app1 absorbed 100 sessions (a failover).
+        for id in 1..=100u64 {
+            b[0].state.answered(mix64(id));
+        }
+        let mut counts = [0usize; 3];
+        for _ in 0..180 {
+            counts[balancer.pick(&b, &[]).unwrap()] += 1;
+        }
+        // app2 and app3 catch up (about 100 each) before app1 gets any.
+        assert!(counts[0] <= 10, "{counts:?}");
+        assert!(counts[1].abs_diff(counts[2]) <= 1, "{counts:?}");
+
+        let b = backends(&[1, 2]);
+        let balancer = Balancer::new(Balance::LeastSessions, &b, Duration::ZERO);
+        let mut counts = [0usize; 2];
+        for _ in 0..300 {
+            counts[balancer.pick(&b, &[]).unwrap()] += 1;
+        }
+        assert!(counts[0].abs_diff(100) <= 1, "{counts:?}");
+    }
+
+    #[test]
+    fn least_sessions_breaks_ties_by_requests_in_flight() {
+        let b = backends(&[1, 1, 1]);
+        let balancer = Balancer::new(Balance::LeastSessions, &b, Duration::ZERO);
+        b[0].state.in_flight.store(5, Relaxed);
+        b[1].state.in_flight.store(3, Relaxed);
+        assert_eq!(balancer.pick(&b, &[]), Some(2));
+        // Now app3 has one session more than the others.
+        assert_ne!(balancer.pick(&b, &[]), Some(2));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_PASSIVE_FALL: u32 = 1;
 pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 1;
+/// How long a session counts as active after its last request.
+pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(600);
+/// The shortest `session_window`: one second per sub-window of the sketch.
+pub const MIN_SESSION_WINDOW: Duration = Duration::from_secs(8);
 pub const MAX_WEIGHT: u32 = 10_000;
 
 /// A configuration error, printed as `FILE:LINE:COL: message` (or `FILE: message`).
@@ -213,6 +217,8 @@ pub enum Balance {
     LeastRequests,
     RoundRobin,
     Random,
+    /// The fewest active sessions per unit of weight; ties as least-requests.
+    LeastSessions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -229,6 +235,7 @@ impl Balance {
             Balance::LeastRequests => "least-requests",
             Balance::RoundRobin => "round-robin",
             Balance::Random => "random",
+            Balance::LeastSessions => "least-sessions",
         }
     }
 }
@@ -277,6 +284,8 @@ pub struct UpstreamConfig {
     pub balance: Balance,
     pub failover: Failover,
     pub retries: u32,
+    /// A session counts as active this long after its last request.
+    pub session_window: Duration,
     pub cookie: CookieConfig,
     pub ip_hash: IpHashConfig,
     pub app_cookie: AppCookieConfig,
@@ -284,7 +293,27 @@ pub struct UpstreamConfig {
     /// `[upstream.NAME.timeouts]`: what overrides the global `[timeouts]` for
     /// requests to this upstream's backends.
     pub timeouts: TimeoutOverrides,
+    /// `[upstream.NAME.tls]` with `enabled = true`: TLS to the backends.
+    pub tls: Option<BackendTls>,
     pub backends: Vec<BackendConfig>,
+}
+
+/// How limpet speaks TLS to an upstream's backends (`[upstream.NAME.tls]`).
+#[derive(Debug, Clone)]
+pub struct BackendTls {
+    /// The name sent as SNI and verified in every backend's certificate;
+    /// `None`: each backend's own host (see `crate::tls::backend_name`).
+    pub sni: Option<String>,
+    /// The CA certificates backends' certificates must chain to; `None`: the
+    /// compiled-in webpki roots.
+    pub ca: Option<PathBuf>,
+    /// `false`: any certificate is accepted (warned about at load).
+    pub verify: bool,
+    /// The client certificate and key presented to backends that ask (mTLS).
+    pub client_cert: Option<CertPair>,
+    /// Built from the files above at load and at every reload; pooled
+    /// connections made with another configuration are not reused.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// An upstream's own `connect` and `response` timeouts; `None` keeps the global
@@ -308,6 +337,12 @@ pub struct CookieConfig {
     pub path: String,
     /// Zero means a browser-session cookie.
     pub max_age: Duration,
+    /// A pin created longer ago is no pin (zero: no limit). The cookie's
+    /// Max-Age is then the time the pin has left.
+    pub max_lifetime: Duration,
+    /// A pin not re-issued for longer is no pin (zero: no limit); a pin older
+    /// than half of it is re-issued.
+    pub max_idle: Duration,
     pub secure: Secure,
     pub http_only: bool,
     pub same_site: SameSite,
@@ -322,6 +357,9 @@ pub struct IpHashConfig {
 pub struct AppCookieConfig {
     pub name: String,
     pub separator: String,
+    /// Set for WebLogic-style ids, `id!primary!secondary`: the text after the
+    /// first `separator` is the primary route, then this, then the secondary.
+    pub secondary_separator: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +388,23 @@ pub struct BackendConfig {
     /// backend's `send_proxy`, else its upstream's); such connections are not
     /// pooled.
     pub send_proxy: bool,
+}
+
+impl BackendTls {
+    /// ` tls=...` for the summary line of its upstream.
+    fn summary(&self) -> String {
+        let roots = match (&self.ca, self.verify) {
+            (_, false) => "verify=off".to_string(),
+            (Some(ca), true) => format!("ca={}", ca.display()),
+            (None, true) => "ca=webpki-roots".to_string(),
+        };
+        let sni = self.sni.as_deref().unwrap_or("backend-host");
+        let mtls = match self.client_cert {
+            Some(_) => " client-cert",
+            None => "",
+        };
+        format!(" tls({roots} sni={sni}{mtls})")
+    }
 }
 
 impl Config {
@@ -425,13 +480,14 @@ impl Config {
         for up in &self.upstreams {
             let _ = writeln!(
                 out,
-                "upstream {} affinity={} balance={} failover={} health={} every {}",
+                "upstream {} affinity={} balance={} failover={} health={} every {}{}",
                 up.name,
                 up.affinity.as_str(),
                 up.balance.as_str(),
                 up.failover.as_str(),
                 up.health.path,
-                humantime::format_duration(up.health.interval)
+                humantime::format_duration(up.health.interval),
+                up.tls.as_ref().map(BackendTls::summary).unwrap_or_default()
             );
             for b in &up.backends {
                 let _ = writeln!(

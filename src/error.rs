@@ -37,7 +37,9 @@ pub enum ProxyError {
     /// No connection to the last backend tried, and no retry left. Nothing of the
     /// request was sent, so it is a 503 like [`ProxyError::NoBackend`] (the same
     /// outage answers 503 before and after health marks the backends down; after,
-    /// [`ProxyError::AllDown`] says why), not a 502.
+    /// [`ProxyError::AllDown`] says why), not a 502. Except a failed TLS
+    /// handshake: the backend is there but limpet will not talk to it (a
+    /// certificate it does not trust, say), a 502 as nginx answers.
     #[error("backend unreachable: {0}")]
     Unreachable(#[source] crate::pool::ConnectError),
     #[error("backend failed before answering: {0}")]
@@ -55,6 +57,7 @@ impl ProxyError {
             ProxyError::Expectation => StatusCode::EXPECTATION_FAILED,
             ProxyError::RedirectHttps(_) => StatusCode::PERMANENT_REDIRECT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Unreachable(cause) if cause.is_tls() => StatusCode::BAD_GATEWAY,
             ProxyError::NoBackend
             | ProxyError::AllDown
             | ProxyError::Rejected
@@ -73,6 +76,9 @@ impl ProxyError {
             ProxyError::Expectation => "417 expectation failed\n",
             ProxyError::RedirectHttps(_) => "308 permanent redirect to https\n",
             ProxyError::NoRoute => "404 no route\n",
+            ProxyError::Unreachable(cause) if cause.is_tls() => {
+                "502 bad gateway: the TLS handshake with the backend failed\n"
+            }
             ProxyError::NoBackend | ProxyError::Unreachable(_) => "503 no backend available\n",
             ProxyError::AllDown => {
                 "503 no backend available: every backend is down (health checks failing)\n"
@@ -102,5 +108,72 @@ impl ProxyError {
                 | ProxyError::HeadTimeout
                 | ProxyError::Expectation
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every answer limpet can give, one per variant.
+    fn every_answer() -> Vec<ProxyError> {
+        let cause = || Box::new(std::io::Error::other("cause")) as BoxError;
+        let refused = crate::pool::ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        vec![
+            ProxyError::BadRequest("x"),
+            ProxyError::BadBody(cause()),
+            ProxyError::HeadTooLarge,
+            ProxyError::HeadTimeout,
+            ProxyError::Expectation,
+            ProxyError::RedirectHttps("https://shop.example/".into()),
+            ProxyError::NoRoute,
+            ProxyError::NoBackend,
+            ProxyError::AllDown,
+            ProxyError::Rejected,
+            ProxyError::Unreachable(refused),
+            ProxyError::Unreachable(crate::pool::ConnectError::Tls(std::io::Error::other("x"))),
+            ProxyError::BadGateway(cause()),
+            ProxyError::Timeout(std::time::Duration::from_secs(1)),
+        ]
+    }
+
+    #[test]
+    fn each_body_starts_with_its_status() {
+        for e in every_answer() {
+            let status = e.status().as_u16().to_string();
+            assert!(e.body().starts_with(&format!("{status} ")), "{e:?}");
+            assert!(e.body().ends_with('\n') && e.body().lines().count() == 1);
+        }
+    }
+
+    /// README's table of limpet's own answers (under "Statuses") is exactly
+    /// what the code sends.
+    #[test]
+    fn the_readme_table_is_the_real_answers() {
+        let readme = include_str!("../README.md");
+        let mut table: Vec<(String, String)> = readme
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.trim().strip_prefix('|')?.split('|').map(str::trim);
+                let status = cells.next()?;
+                let body = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                (status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| (status.to_owned(), body.to_owned()))
+            })
+            .collect();
+        let mut real: Vec<(String, String)> = every_answer()
+            .iter()
+            .map(|e| {
+                (
+                    e.status().as_u16().to_string(),
+                    e.body().trim_end().to_owned(),
+                )
+            })
+            .collect();
+        for list in [&mut table, &mut real] {
+            list.sort();
+            list.dedup();
+        }
+        assert_eq!(table, real);
     }
 }

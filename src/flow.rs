@@ -20,7 +20,7 @@ use crate::backend::Health;
 use crate::config::{Failover, SameSite, Secure};
 use crate::error::{BoxError, ProxyError};
 use crate::metrics::{code_class, Metrics};
-use crate::state::{Decision, Outcome, SharedState, Snapshot, Upstream};
+use crate::state::{Decision, Ignored, Outcome, SharedState, Snapshot, Upstream};
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -48,23 +48,35 @@ pub(crate) struct Trace {
     pub(crate) upstream: Option<usize>,
     pub(crate) backend: Option<usize>,
     pub(crate) outcome: Option<Outcome>,
-    /// The backend the last attempt failed over from.
+    /// The pinned backend the request failed over from, if it did (of its
+    /// last attempt: the access log's `failover_from`).
     pub(crate) failover_from: Option<usize>,
+    /// The pin the request carried was not used (`limpet_pins_ignored_total`).
+    pub(crate) ignored: Option<Ignored>,
+    /// The backend named a replica that is not another backend of its
+    /// upstream (`limpet_session_replica_invalid_total`).
+    pub(crate) replica_invalid: bool,
     /// Set by [`Proxy::decide`] while the access log is on: logged, and
     /// forwarded as `x-request-id`.
     pub(crate) request_id: RequestId,
 }
 
 impl Trace {
-    /// The `x-request-id` to forward in place of the client's, if any.
-    pub(crate) fn forwarded_id(&self) -> Option<&str> {
-        self.request_id.is_set().then(|| self.request_id.as_str())
+    /// Notes where the request went (its first choice, then where it was answered).
+    pub(crate) fn decided(&mut self, decision: &Decision) {
+        self.outcome = Some(decision.outcome);
+        self.failover_from = decision.failover_from;
     }
 
-    /// Notes the attempt on `decision`'s backend.
+    /// Notes an attempt on `decision`'s backend.
     pub(crate) fn attempt(&mut self, decision: &Decision) {
         self.backend = Some(decision.backend);
         self.failover_from = decision.failover_from;
+    }
+
+    /// The `x-request-id` to forward in place of the client's, if any.
+    pub(crate) fn forwarded_id(&self) -> Option<&str> {
+        self.request_id.is_set().then(|| self.request_id.as_str())
     }
 }
 
@@ -127,9 +139,14 @@ impl Proxy {
         }
         let upstream = &snap.upstreams[routed.upstream];
         trace.upstream = Some(routed.upstream);
-        let pin = upstream.read_pin(request.headers, request.path, request.peer);
+        let pin = upstream
+            .read_pin(request.headers, request.path, request.peer)
+            .unwrap_or_else(|ignored| {
+                trace.ignored = Some(ignored);
+                None
+            });
         let decision = upstream.choose(pin);
-        trace.outcome = Some(decision.outcome);
+        trace.decided(&decision);
         if decision.outcome == Outcome::Rejected {
             let reject = upstream.config.failover == Failover::Reject;
             let all_down = upstream
@@ -195,6 +212,25 @@ impl Proxy {
             u.series
                 .affinity(&self.metrics.affinity, upstream, outcome)
                 .inc();
+            // A backend a reload removed has no counter left to count on.
+            if let (Outcome::Failover | Outcome::Rebalanced, Some(from)) =
+                (outcome, trace.failover_from.and_then(|f| u.backends.get(f)))
+            {
+                let failovers = &from.state.failovers;
+                failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if let Some(ignored) = trace.ignored {
+            self.metrics
+                .pins_ignored
+                .with_label_values(&[upstream, ignored.as_str()])
+                .inc();
+        }
+        if trace.replica_invalid {
+            self.metrics
+                .session_replica_invalid
+                .with_label_values(&[upstream])
+                .inc();
         }
     }
 }
@@ -209,8 +245,9 @@ pub(crate) fn log_access(
     access: &Access<'_>,
 ) {
     let up = trace.upstream.map(|u| &snap.upstreams[u]);
+    // A failover may be from a backend a reload removed: `name_of` knows it.
     let name = |index: Option<usize>| match (up, index) {
-        (Some(u), Some(b)) => &*u.backends[b].name,
+        (Some(u), Some(b)) => u.name_of(b),
         _ => "",
     };
     crate::access_log::write(&AccessRecord {
@@ -248,17 +285,39 @@ pub(crate) fn is_idempotent(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE")
 }
 
-/// The Set-Cookie value to send with the response when the decision re-pins
-/// the client (`affinity = "cookie"`).
-pub(crate) fn pin_cookie(upstream: &Upstream, decision: &Decision, tls: bool) -> Option<String> {
+/// The Set-Cookie value to send with the response (`affinity = "cookie"`):
+/// when the decision re-pins the client, or when the backend names a replica
+/// for the session (`x-session-replica`, the value `said`) other than the one
+/// the cookie carries. A name that is not another backend of the upstream is
+/// ignored and counted in `trace`.
+pub(crate) fn pin_cookie(
+    upstream: &Upstream,
+    decision: &Decision,
+    said: Option<&[u8]>,
+    tls: bool,
+    trace: &mut Trace,
+) -> Option<String> {
     let codec = upstream.cookie.as_ref()?;
-    decision
-        .set_cookie
-        .then(|| set_cookie(upstream, &codec.encode(decision.backend), tls))
+    let mut session = decision.session;
+    let mut changed = decision.set_cookie;
+    if let Some(name) = said {
+        match upstream.learned_replica(name, decision.backend) {
+            Some(replica) if session.replica != Some(replica) => {
+                session.replica = Some(replica);
+                changed = true;
+            }
+            Some(_) => {}
+            None => trace.replica_invalid = true,
+        }
+    }
+    let value = changed.then(|| codec.encode(decision.backend, &session))?;
+    Some(set_cookie(upstream, &value, session.created, tls))
 }
 
 /// The Set-Cookie value for a pin, with the attributes of `[upstream.NAME.cookie]`.
-pub(crate) fn set_cookie(upstream: &Upstream, value: &str, tls: bool) -> String {
+/// With `max_lifetime`, its Max-Age is the time left to the session created at
+/// `created` (unix seconds).
+pub(crate) fn set_cookie(upstream: &Upstream, value: &str, created: u32, tls: bool) -> String {
     let c = &upstream.config.cookie;
     let mut cookie = cookie::Cookie::build((c.name.as_str(), value))
         .path(c.path.as_str())
@@ -273,8 +332,16 @@ pub(crate) fn set_cookie(upstream: &Upstream, value: &str, tls: bool) -> String 
             SameSite::Strict => cookie::SameSite::Strict,
             SameSite::None => cookie::SameSite::None,
         });
-    if !c.max_age.is_zero() {
-        cookie = cookie.max_age(cookie::time::Duration::seconds(c.max_age.as_secs() as i64));
+    let max_age = if c.max_lifetime.is_zero() {
+        c.max_age
+    } else {
+        let age = crate::affinity::unix_now().saturating_sub(created);
+        c.max_lifetime
+            .saturating_sub(Duration::from_secs(u64::from(age)))
+            .max(Duration::from_secs(1))
+    };
+    if !max_age.is_zero() {
+        cookie = cookie.max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64));
     }
     cookie.build().to_string()
 }
@@ -362,7 +429,14 @@ impl<'a> Attempts<'a> {
                 if self.retries_left == 0 {
                     return Err(ProxyError::Unreachable(cause));
                 }
-                self.next(failed).map(Retry::Next)
+                // No target left after a failed TLS handshake: say so (502)
+                // rather than that no backend was available.
+                match self.next(failed) {
+                    Err(ProxyError::NoBackend) if cause.is_tls() => {
+                        Err(ProxyError::Unreachable(cause))
+                    }
+                    next => next.map(Retry::Next),
+                }
             }
             Failure::Closed(cause) => self.closed(failed, cause, reused),
             // The backend took the request and answered garbage: it is sick,

@@ -26,14 +26,14 @@ use hyper::client::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 
-use crate::backend::{BackendState, InFlight};
+use crate::backend::{Backend, BackendState, InFlight};
 use crate::error::{BoxError, ProxyError};
 use crate::flow::policy::{self, Forwarding};
 use crate::flow::{self, Access, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::pool::Conn;
 use crate::state::{BackendTimeouts, Snapshot};
 use timeouts::{Activity, TimedIo};
 
@@ -292,7 +292,7 @@ async fn handle(
         let backend = &upstream.backends[decision.backend];
         trace.attempt(&decision);
         let mut headers = forwarded.clone();
-        let from = decision.failover_from.map(|f| &*upstream.backends[f].name);
+        let from = decision.failover_from.map(|f| upstream.name_of(f));
         policy::set_failover_from(&mut headers, from);
         let body = match body.take() {
             Some(b) => Either::Left(b),
@@ -305,21 +305,15 @@ async fn handle(
         *request.headers_mut() = headers;
         let in_flight = InFlight::start(&backend.state);
         let proxy_header = backend.send_proxy.then_some(info);
-        let sent = send(
-            &backend.state,
-            fresh,
-            replayable,
-            request,
-            timeouts,
-            proxy_header,
-        );
+        let sent = send(backend, fresh, replayable, request, timeouts, proxy_header);
         let (failure, reused) = match sent.await {
             Ok((resp, lease)) => {
-                backend.state.passive_failures.store(0, Relaxed);
-                backend.state.requests.fetch_add(1, Relaxed);
-                trace.outcome = Some(decision.outcome);
-                let set_cookie = flow::pin_cookie(upstream, &decision, info.tls);
+                backend.state.answered(upstream.counted_session(&decision));
+                trace.decided(&decision);
                 let (mut parts, incoming) = resp.into_parts();
+                let said = parts.headers.get(policy::SESSION_REPLICA);
+                let said = said.map(|v| v.as_bytes());
+                let set_cookie = flow::pin_cookie(upstream, &decision, said, info.tls, trace);
                 policy::rewrite_response(&mut parts.headers, set_cookie, hsts);
                 parts.version = Version::HTTP_2;
                 let body = StreamedBody::new(incoming, lease, in_flight);
@@ -339,7 +333,7 @@ async fn handle(
 /// `send_proxy`, and this client's connection goes first on a new socket
 /// that is never pooled.
 async fn send(
-    state: &Arc<BackendState>,
+    backend: &Backend,
     fresh: bool,
     replayable: bool,
     mut req: Request<UpstreamBody>,
@@ -348,15 +342,26 @@ async fn send(
 ) -> Result<(Response<Incoming>, Lease), (Failure, bool)> {
     // What cannot be sent twice goes only on a connection surely alive.
     let reuse_within = (!replayable).then_some(crate::pool::SAFE_REUSE);
+    let (state, tls) = (&backend.state, backend.tls.as_ref());
     let mut pooled = match fresh || proxy_header.is_some() {
         true => None,
-        false => state.pool.take(reuse_within),
+        false => state.pool.take(reuse_within, tls),
     };
     loop {
         let reused = pooled.is_some();
         let socket = match pooled.take() {
             Some(socket) => socket,
-            None => connect(state, timeouts, proxy_header).await?,
+            None => {
+                let header = proxy_header.map(|info| {
+                    let mut header = Vec::with_capacity(52);
+                    crate::proxy_protocol::write_v2(&mut header, info.peer, info.local);
+                    header
+                });
+                let addr = state.pool.addr();
+                crate::pool::connect(addr, tls, timeouts.connect, header.as_deref())
+                    .await
+                    .map_err(|e| (Failure::NotSent(e), false))?
+            }
         };
         let (mut sender, conn) = http1::handshake(TokioIo::new(socket))
             .await
@@ -383,27 +388,6 @@ async fn send(
             },
         }
     }
-}
-
-/// A new connection to the backend, which starts with the client's PROXY v2
-/// header when `proxy_header` is given.
-async fn connect(
-    state: &BackendState,
-    timeouts: BackendTimeouts,
-    proxy_header: Option<&ConnInfo>,
-) -> Result<TcpStream, (Failure, bool)> {
-    let mut socket = crate::pool::connect(state.pool.addr(), timeouts.connect)
-        .await
-        .map_err(|e| (Failure::NotSent(e), false))?;
-    if let Some(info) = proxy_header {
-        let mut header = Vec::with_capacity(52);
-        crate::proxy_protocol::write_v2(&mut header, info.peer, info.local);
-        socket
-            .write_all(&header)
-            .await
-            .map_err(|e| (Failure::NotSent(e.into()), false))?;
-    }
-    Ok(socket)
 }
 
 /// How hyper's client failed, in the terms of the retry rules.
@@ -442,7 +426,7 @@ struct Lease {
     sender: http1::SendRequest<UpstreamBody>,
     /// hyper's connection task; it ends, handing the socket back, once the
     /// sender is dropped and the exchange is over.
-    connection: JoinHandle<hyper::Result<http1::Parts<TokioIo<TcpStream>>>>,
+    connection: JoinHandle<hyper::Result<http1::Parts<TokioIo<Conn>>>>,
     /// How long the pool may keep the connection (zero: not at all).
     keep_for: Duration,
 }

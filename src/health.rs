@@ -197,24 +197,18 @@ impl RiseFall {
     }
 }
 
-/// A check's connection to a backend with `send_proxy` starts with a PROXY
-/// v2 LOCAL header: the connection is limpet's own, not a client's.
-async fn local_header(
-    mut socket: tokio::net::TcpStream,
-    send_proxy: bool,
-) -> std::io::Result<tokio::net::TcpStream> {
-    if send_proxy {
-        let mut header = Vec::with_capacity(16);
-        crate::proxy_protocol::write_v2_local(&mut header);
-        tokio::io::AsyncWriteExt::write_all(&mut socket, &header).await?;
-    }
-    Ok(socket)
-}
-
 /// One `GET health.path`; the error says why it failed.
 async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
     let attempt = async {
-        let socket = crate::pool::connect(backend.addr, cfg.timeout)
+        // With `send_proxy`, a v2 LOCAL header: the connection is limpet's
+        // own, not a client's.
+        let mut local = Vec::new();
+        if backend.send_proxy {
+            crate::proxy_protocol::write_v2_local(&mut local);
+        }
+        let header = backend.send_proxy.then_some(&local[..]);
+        let tls = backend.tls.as_ref();
+        let socket = crate::pool::connect(backend.addr, tls, cfg.timeout, header)
             .await
             .map_err(|e| match e {
                 crate::pool::ConnectError::Io(io)
@@ -224,9 +218,6 @@ async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
                 }
                 other => other.to_string(),
             })?;
-        let socket = local_header(socket, backend.send_proxy)
-            .await
-            .map_err(|e| format!("PROXY header: {e}"))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(socket))
             .await
             .map_err(|e| e.to_string())?;

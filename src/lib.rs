@@ -17,7 +17,8 @@
 //!            (header rules, two writers), record (metrics, access log)
 //! admin  reload  health  metrics  access_log   beside the flow
 //! state      Snapshot: router, upstreams, backends; Upstream::choose
-//! router  balancer  affinity  backend  series  pool  error  shutdown  limit
+//! router  balancer  affinity  backend  sessions  series  pool  error
+//! shutdown  limit
 //! config     the TOML file's shape and validation (tls: certificates)
 //! upgrade    sockets handed over at a binary upgrade (or by systemd)
 //! proxy_protocol  the PROXY header read by the listener, written to backends
@@ -30,7 +31,7 @@
 //!
 //! State: one `ArcSwap<state::Snapshot>` holds the whole running configuration; a
 //! request loads it once. Each backend's runtime state ([`backend::BackendState`]:
-//! health, operator state, in-flight count, pool) is an `Arc` of atomics shared
+//! health, operator state, in-flight and tunnel counts, active-session sketch, pool) is an `Arc` of atomics shared
 //! with the health checker and the admin API and carried across reloads.
 //! [`app::Limpet`] wires it all together.
 
@@ -56,6 +57,7 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod router;
 pub mod series;
+pub mod sessions;
 mod shutdown;
 pub mod state;
 pub mod tls;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::affinity::Outcome;
@@ -20,7 +20,12 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     pub backend_state: IntGaugeVec,
     pub backend_in_flight: IntGaugeVec,
+    pub backend_tunnels: IntGaugeVec,
+    pub backend_active_sessions: IntGaugeVec,
+    pub backend_drain_deadline: GaugeVec,
     pub affinity: IntCounterVec,
+    pub pins_ignored: IntCounterVec,
+    pub session_replica_invalid: IntCounterVec,
     pub retries: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub downstream_connections: IntGaugeVec,
@@ -57,6 +62,15 @@ impl Metrics {
             &["upstream", "backend"],
         )?;
         registry.register(Box::new(duration.clone()))?;
+        let drain_deadline = GaugeVec::new(
+            Opts::new(
+                "limpet_backend_drain_deadline_seconds",
+                "Seconds left until a draining backend's deadline (0 once passed); \
+                 only for backends draining with a deadline.",
+            ),
+            &["upstream", "backend"],
+        )?;
+        registry.register(Box::new(drain_deadline.clone()))?;
         let m = Metrics {
             requests: counter(
                 "limpet_requests_total",
@@ -79,10 +93,31 @@ impl Metrics {
                 "Requests in flight to the backend.",
                 &["upstream", "backend"],
             )?,
+            backend_tunnels: gauge(
+                "limpet_backend_tunnels",
+                "Upgraded connections (WebSocket) open to the backend.",
+                &["upstream", "backend"],
+            )?,
+            backend_active_sessions: gauge(
+                "limpet_backend_active_sessions",
+                "Estimated distinct sessions the backend served within the upstream's session_window.",
+                &["upstream", "backend"],
+            )?,
+            backend_drain_deadline: drain_deadline,
             affinity: counter(
                 "limpet_affinity_total",
                 "Routing decisions by outcome.",
                 &["upstream", "outcome"],
+            )?,
+            pins_ignored: counter(
+                "limpet_pins_ignored_total",
+                "Pins a request carried that were not used: expired (cookie.max_lifetime) or idle (cookie.max_idle).",
+                &["upstream", "reason"],
+            )?,
+            session_replica_invalid: counter(
+                "limpet_session_replica_invalid_total",
+                "x-session-replica answers that named no other backend of the upstream (ignored).",
+                &["upstream"],
             )?,
             retries: counter(
                 "limpet_retries_total",
@@ -144,6 +179,11 @@ impl Metrics {
                 self.affinity
                     .with_label_values(&[&up.name, outcome.as_str()]);
             }
+            for ignored in crate::state::Ignored::ALL {
+                self.pins_ignored
+                    .with_label_values(&[&up.name, ignored.as_str()]);
+            }
+            self.session_replica_invalid.with_label_values(&[&up.name]);
             for b in &up.backends {
                 self.retries.with_label_values(&[&up.name, &b.name]);
                 for result in ["ok", "fail"] {
@@ -159,10 +199,24 @@ impl Metrics {
         self.backend_up.reset();
         self.backend_state.reset();
         self.backend_in_flight.reset();
+        self.backend_tunnels.reset();
+        self.backend_active_sessions.reset();
+        self.backend_drain_deadline.reset();
         for up in &snap.upstreams {
             for b in &up.backends {
                 let state = b.state.state();
                 let labels = [&*up.name, &*b.name];
+                self.backend_tunnels
+                    .with_label_values(&labels)
+                    .set(b.state.tunnels.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                self.backend_active_sessions
+                    .with_label_values(&labels)
+                    .set(b.state.active_sessions() as i64);
+                if let Some((_, left)) = b.state.drain_deadline() {
+                    self.backend_drain_deadline
+                        .with_label_values(&labels)
+                        .set(left.as_secs_f64());
+                }
                 self.backend_up
                     .with_label_values(&labels)
                     .set((b.state.health() == crate::backend::Health::Up) as i64);
@@ -198,6 +252,14 @@ impl Metrics {
                         .affinity
                         .remove_label_values(&[&up.name, outcome.as_str()]);
                 }
+                for ignored in crate::state::Ignored::ALL {
+                    let _ = self
+                        .pins_ignored
+                        .remove_label_values(&[&up.name, ignored.as_str()]);
+                }
+                let _ = self
+                    .session_replica_invalid
+                    .remove_label_values(&[&up.name]);
             }
             for b in &up.backends {
                 if kept.is_some_and(|k| k.backend_index(&b.name).is_some()) {

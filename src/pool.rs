@@ -1,13 +1,19 @@
 //! The connections to one backend: a keep-alive pool of idle sockets and the
-//! one function that opens a new one. Both engines send their requests on
-//! these sockets (`crate::h1` writes HTTP/1.1 itself, `crate::h2` through
-//! hyper's HTTP/1.1 client, and gives the socket back when the exchange ends),
-//! and the health checker opens its connections with [`connect`].
+//! one function that opens a new one, plain or TLS ([`Conn`]). Both engines
+//! send their requests on these sockets (`crate::h1` writes HTTP/1.1 itself,
+//! `crate::h2` through hyper's HTTP/1.1 client, and gives the socket back when
+//! the exchange ends), and the health checker opens its connections with
+//! [`connect`].
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// How long an idle connection is kept by default (`[upstream.NAME.timeouts]
@@ -36,10 +42,120 @@ pub fn keep_for(keepalive: Duration, backend_says: Option<u64>) -> Duration {
     }
 }
 
+/// How to speak TLS to one backend (`[upstream.NAME.tls]`).
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    /// Sent as SNI (a DNS name) and verified in the backend's certificate.
+    pub name: ServerName<'static>,
+}
+
+/// A connection to a backend.
+///
+/// An enum rather than a boxed trait object: the plain keep-alive path stays
+/// a `TcpStream` with a branch per call (the TLS state, a kilobyte and more,
+/// is boxed so that the plain case stays small).
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsConn>),
+}
+
+/// A TLS connection and the configuration it was made with.
+#[derive(Debug)]
+pub struct TlsConn {
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    /// After a reload made a new configuration (a new CA, another client
+    /// certificate), idle connections made with the old one are not reused.
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(tcp) => tcp,
+            Conn::Tls(tls) => tls.stream.get_ref().0,
+        }
+    }
+
+    /// Whether this connection speaks what `tls` asks for.
+    fn fits(&self, tls: Option<&TlsTarget>) -> bool {
+        match (self, tls) {
+            (Conn::Plain(_), None) => true,
+            (Conn::Tls(conn), Some(target)) => Arc::ptr_eq(&conn.config, &target.config),
+            _ => false,
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Conn::Tls(tls) => Pin::new(&mut tls.stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            Conn::Tls(tls) => Pin::new(&mut tls.stream).poll_write(cx, data),
+        }
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Conn::Tls(tls) => Pin::new(&mut tls.stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(tcp) => tcp.is_write_vectored(),
+            Conn::Tls(tls) => tls.stream.is_write_vectored(),
+        }
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Conn::Tls(tls) => Pin::new(&mut tls.stream).poll_flush(cx),
+        }
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Conn::Tls(tls) => Pin::new(&mut tls.stream).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An idle connection.
 #[derive(Debug)]
 struct Idle {
-    socket: TcpStream,
+    socket: Conn,
     /// When its last exchange ended.
     since: Instant,
     /// When it is no longer reused.
@@ -65,13 +181,16 @@ impl Pool {
         self.addr
     }
 
-    /// An idle socket that is still open, most recently used first; with
-    /// `used_within`, only one whose last exchange ended that recently.
+    /// An idle socket that is still open and speaks what `tls` asks for, most
+    /// recently used first; with `used_within`, only one whose last exchange
+    /// ended that recently.
     ///
     /// A socket the backend closed (or that has unexpected bytes waiting) reads
     /// as ready, and is dropped here. The check costs no system call unless the
-    /// runtime saw the socket turn readable since its last read.
-    pub fn take(&self, used_within: Option<Duration>) -> Option<TcpStream> {
+    /// runtime saw the socket turn readable since its last read. (For TLS the
+    /// check reads the TCP socket under the TLS layer: bytes there, a
+    /// close_notify say, mean the connection is not reused.)
+    pub fn take(&self, used_within: Option<Duration>, tls: Option<&TlsTarget>) -> Option<Conn> {
         let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         while let Some(idle) = sockets.last() {
@@ -80,10 +199,10 @@ impl Pool {
                 return None;
             }
             let idle = sockets.pop()?;
-            if now >= idle.until {
+            if now >= idle.until || !idle.socket.fits(tls) {
                 continue;
             }
-            match idle.socket.try_read(&mut [0u8; 1]) {
+            match idle.socket.tcp().try_read(&mut [0u8; 1]) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(idle.socket),
                 _ => continue,
             }
@@ -93,7 +212,7 @@ impl Pool {
 
     /// Keeps `socket` for the next request (its last response ended cleanly)
     /// for `keep_for`.
-    pub fn put(&self, socket: TcpStream, keep_for: Duration) {
+    pub fn put(&self, socket: Conn, keep_for: Duration) {
         if keep_for.is_zero() {
             return;
         }
@@ -132,13 +251,49 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake failed (an untrusted certificate, a name that does
+    /// not match, a backend that wants a client certificate...).
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
 }
 
-/// A new connection to `addr` within `timeout`, Nagle off.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let socket = tokio::time::timeout(timeout, TcpStream::connect(addr))
+impl ConnectError {
+    /// The backend answered but its TLS handshake failed: a misconfiguration
+    /// on one side, not an outage.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ConnectError::Tls(_))
+    }
+}
+
+/// A new connection to `addr` within `timeout` (TCP connect and TLS handshake
+/// together), Nagle off, TLS when `tls` says so. `proxy_header` (a PROXY
+/// protocol header, `send_proxy`) is written first, before any TLS.
+pub async fn connect(
+    addr: SocketAddr,
+    tls: Option<&TlsTarget>,
+    timeout: Duration,
+    proxy_header: Option<&[u8]>,
+) -> Result<Conn, ConnectError> {
+    let connecting = async {
+        let mut socket = TcpStream::connect(addr).await?;
+        let _ = socket.set_nodelay(true);
+        if let Some(header) = proxy_header {
+            tokio::io::AsyncWriteExt::write_all(&mut socket, header).await?;
+        }
+        let Some(target) = tls else {
+            return Ok(Conn::Plain(socket));
+        };
+        let connector = tokio_rustls::TlsConnector::from(target.config.clone());
+        let stream = connector
+            .connect(target.name.clone(), socket)
+            .await
+            .map_err(ConnectError::Tls)?;
+        Ok(Conn::Tls(Box::new(TlsConn {
+            stream,
+            config: target.config.clone(),
+        })))
+    };
+    tokio::time::timeout(timeout, connecting)
         .await
-        .map_err(|_| ConnectError::Timeout(timeout))??;
-    let _ = socket.set_nodelay(true);
-    Ok(socket)
+        .map_err(|_| ConnectError::Timeout(timeout))?
 }

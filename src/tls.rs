@@ -1,15 +1,24 @@
-//! TLS termination with rustls (ring provider): certificate loading, the SNI
-//! resolver (the certificate whose names match the client's server name, else the
-//! first), ALPN `h2` and `http/1.1`, TLS 1.2 and 1.3 only.
+//! TLS with rustls (ring provider), TLS 1.2 and 1.3 only, both ways:
+//!
+//! - termination: certificate loading, the SNI resolver (the certificate whose
+//!   names match the client's server name, else the first), ALPN `h2` and
+//!   `http/1.1`;
+//! - to backends (`[upstream.NAME.tls]`): the client configuration (the CA
+//!   file's roots or the compiled-in webpki roots, or no verification; an
+//!   optional client certificate), ALPN `http/1.1`, and the server name each
+//!   backend is verified against.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// Reads a PEM certificate chain and its private key; the message says what is wrong.
 pub fn load_cert_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
@@ -67,4 +76,148 @@ fn covers(cert: &CertifiedKey, name: &ServerName<'_>) -> bool {
         .first()
         .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
         .is_some_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
+}
+
+/// The roots a backend's certificate must chain to.
+pub enum Roots<'a> {
+    /// The certificates of this PEM file (`ca`).
+    File(&'a Path),
+    /// The Mozilla roots compiled into limpet (webpki-roots): no `ca` given.
+    Public,
+}
+
+/// Reads the CA certificates of a PEM file; the message says what is wrong.
+pub fn load_roots(ca: &Path) -> Result<RootCertStore, String> {
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", ca.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", ca.display()));
+    }
+    let mut store = RootCertStore::empty();
+    for cert in certs {
+        store
+            .add(cert)
+            .map_err(|e| format!("{} holds an unusable CA certificate: {e}", ca.display()))?;
+    }
+    Ok(store)
+}
+
+/// The rustls client configuration for one upstream's backends: their
+/// certificates checked against `roots` (or not at all, without `verify`),
+/// `client` presented to a backend that asks for a certificate, ALPN `http/1.1`.
+pub fn client_config(
+    roots: Roots<'_>,
+    verify: bool,
+    client: Option<Arc<CertifiedKey>>,
+) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = match verify {
+        true => builder.with_root_certificates(match roots {
+            Roots::File(ca) => load_roots(ca)?,
+            Roots::Public => RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+        }),
+        false => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+    };
+    let mut config = match client {
+        Some(key) => builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The name a backend's certificate is verified against: `sni` when given,
+/// else the host of its address. A DNS name is also sent as SNI; an IP
+/// address is not (TLS has no SNI for addresses) and must be in the
+/// certificate's IP subject alternative names.
+pub fn backend_name(sni: Option<&str>, addr: &str) -> Result<ServerName<'static>, String> {
+    let host = match sni {
+        Some(name) => name,
+        None => host_of(addr),
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(host.to_string())
+        .map_err(|_| format!("\"{host}\" is not a DNS name to verify a certificate against"))
+}
+
+/// `host` of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// `verify = false`: any certificate is accepted (the handshake's signatures
+/// are still checked, so the session is encrypted to whoever answered).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_is_verified_against_its_host_unless_sni_is_given() {
+        let dns = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        assert_eq!(
+            backend_name(None, "app.internal:8443"),
+            Ok(dns("app.internal"))
+        );
+        assert_eq!(
+            backend_name(Some("shop.example"), "10.0.0.1:8443"),
+            Ok(dns("shop.example"))
+        );
+        let ip = |t: &str| ServerName::IpAddress(t.parse::<IpAddr>().unwrap().into());
+        assert_eq!(backend_name(None, "127.0.0.1:8443"), Ok(ip("127.0.0.1")));
+        assert_eq!(backend_name(None, "[::1]:8443"), Ok(ip("::1")));
+        assert!(backend_name(Some("bad name"), "127.0.0.1:1").is_err());
+    }
 }

@@ -279,3 +279,66 @@ async fn with_a_token_every_post_needs_it() {
     let r = operator.post("/reload").await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page() {
+    let [a, b, c] = three_backends().await;
+    let lb = TestLb::start(&config(&[&a, &b, &c], "", "1s")).await;
+    let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
+    let r = admin.get("/").await;
+    assert_eq!(r.status, 200);
+    let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(header("x-frame-options"), Some("DENY"));
+    let csp = header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    assert!(r.body.starts_with("<!doctype html>"), "{}", r.body);
+    // Nothing is loaded from elsewhere: it works offline.
+    for external in [
+        "http://",
+        "https://",
+        "<script src",
+        "<link",
+        "@import",
+        "url(",
+    ] {
+        assert!(!r.body.contains(external), "the page refers to {external}");
+    }
+    assert!(r.body.contains("fetch(\"status\""));
+    assert_eq!(admin.request("HEAD", "/").await.status, 200);
+    let post = admin.post("/").await;
+    assert_eq!(post.status, 405);
+    assert_eq!(
+        post.headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, HEAD")
+    );
+}
+
+#[tokio::test]
+async fn status_counts_the_failovers_away_from_each_backend() {
+    let [a, b, c] = three_backends().await;
+    let lb = TestLb::start(&config(&[&a, &b, &c], "", "24h")).await;
+    let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
+    let mut client = lb.client();
+    let home = client.get("/").await.backend().to_string();
+    for name in ["app1", "app2", "app3"] {
+        assert_eq!(admin.backend("shop", name).await["failovers"], 0);
+    }
+    admin.set(&home, "maintenance").await;
+    let moved = client.get("/").await;
+    assert_ne!(moved.backend(), home);
+    // Re-pinned: later requests are not failovers.
+    client.get("/").await;
+    client.get("/").await;
+    let status = admin.status().await;
+    for name in ["app1", "app2", "app3"] {
+        let expected = u64::from(name == home);
+        assert_eq!(
+            backend_entry(&status, "shop", name)["failovers"],
+            expected,
+            "{name} (home {home})"
+        );
+    }
+    let entry = backend_entry(&status, "shop", moved.backend());
+    assert_eq!(entry["requests"], 3, "{entry}");
+}

@@ -576,3 +576,42 @@ fn an_address_in_use_is_said_once() {
         out.stderr
     );
 }
+
+/// README's sample error is what `limpet check` really prints for it: the
+/// shipped config with the second backend's replica changed to `app9` (the
+/// line may drift as the file grows; the column, key and message may not).
+#[test]
+fn the_readme_sample_error_is_real_output() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let sample = readme
+        .split('`')
+        .find(|s| s.starts_with("limpet.toml:") && s.contains("\"app9\""))
+        .expect("README has the sample error");
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/limpet.toml"))
+            .unwrap();
+    let second = shipped
+        .match_indices("[[upstream.shop.backend]]")
+        .nth(1)
+        .expect("a second backend")
+        .0;
+    let (head, tail) = shipped.split_at(second);
+    let broken = format!(
+        "{head}{}",
+        tail.replacen("replica = \"app3\"", "replica = \"app9\"", 1)
+    );
+    assert_ne!(broken, shipped, "the second backend's replica is app3");
+    let path = write("readme-sample", &broken);
+    let out = limpet(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let real = out.stderr.lines().next().unwrap_or("");
+    let real = real
+        .strip_prefix(&format!("{}:", path.display()))
+        .unwrap_or_else(|| panic!("{real}"));
+    let sample = sample.strip_prefix("limpet.toml:").unwrap();
+    let without_line = |s: &str| s.split_once(':').map(|(_, rest)| rest.to_owned());
+    assert_eq!(without_line(real), without_line(sample), "real: {real}");
+    let (line, _) = position(&broken, "replica = \"app9\"");
+    assert_eq!(real.split(':').next(), Some(line.to_string().as_str()));
+}

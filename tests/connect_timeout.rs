@@ -107,7 +107,7 @@ async fn a_backend_that_never_answers_syn_fails_over_within_connect() {
     // A client pinned to app1, with the cookie limpet would have issued.
     let codec = limpet::affinity::CookieCodec::new("shop", [secret.as_bytes()], &["app1", "app2"]);
     let mut client = lb.client();
-    client.cookie = Some(codec.encode(0));
+    client.cookie = Some(codec.encode(0, &limpet::affinity::Session::new()));
     let started = Instant::now();
     let reply = client.get("/cart").await;
     let took = started.elapsed();

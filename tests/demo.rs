@@ -14,12 +14,17 @@ use http::{Method, Request};
 use http_body_util::Full;
 use limpet::Config;
 
+mod browser;
+
 #[allow(dead_code, reason = "the example uses what this test does not")]
 #[path = "../examples/demo/app.rs"]
 mod app;
 #[allow(dead_code, reason = "the example uses what this test does not")]
 #[path = "../examples/demo/client.rs"]
 mod client;
+#[allow(dead_code, reason = "the example uses what this test does not")]
+#[path = "../examples/demo/control.rs"]
+mod control;
 #[allow(dead_code, reason = "the example uses what this test does not")]
 #[path = "../examples/demo/walkthrough.rs"]
 mod walkthrough;
@@ -109,6 +114,27 @@ async fn the_contrast_counts_users_and_replica_routing_loses_none() {
         .unwrap();
     assert!(without.affected > 0, "{without:?}");
     assert!(without.kept <= without.affected, "{without:?}");
+}
+
+#[tokio::test]
+async fn sessions_whose_server_chose_their_replica_survive_on_it_when_limpet_is_told() {
+    let config = Config::parse(CONFIG, CONFIG_NAME).unwrap();
+    let told = walkthrough::per_session(&config, true, 12, "app2")
+        .await
+        .unwrap();
+    assert!(told.affected >= 2 && told.elsewhere >= 1, "{told:?}");
+    assert_eq!(told.kept, told.affected, "{told:?}");
+    // Told nothing, limpet follows the static chain: exactly the sessions
+    // whose copy is elsewhere are lost.
+    let untold = walkthrough::per_session(&config, false, 12, "app2")
+        .await
+        .unwrap();
+    assert!(untold.elsewhere >= 1, "{untold:?}");
+    assert_eq!(
+        untold.affected - untold.kept,
+        untold.elsewhere,
+        "{untold:?}"
+    );
 }
 
 /// A request straight to one app server, carrying a session cookie and headers.
@@ -214,12 +240,13 @@ async fn the_page_and_its_controls_work_through_limpet() {
         .send(Method::POST, "/_demo/kill/app3", None)
         .await
         .unwrap();
-    assert_eq!(kill.status, 202);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while demo.cluster.servers()[2].running {
-        assert!(tokio::time::Instant::now() < deadline, "app3 never died");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(kill.status, 200);
+    assert!(!demo.cluster.servers()[2].running, "app3 is dead");
+    let again = browser
+        .send(Method::POST, "/_demo/kill/app3", None)
+        .await
+        .unwrap();
+    assert_eq!(again.status, 409);
     let revive = browser
         .send(Method::POST, "/_demo/revive/app3", None)
         .await
@@ -286,4 +313,119 @@ fn the_demo_config_is_a_valid_limpet_config() {
             ("app3", Some("app1"))
         ]
     );
+}
+
+/// The page's controls go to the demo's control endpoint (limpet routes
+/// `/_demo/` there), so they work when every app server is dead: reviving one
+/// brings the shop back.
+#[tokio::test]
+async fn the_controls_revive_a_server_when_all_three_are_dead() {
+    let demo = demo().await;
+    let mut browser = demo.browser();
+    for name in ["app1", "app2", "app3"] {
+        let kill = browser
+            .send(Method::POST, &format!("/_demo/kill/{name}"), None)
+            .await
+            .unwrap();
+        assert_eq!(kill.status, 200, "kill {name}");
+    }
+    let shop = browser.send(Method::GET, "/cart", None).await.unwrap();
+    assert_eq!(shop.status, 503, "no app server is left");
+    let servers: Vec<ServerInfo> = browser
+        .send(Method::GET, "/_demo/servers", None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(servers.iter().all(|s| !s.running), "{servers:?}");
+
+    let revive = browser
+        .send(Method::POST, "/_demo/revive/app2", None)
+        .await
+        .unwrap();
+    assert_eq!(revive.status, 200, "{:?}", revive.body);
+    assert!(demo.cluster.servers()[1].running);
+    demo.await_health("app2", limpet::backend::Health::Up)
+        .await
+        .unwrap();
+    let (cart, _) = browser.cart().await.unwrap();
+    assert_eq!(cart.served_by, "app2");
+    demo.shutdown().await;
+}
+
+/// The shop page in a real browser (chromium, skipped when absent): the failover
+/// notice stays on through the page's later polls, and its revive button works
+/// when all three app servers are dead.
+#[tokio::test]
+async fn in_a_browser_the_notice_stays_and_revive_works_when_all_are_dead() {
+    let Some(chromium) = browser::Chromium::start() else {
+        return;
+    };
+    let demo = demo().await;
+    let mut page = chromium.page().await;
+    page.open(&format!("{}/", demo.url())).await;
+    page.wait_until(
+        "document.querySelectorAll('tr[data-server]').length === 3",
+        "three app servers listed",
+    )
+    .await;
+    page.click("#login button").await;
+    page.wait_until(
+        "document.getElementById('who').textContent === 'Logged in as alice.'",
+        "logged in",
+    )
+    .await;
+    page.click("#add button").await;
+    page.wait_until(
+        "document.querySelectorAll('#items li').length === 1",
+        "one item in the cart",
+    )
+    .await;
+    let home = page.text("#served").await;
+    let button = |name: &str| format!("tr[data-server=\"{name}\"] button");
+    let state = |name: &str, state: &str| {
+        format!("document.querySelector('tr[data-server=\"{name}\"] td:nth-child(3)')?.textContent === '{state}'")
+    };
+
+    page.click(&button(&home)).await;
+    let notice = format!("(failed over from {home}, backup copy promoted)");
+    page.wait_until(
+        &format!("document.getElementById('failover').textContent === {notice:?}"),
+        "the failover notice",
+    )
+    .await;
+    // Two more polls of /cart later (which do not fail over), it is still there.
+    let polls =
+        "performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/cart')).length";
+    let seen = page.eval(polls).await.and_then(|v| v.as_u64()).unwrap();
+    page.wait_until(&format!("{polls} >= {}", seen + 2), "two more polls")
+        .await;
+    assert_eq!(page.text("#failover").await, notice);
+    assert_eq!(page.text("#who").await, "Logged in as alice.");
+
+    // Every app server dead: the shop answers 503, the controls still work.
+    for name in ["app1", "app2", "app3"].into_iter().filter(|n| *n != home) {
+        page.wait_until(&state(name, "running"), "a running server")
+            .await;
+        page.click(&button(name)).await;
+        page.wait_until(&state(name, "dead"), "the page showing it dead")
+            .await;
+    }
+    assert!(demo.cluster.servers().iter().all(|s| !s.running));
+    page.wait_until(
+        "document.getElementById('error').textContent.startsWith('GET /cart: 503')",
+        "the shop's 503 shown",
+    )
+    .await;
+    page.click(&button(&home)).await;
+    page.wait_until(&state(&home, "running"), "the page showing it revived")
+        .await;
+    let revived = demo.cluster.servers();
+    assert!(
+        revived.iter().any(|s| s.name == home && s.running),
+        "{revived:?}"
+    );
+    page.close().await;
+    drop(chromium);
+    demo.shutdown().await;
 }

@@ -403,3 +403,77 @@ async fn a_backend_can_turn_send_proxy_off() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn send_proxy_goes_before_tls_to_a_tls_backend() {
+    use rustls_pki_types::pem::PemObject;
+    bounded(async {
+        let dir = temp_dir("proxy-backend-tls");
+        let ca = common::tls::TestCa::new(&dir, "ca");
+        let cert = ca.server_cert(&dir, "backend", &["127.0.0.1"]);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.key_path).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der.clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        // The PROXY header of each connection, read in the clear before TLS.
+        let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::new()));
+        let headers = seen.clone();
+        let backend = raw_backend(move |mut stream: TcpStream| {
+            let (seen, acceptor) = (headers.clone(), acceptor.clone());
+            async move {
+                let mut fixed = [0u8; 16];
+                if stream.read_exact(&mut fixed).await.is_err() {
+                    return;
+                }
+                let mut block = vec![0u8; u16::from_be_bytes([fixed[14], fixed[15]]) as usize];
+                if stream.read_exact(&mut block).await.is_err() {
+                    return;
+                }
+                seen.lock().unwrap().push([&fixed[..], &block].concat());
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tls.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\ntls";
+                let _ = tls.write_all(answer).await;
+                let _ = tls.shutdown().await;
+            }
+        })
+        .await;
+        let toml = format!(
+            "[listen]\nhttp = [\"127.0.0.1:0\"]\nproxy_protocol = {{ from = [\"127.0.0.1/32\"] }}\n\n\
+             [upstream.shop]\naffinity = \"none\"\nsend_proxy = \"v2\"\n\
+             [upstream.shop.health]\ninterval = \"100ms\"\n\
+             [upstream.shop.tls]\nca = {:?}\n\
+             [[upstream.shop.backend]]\nname = \"tls\"\naddr = \"{backend}\"\n",
+            ca.cert_path.display().to_string()
+        );
+        let lb = TestLb::start(&toml).await;
+        let resp = via(lb.addr, b"PROXY TCP4 203.0.113.9 192.0.2.80 41000 8080\r\n", "/").await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.text(), "tls");
+        let client = [203, 0, 113, 9];
+        let has_client = |h: &Vec<u8>| h.len() == 28 && h[16..20] == client;
+        assert!(seen.lock().unwrap().iter().any(has_client), "{seen:?}");
+        let local = eventually(Duration::from_secs(10), || async {
+            seen.lock().unwrap().iter().any(|h| *h == v2_local())
+        })
+        .await;
+        assert!(local, "a health check's LOCAL header before its TLS handshake");
+        assert_eq!(lb.backend_state("shop", "tls"), "up");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+}

@@ -24,7 +24,8 @@ fn config(backends: &[&TestBackend], upstream: &str, health: &str) -> String {
 const QUIET: &str = "interval = \"24h\"";
 
 #[tokio::test]
-async fn a_reload_under_load_fails_no_request_and_keeps_the_pins_of_remaining_backends() {
+async fn a_reload_under_load_fails_no_request_keeps_pins_and_moves_a_removed_backends_sessions_to_its_replica(
+) {
     const CLIENTS: usize = 8;
     const REQUESTS: usize = 2000;
     let (a, b, c, d) = (
@@ -59,8 +60,12 @@ async fn a_reload_under_load_fails_no_request_and_keeps_the_pins_of_remaining_ba
             let mut seen = Vec::new();
             for _ in 0..REQUESTS / CLIENTS {
                 match client.try_request("GET", "/", Default::default()).await {
-                    Ok(r) => seen.push((r.status.as_u16(), r.backend().to_string())),
-                    Err(e) => seen.push((0, e)),
+                    Ok(r) => seen.push((
+                        r.status.as_u16(),
+                        r.backend().to_string(),
+                        r.header("x-seen-failover-from").map(str::to_string),
+                    )),
+                    Err(e) => seen.push((0, e, None)),
                 }
                 done.fetch_add(1, Ordering::SeqCst);
             }
@@ -91,20 +96,22 @@ async fn a_reload_under_load_fails_no_request_and_keeps_the_pins_of_remaining_ba
     for (task, pin) in tasks.into_iter().zip(&first_pin) {
         let seen = task.await.unwrap();
         total += seen.len();
-        let failed: Vec<_> = seen.iter().filter(|(s, _)| *s != 200).collect();
+        let failed: Vec<_> = seen.iter().filter(|(s, _, _)| *s != 200).collect();
         assert!(failed.is_empty(), "failed requests: {failed:?}");
         if pin == "app3" {
-            // Its backend is gone: one move to a new backend, then it sticks there.
+            // Its backend is gone: its sessions move to its replica app1 (where
+            // their copies are), told so once, and stay there. None is lost.
             let moved = seen
                 .iter()
-                .position(|(_, b)| b != "app3")
+                .position(|(_, b, _)| b != "app3")
                 .expect("moved off the removed backend");
-            let after: BTreeSet<_> = seen[moved..].iter().map(|(_, b)| b.as_str()).collect();
-            assert_eq!(after.len(), 1, "{after:?}");
-            assert!(!after.contains("app3"));
+            assert_eq!(seen[moved].2.as_deref(), Some("app3"), "{:?}", seen[moved]);
+            let after: BTreeSet<_> = seen[moved..].iter().map(|(_, b, _)| b.as_str()).collect();
+            assert_eq!(after, BTreeSet::from(["app1"]), "app3's replica");
+            assert!(seen[moved + 1..].iter().all(|(_, _, from)| from.is_none()));
         } else {
             assert!(
-                seen.iter().all(|(_, b)| b == pin),
+                seen.iter().all(|(_, b, _)| b == pin),
                 "a client of {pin} kept its pin"
             );
         }

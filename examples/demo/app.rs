@@ -12,13 +12,19 @@
 //! | `GET /cart` | [`CartView`] as JSON: user, items, served_by |
 //! | `GET /health` | `ok` |
 //! | `PUT /_replicate/{id}` | stores a peer's session as a backup copy |
-//! | `GET /_demo/servers`, `POST /_demo/kill/{name}`, `POST /_demo/revive/{name}` | the page's controls |
+//!
+//! The page's controls (`/_demo/...`) are not served here but by the demo's
+//! [control endpoint](crate::control), which limpet routes to, so that they work
+//! when every app server is dead.
 //!
 //! Every session write is replicated, before the answer, to the server's replica
 //! (`PUT /_replicate/{id}` with the session as JSON). A server answers for a session
 //! it holds a copy of; when the request says `x-limpet-failover-from` (or writes to
 //! the session) it promotes the copy to primary and replicates it to its own
-//! replica, so the chain goes on. [`Cluster::kill`] closes a server's listener and
+//! replica, so the chain goes on. A server set to [`Placement::PerSession`] instead
+//! picks each new session's replica itself (its peers in turn, as a replication
+//! layer spreading its backups would), replicates there, and with
+//! `tell` names it to limpet in `x-session-replica`. [`Cluster::kill`] closes a server's listener and
 //! connections and forgets its memory; [`Cluster::revive`] listens on the same port
 //! again, empty. [`crate::walkthrough`] narrates limpet in front of a cluster;
 //! [`crate::client::Browser`] is the small HTTP client both use.
@@ -26,6 +32,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -39,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use limpet::flow::policy::FAILOVER_FROM;
+use limpet::flow::policy::{FAILOVER_FROM, SESSION_REPLICA};
 
 use crate::client::{self, fetch};
 
@@ -73,6 +80,20 @@ pub struct Session {
     pub id: String,
     pub user: Option<String>,
     pub items: Vec<String>,
+    /// The server holding this session's copy, when its primary chose one for
+    /// it ([`Placement::PerSession`]); else the primary's own replica.
+    #[serde(default)]
+    pub replica: Option<String>,
+}
+
+/// Where a server puts the copies of its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On its configured replica (the `replica` of config/demo.toml).
+    Static,
+    /// On each of its peers in turn, chosen per session when the session
+    /// starts; with `tell`, named to limpet in `x-session-replica`.
+    PerSession { tell: bool },
 }
 
 /// What `GET /cart`, `POST /login` and `POST /cart` answer.
@@ -114,6 +135,9 @@ struct Node {
     addr: SocketAddr,
     /// Index of the node this one replicates its sessions to.
     replica: Option<usize>,
+    placement: Mutex<Placement>,
+    /// Sessions placed by [`Placement::PerSession`] so far.
+    placed: AtomicUsize,
     store: Mutex<Store>,
     /// The accept loop and every connection; `None` while killed. Dropping the set
     /// closes the listener and every connection at once.
@@ -152,6 +176,8 @@ impl Cluster {
                 name: name.to_string(),
                 addr: listener.local_addr()?,
                 replica,
+                placement: Mutex::new(Placement::Static),
+                placed: AtomicUsize::new(0),
                 store: Mutex::default(),
                 tasks: Mutex::new(None),
             });
@@ -175,6 +201,39 @@ impl Cluster {
             .map(|(i, n)| (*n, Some(names[(i + 1) % names.len()]).filter(|r| r != n)))
             .collect();
         Cluster::start(&servers).await
+    }
+
+    /// Sets where `name` puts the copies of the sessions it starts from now on.
+    pub fn set_placement(&self, name: &str, placement: Placement) -> bool {
+        let Some((_, node)) = self.node(name) else {
+            return false;
+        };
+        *lock(&node.placement) = placement;
+        true
+    }
+
+    /// The server holding the copy of session `id`, if any does.
+    pub fn holder_of_copy(&self, id: &str) -> Option<&str> {
+        self.0
+            .nodes
+            .iter()
+            .find(|n| lock(&n.store).backup.contains_key(id))
+            .map(|n| n.name.as_str())
+    }
+
+    /// The next of `index`'s running peers in turn: where its next session's
+    /// copy goes.
+    fn next_peer(&self, index: usize) -> Option<String> {
+        let peers: Vec<&Node> = self
+            .0
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| *i != index && lock(&n.tasks).is_some())
+            .map(|(_, n)| n)
+            .collect();
+        let turn = self.0.nodes[index].placed.fetch_add(1, Ordering::Relaxed);
+        peers.get(turn % peers.len().max(1)).map(|n| n.name.clone())
     }
 
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
@@ -339,26 +398,6 @@ async fn handle(cluster: Cluster, index: usize, req: Request<Incoming>) -> Respo
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, "/_demo/servers") => json(StatusCode::OK, &cluster.servers()),
-        (&Method::POST, p) if p.starts_with("/_demo/kill/") => {
-            let name = p.trim_start_matches("/_demo/kill/").to_owned();
-            if cluster.node(&name).is_none() {
-                return text(StatusCode::NOT_FOUND, "no such server\n");
-            }
-            // Answer first: the server being killed may be this one.
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                cluster.kill(&name).await;
-            });
-            text(StatusCode::ACCEPTED, "killing\n")
-        }
-        (&Method::POST, p) if p.starts_with("/_demo/revive/") => {
-            match cluster.revive(p.trim_start_matches("/_demo/revive/")).await {
-                Ok(true) => text(StatusCode::OK, "revived\n"),
-                Ok(false) => text(StatusCode::CONFLICT, "no such server, or it is running\n"),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
-            }
-        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -393,7 +432,7 @@ async fn session_request(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let id = cookie(headers, SESSION_COOKIE);
-    let (session, promoted, changed) = {
+    let (session, promoted, changed, placement) = {
         let mut store = lock(&node.store);
         let mut promoted = false;
         let mut session = match id {
@@ -405,7 +444,8 @@ async fn session_request(
                     store.backup.remove(id);
                     promoted = true;
                 }
-                copy
+                // The new primary places its copy by its own rule.
+                copy.map(|s| Session { replica: None, ..s })
             }
             None => None,
         };
@@ -420,6 +460,7 @@ async fn session_request(
                     id: new_session_id(),
                     user: None,
                     items: Vec::new(),
+                    replica: None,
                 });
                 s.user = Some(name.to_owned());
                 true
@@ -439,10 +480,18 @@ async fn session_request(
                 true
             }
         };
+        let placement = *lock(&node.placement);
+        if let (Some(s), Placement::PerSession { .. }, true) = (&mut session, placement, changed) {
+            if s.replica.is_none() {
+                drop(store);
+                s.replica = cluster.next_peer(index);
+                store = lock(&node.store);
+            }
+        }
         if let (Some(s), true) = (&session, changed) {
             store.primary.insert(s.id.clone(), s.clone());
         }
-        (session, promoted, changed)
+        (session, promoted, changed, placement)
     };
     if let (Some(s), true) = (&session, changed) {
         replicate(cluster, index, s).await;
@@ -458,6 +507,13 @@ async fn session_request(
         promoted,
     };
     let mut resp = json(StatusCode::OK, &view);
+    let told = match placement {
+        Placement::PerSession { tell: true } => session.as_ref().and_then(|s| s.replica.as_deref()),
+        _ => None,
+    };
+    if let Some(v) = told.and_then(|r| HeaderValue::from_str(r).ok()) {
+        resp.headers_mut().insert(SESSION_REPLICA, v);
+    }
     if let Some(s) = session.filter(|s| Some(s.id.as_str()) != id) {
         let cookie = format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax", s.id);
         if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -470,7 +526,8 @@ async fn session_request(
 /// Sends `session` to the node's replica; a failure is logged, not fatal (the
 /// session then lives only here, as with any primary/backup scheme).
 async fn replicate(cluster: &Cluster, index: usize, session: &Session) {
-    let Some(r) = cluster.0.nodes[index].replica else {
+    let chosen = session.replica.as_deref().and_then(|r| cluster.node(r));
+    let Some(r) = chosen.map(|(i, _)| i).or(cluster.0.nodes[index].replica) else {
         return;
     };
     let target = &cluster.0.nodes[r];
@@ -526,7 +583,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     Ok((parts.headers, value))
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -536,7 +593,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec(value) {
         Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));

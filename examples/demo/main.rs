@@ -8,12 +8,15 @@
 //! `RUST_LOG=info` shows limpet's logs (access log included) on stderr.
 //!
 //! The demo lives outside the library so that limpet's public API is only what an
-//! embedder sees: `app.rs` (the replicating app servers), `client.rs` (a small
-//! HTTP client with a cookie jar) and `walkthrough.rs` (the scripted story).
-//! `tests/demo.rs` compiles the same three files into the test with `#[path]`.
+//! embedder sees: `app.rs` (the replicating app servers), `control.rs` (the
+//! page's kill and revive controls, which limpet routes `/_demo/` to),
+//! `client.rs` (a small HTTP client with a cookie jar) and `walkthrough.rs` (the
+//! scripted story). `tests/demo.rs` compiles the same files into the test with
+//! `#[path]`.
 
 mod app;
 mod client;
+mod control;
 mod walkthrough;
 
 use std::process::ExitCode;
@@ -59,6 +62,7 @@ async fn main() -> ExitCode {
     println!("\nThe demo keeps serving; try it in a browser (Ctrl-C to stop):");
     println!("  shop (through limpet)  {}/", demo.url());
     if let Some(admin) = demo.admin_url() {
+        println!("  limpet's dashboard     {admin}/");
         println!("  backend status         {admin}/status");
         println!("  metrics                {admin}/metrics");
     }

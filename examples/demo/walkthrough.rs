@@ -13,8 +13,9 @@ use limpet::backend::Health;
 use limpet::config::{Config, Failover};
 use limpet::Limpet;
 
-use crate::app::{CartView, Cluster, DemoError};
+use crate::app::{CartView, Cluster, DemoError, Placement, SESSION_COOKIE};
 use crate::client::Browser;
+use crate::control::Control;
 
 /// The demo's limpet configuration (its backend addresses are replaced at start).
 pub const CONFIG: &str = include_str!("../../config/demo.toml");
@@ -31,24 +32,35 @@ pub enum Ports {
     Ephemeral,
 }
 
-/// The app servers and limpet in front of them.
+/// The upstream of config/demo.toml that is the demo's control endpoint; the
+/// other one is the shop its app servers form.
+pub const CONTROL_UPSTREAM: &str = "demo";
+
+/// The app servers, the control endpoint and limpet in front of them.
 pub struct Demo {
     pub cluster: Cluster,
     pub limpet: Limpet,
-    /// The upstream the app servers form (the config's only one).
+    /// The upstream the app servers form (the config's other one).
     pub upstream: String,
     /// The config's ports were taken, so limpet listens on free ones.
     pub ports_taken: bool,
+    /// The page's kill and revive controls, which limpet routes `/_demo/` to.
+    pub control: Control,
 }
 
 impl Demo {
-    /// Starts one app server per backend of the config's upstream (replicating as
-    /// the config's `replica` says), points the config at them, and starts limpet.
+    /// Starts one app server per backend of the shop upstream (replicating as the
+    /// config's `replica` says) and the control endpoint, points the config at
+    /// them, and starts limpet.
     pub async fn start(mut config: Config, ports: Ports) -> Result<Demo, DemoError> {
-        let [upstream] = config.upstreams.as_mut_slice() else {
-            return Err(DemoError::Unexpected(
-                "the demo config needs exactly one upstream".into(),
-            ));
+        let (mut control, mut shop): (Vec<_>, Vec<_>) = config
+            .upstreams
+            .iter_mut()
+            .partition(|u| u.name == CONTROL_UPSTREAM);
+        let ([control_upstream], [upstream]) = (control.as_mut_slice(), shop.as_mut_slice()) else {
+            return Err(DemoError::Unexpected(format!(
+                "the demo config needs two upstreams: the shop and {CONTROL_UPSTREAM:?}"
+            )));
         };
         let servers: Vec<(&str, Option<&str>)> = upstream
             .backends
@@ -61,6 +73,11 @@ impl Demo {
                 b.addr = addr;
                 b.addr_text = addr.to_string();
             }
+        }
+        let control = Control::start(cluster.clone()).await?;
+        for b in &mut control_upstream.backends {
+            b.addr = control.addr;
+            b.addr_text = control.addr.to_string();
         }
         let upstream = upstream.name.clone();
         if ports == Ports::Ephemeral {
@@ -79,6 +96,7 @@ impl Demo {
             limpet,
             upstream,
             ports_taken,
+            control,
         })
     }
 
@@ -130,8 +148,11 @@ impl Demo {
             .get()
     }
 
+    /// Stops limpet, then the control endpoint (the app servers stop when the
+    /// last clone of the cluster goes).
     pub async fn shutdown(self) {
         self.limpet.shutdown().await;
+        drop(self.control);
     }
 }
 
@@ -283,13 +304,10 @@ pub async fn walkthrough<W: Write>(
         out,
         "\n6. what limpet counted (limpet_affinity_total, also at the admin /metrics)"
     )?;
-    for line in demo
-        .limpet
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("limpet_affinity_total{"))
-    {
+    for line in demo.limpet.metrics.render().lines().filter(|l| {
+        l.starts_with("limpet_affinity_total{")
+            && l.contains(&format!("upstream=\"{}\"", demo.upstream))
+    }) {
         writeln!(out, "     {line}")?;
     }
     check(
@@ -348,7 +366,11 @@ pub async fn contrast(
     victim: &str,
 ) -> Result<Tally, DemoError> {
     let mut config = config.clone();
-    for up in &mut config.upstreams {
+    for up in config
+        .upstreams
+        .iter_mut()
+        .filter(|u| u.name != CONTROL_UPSTREAM)
+    {
         up.failover = failover;
     }
     let demo = Demo::start(config, Ports::Ephemeral).await?;
@@ -379,6 +401,70 @@ pub async fn contrast(
     }
     demo.shutdown().await;
     Ok(tally)
+}
+
+/// What happened to the sessions of a server that chose each session's replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The server told limpet each session's replica (`x-session-replica`).
+    pub told: bool,
+    /// Users on the victim, and how many of them kept their session.
+    pub affected: usize,
+    pub kept: usize,
+    /// Of the affected, those whose copy was not on the victim's static replica.
+    pub elsewhere: usize,
+}
+
+/// `users` log in through a fresh demo in which `victim` places each new
+/// session's copy on its peers in turn (telling limpet when `told`);
+/// `victim` dies; every user of the victim clicks again.
+pub async fn per_session(
+    config: &Config,
+    told: bool,
+    users: usize,
+    victim: &str,
+) -> Result<Placed, DemoError> {
+    let demo = Demo::start(config.clone(), Ports::Ephemeral).await?;
+    demo.cluster
+        .set_placement(victim, Placement::PerSession { tell: told });
+    let static_replica = demo.cluster.replica_of(victim).map(str::to_owned);
+    let mut logged_in = Vec::new();
+    for i in 0..users {
+        let mut browser = demo.browser();
+        let name = format!("user{i}");
+        browser.login(&name).await?;
+        let (v, _) = browser.add("book").await?;
+        logged_in.push((browser, name, v.served_by));
+    }
+    let mut placed = Placed {
+        told,
+        affected: 0,
+        kept: 0,
+        elsewhere: 0,
+    };
+    for (browser, _, home) in &logged_in {
+        if home != victim {
+            continue;
+        }
+        let holder = browser
+            .jar
+            .get(SESSION_COOKIE)
+            .and_then(|id| demo.cluster.holder_of_copy(id));
+        placed.elsewhere += usize::from(holder != static_replica.as_deref());
+    }
+    demo.cluster.kill(victim).await;
+    for (browser, name, home) in &mut logged_in {
+        if home != victim {
+            continue;
+        }
+        placed.affected += 1;
+        let (v, _) = browser.cart().await?;
+        if v.user.as_deref() == Some(name.as_str()) && v.items == ["book"] {
+            placed.kept += 1;
+        }
+    }
+    demo.shutdown().await;
+    Ok(placed)
 }
 
 /// The whole narration: starts the demo, tells alice's story, then the contrast
@@ -444,7 +530,39 @@ pub async fn run<W: Write>(
         report.replica
     )?;
 
-    let ok = report.survived && with.lost() == 0;
+    let victim = report.victim.as_str();
+    let static_replica = demo.cluster.replica_of(victim).unwrap_or("-").to_owned();
+    writeln!(
+        out,
+        "\n8. replicas chosen per session: {victim} now puts each new session's copy on its peers\n   \
+         in turn (as a replication layer spreading its backups would), not always on\n   \
+         {static_replica}; {users} users log in, then {victim} dies"
+    )?;
+    let told = per_session(&config, true, users, victim).await?;
+    let untold = per_session(&config, false, users, victim).await?;
+    for p in [told, untold] {
+        writeln!(
+            out,
+            "   {:<34} {:>2} users on {victim} ({:>2} with their copy elsewhere than {static_replica}): {:>2} kept, {:>2} lost",
+            if p.told {
+                "with `x-session-replica: <name>`"
+            } else {
+                "without telling limpet"
+            },
+            p.affected,
+            p.elsewhere,
+            p.kept,
+            p.affected - p.kept
+        )?;
+    }
+    writeln!(
+        out,
+        "     (limpet carries the replica it is told in its signed cookie and sends each session\n      \
+         to the server holding its copy; told nothing, it can only follow the static chain)"
+    )?;
+
+    let ok =
+        report.survived && with.lost() == 0 && told.kept == told.affected && told.elsewhere > 0;
     writeln!(
         out,
         "\n{}",

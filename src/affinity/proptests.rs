@@ -1,9 +1,10 @@
 //! Property tests of the affinity cookie codec (issue 13 item 7).
 //!
-//! The value is base64url (no padding) of 34 bytes: version, flags, backend
-//! id, issue time, then a tag over all of those. Every bit counts: the
-//! version is checked, the tag covers the rest, the tag itself is compared,
-//! and the 4 spare low bits of the last of the 46 characters must be zero
+//! The value is base64url (no padding) of 50 bytes: version, flags, backend
+//! id, replica id, session id, created and touched times, then a tag over all
+//! of those. Every bit counts: the version is checked, the tag covers the
+//! rest, the tag itself is compared, and the 2 spare low bits of the last of
+//! the 67 characters must be zero
 //! (the decoder refuses a non-canonical ending). So no byte of a value is
 //! ignored: any single byte changed gives no pin at all.
 
@@ -81,15 +82,21 @@ proptest! {
         (upstream, secrets, names) in setup(),
         backend in any::<Index>(),
         secret in any::<Index>(),
+        id in any::<u64>(),
+        created in any::<u32>(),
+        replica in any::<Option<Index>>(),
     ) {
         let c = codec(&upstream, &secrets, &names);
         let backend = backend.index(names.len());
         let k = secret.index(secrets.len());
-        let value = codec(&upstream, &secrets[k..=k], &names).encode(backend);
+        let replica = replica.map(|r| r.index(names.len()));
+        let session = Session { id, created, replica };
+        let value = codec(&upstream, &secrets[k..=k], &names).encode(backend, &session);
         prop_assert_eq!(value.len(), TEXT_LEN);
-        let pin = Some(CookiePin { backend, stale_key: k > 0 });
-        prop_assert_eq!(c.decode(&value), pin);
-        prop_assert_eq!(c.decode_bytes(value.as_bytes()), pin, "cached");
+        let pin = Some((backend, session, k > 0));
+        let read = |p: CookiePin| (p.backend, p.session, p.reissue);
+        prop_assert_eq!(c.decode(&value).map(read), pin);
+        prop_assert_eq!(c.decode_bytes(value.as_bytes()).map(read), pin, "cached");
         let without: Vec<Vec<u8>> =
             secrets.iter().enumerate().filter(|&(i, _)| i != k).map(|(_, s)| s.clone()).collect();
         if !without.is_empty() {
@@ -110,7 +117,7 @@ proptest! {
     ) {
         let c = codec(&upstream, &secrets, &names);
         let backend = backend.index(names.len());
-        let value = c.encode(backend);
+        let value = c.encode(backend, &Session::new());
         prop_assert!(c.decode(&value).is_some());
         let mut changed = value.into_bytes();
         prop_assume!(changed[at] != to);

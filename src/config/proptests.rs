@@ -226,10 +226,17 @@ fn keys(table: &str, clean: bool) -> Vec<(&'static str, BoxedStrategy<String>)> 
             ),
             (
                 "balance",
-                m(&["least-requests", "round-robin", "random"], &["best"]),
+                m(
+                    &["least-requests", "round-robin", "random", "least-sessions"],
+                    &["best"],
+                ),
             ),
             ("failover", m(&["replica", "rebalance", "reject"], &["no"])),
             ("retries", integer(clean, 0, 3)),
+            (
+                "session_window",
+                m(&["10m", "8s", "1h"], &["7s", "0s", "abc"]),
+            ),
         ],
         "cookie" => vec![
             ("name", m(&["limpet"], &["", "a b", "sid;"])),
@@ -237,6 +244,8 @@ fn keys(table: &str, clean: bool) -> Vec<(&'static str, BoxedStrategy<String>)> 
             ("previous_secrets", array(secret(clean))),
             ("path", m(&["/"], &[""])),
             ("max_age", duration(clean)),
+            ("max_lifetime", duration(clean)),
+            ("max_idle", m(&["0s", "2s", "30m"], &["1s", "500ms", "abc"])),
             (
                 "secure",
                 prop_oneof![boolean(), m(&["auto"], &["yes"])].boxed(),
@@ -251,6 +260,7 @@ fn keys(table: &str, clean: bool) -> Vec<(&'static str, BoxedStrategy<String>)> 
         "app_cookie" => vec![
             ("name", m(&["JSESSIONID"], &[""])),
             ("separator", m(&["."], &[""])),
+            ("secondary_separator", m(&["!"], &[""])),
         ],
         "health" => vec![
             ("path", m(&["/health"], &["health", ""])),

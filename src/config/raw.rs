@@ -114,14 +114,28 @@ pub struct Upstream {
     pub balance: Option<Balance>,
     pub failover: Option<Failover>,
     pub retries: Option<u32>,
+    pub session_window: Option<String>,
     pub cookie: Option<Cookie>,
     pub ip_hash: Option<IpHash>,
     pub app_cookie: Option<AppCookie>,
     pub health: Option<Health>,
     pub timeouts: Option<UpstreamTimeouts>,
     pub send_proxy: Option<SendProxy>,
+    pub tls: Option<UpstreamTls>,
     #[serde(default)]
     pub backend: Vec<Backend>,
+}
+
+/// `[upstream.NAME.tls]`: TLS to the upstream's backends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub enabled: Option<bool>,
+    pub sni: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub verify: Option<bool>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -148,6 +162,8 @@ pub struct Cookie {
     pub previous_secrets: Vec<String>,
     pub path: Option<String>,
     pub max_age: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub max_idle: Option<String>,
     pub secure: Option<BoolOrAuto>,
     pub http_only: Option<bool>,
     pub same_site: Option<SameSite>,
@@ -165,6 +181,7 @@ pub struct IpHash {
 pub struct AppCookie {
     pub name: Option<String>,
     pub separator: Option<String>,
+    pub secondary_separator: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -405,10 +405,23 @@ fn validate_upstream(
         previous_secrets,
         path: c.path.unwrap_or_else(|| "/".to_string()),
         max_age: duration(c.max_age, Duration::ZERO, &key("cookie.max_age"))?,
+        max_lifetime: duration(c.max_lifetime, Duration::ZERO, &key("cookie.max_lifetime"))?,
+        max_idle: duration(c.max_idle, Duration::ZERO, &key("cookie.max_idle"))?,
         secure,
         http_only: c.http_only.unwrap_or(true),
         same_site: c.same_site.unwrap_or(SameSite::Lax),
     };
+    if !cookie.max_idle.is_zero() && cookie.max_idle < Duration::from_secs(2) {
+        return Err(invalid(
+            key("cookie.max_idle"),
+            "must be at least 2s (the cookie counts whole seconds)",
+        ));
+    }
+    if !cookie.max_lifetime.is_zero() && !cookie.max_age.is_zero() {
+        warnings.push(format!(
+            "upstream.{name}.cookie: max_lifetime sets the cookie's Max-Age; max_age is not used"
+        ));
+    }
     if cookie.same_site == SameSite::None && secure == Secure::Never {
         warnings.push(format!(
             "upstream.{name}.cookie: same_site = \"none\" without secure is rejected by browsers"
@@ -422,9 +435,16 @@ fn validate_upstream(
     let app_cookie = AppCookieConfig {
         name: a.name.unwrap_or_else(|| "JSESSIONID".to_string()),
         separator: a.separator.unwrap_or_else(|| ".".to_string()),
+        secondary_separator: a.secondary_separator,
     };
     if app_cookie.separator.is_empty() {
         return Err(invalid(key("app_cookie.separator"), "must not be empty"));
+    }
+    if app_cookie.secondary_separator.as_deref() == Some("") {
+        return Err(invalid(
+            key("app_cookie.secondary_separator"),
+            "must not be empty",
+        ));
     }
 
     let h = up.health.unwrap_or_default();
@@ -465,18 +485,105 @@ fn validate_upstream(
         keepalive: optional_duration(t.keepalive, &key("timeouts.keepalive"))?,
     };
 
+    let tls = match up.tls {
+        Some(t) if t.enabled.unwrap_or(true) => {
+            Some(validate_backend_tls(name, t, &backends, warnings)?)
+        }
+        _ => None,
+    };
+    let session_window = duration(
+        up.session_window,
+        DEFAULT_SESSION_WINDOW,
+        &key("session_window"),
+    )?;
+    if session_window < MIN_SESSION_WINDOW {
+        return Err(invalid(
+            key("session_window"),
+            format!(
+                "must be at least {}",
+                humantime::format_duration(MIN_SESSION_WINDOW)
+            ),
+        ));
+    }
+
     Ok(UpstreamConfig {
         name: name.to_string(),
         affinity,
         balance: up.balance.unwrap_or(Balance::LeastRequests),
         failover: up.failover.unwrap_or(Failover::Replica),
         retries: up.retries.unwrap_or(DEFAULT_RETRIES),
+        session_window,
         cookie,
         ip_hash,
         app_cookie,
         health,
         timeouts,
+        tls,
         backends,
+    })
+}
+
+/// `[upstream.NAME.tls]`: reads the CA, the client certificate and its key
+/// (at load and at every reload) and checks each backend has a name to verify.
+fn validate_backend_tls(
+    name: &str,
+    t: raw::UpstreamTls,
+    backends: &[BackendConfig],
+    warnings: &mut Vec<String>,
+) -> Result<BackendTls, Invalid> {
+    let key = |k: &str| format!("upstream.{name}.tls.{k}");
+    let verify = t.verify.unwrap_or(true);
+    if !verify {
+        warnings.push(format!(
+            "upstream.{name}.tls.verify = false: backends' certificates are not checked, \
+             so anyone on the path to them can read and change the traffic"
+        ));
+    }
+    if let Some(sni) = &t.sni {
+        crate::tls::backend_name(Some(sni), "").map_err(|m| invalid(key("sni"), m))?;
+    }
+    for (i, b) in backends.iter().enumerate() {
+        crate::tls::backend_name(t.sni.as_deref(), &b.addr_text).map_err(|m| {
+            invalid(
+                format!("upstream.{name}.backend[{i}].addr"),
+                format!("{m}: set upstream.{name}.tls.sni"),
+            )
+        })?;
+    }
+    for (what, path) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+        if let Some(path) = path {
+            std::fs::File::open(path)
+                .map_err(|e| invalid(key(what), format!("cannot read {}: {e}", path.display())))?;
+        }
+    }
+    let client_cert = match (t.cert, t.key) {
+        (Some(cert), Some(key)) => Some(CertPair { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid(key("cert"), "a client cert needs its key")),
+        (None, Some(_)) => return Err(invalid(key("key"), "a client key needs its cert")),
+    };
+    let client_key = client_cert
+        .as_ref()
+        .map(|pair| crate::tls::load_cert_pair(&pair.cert, &pair.key))
+        .transpose()
+        .map_err(|m| invalid(key("cert"), m))?;
+    if let (Some(ca), false) = (&t.ca, verify) {
+        // Unused while verify is off, but checked: turning it on must not
+        // find a broken file.
+        crate::tls::load_roots(ca).map_err(|m| invalid(key("ca"), m))?;
+    }
+    let roots = match &t.ca {
+        Some(ca) => crate::tls::Roots::File(ca),
+        None => crate::tls::Roots::Public,
+    };
+    let client =
+        crate::tls::client_config(roots, verify, client_key).map_err(|m| invalid(key("ca"), m))?;
+    Ok(BackendTls {
+        sni: t.sni,
+        ca: t.ca,
+        verify,
+        client_cert,
+        client,
     })
 }
 

@@ -15,6 +15,8 @@ use crate::affinity;
 pub const FAILOVER_FROM: &str = "x-limpet-failover-from";
 /// The request's id, forwarded to the backend and written in the access log.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The response header in which a backend names the session's replica.
+pub const SESSION_REPLICA: &str = "x-session-replica";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// What a header field is to the proxy.
@@ -35,6 +37,9 @@ pub enum Field {
     Upgrade,
     /// Answered by limpet itself (`100-continue`), never forwarded.
     Expect,
+    /// A response's `x-session-replica`: the backend telling limpet where the
+    /// session's copy is; read, never passed to the client.
+    SessionReplica,
     /// Removed: hop-by-hop, set by limpet itself, or a name a backend would
     /// read as a framing field.
     Drop,
@@ -62,6 +67,10 @@ pub fn request_field(name: &[u8]) -> Field {
 
 /// What a response field is.
 pub fn response_field(name: &[u8]) -> Field {
+    if name.len() == SESSION_REPLICA.len() && name.eq_ignore_ascii_case(SESSION_REPLICA.as_bytes())
+    {
+        return Field::SessionReplica;
+    }
     common_field(name)
 }
 

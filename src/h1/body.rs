@@ -4,8 +4,6 @@
 
 use std::io as stdio;
 
-use tokio::net::TcpStream;
-
 use super::chunked;
 use super::head::{Framing, RequestBody, ResponseHead};
 use super::io::{give_buffer, grow_if_full, read_some, write_all, Client, Stream, Wait, Waits};
@@ -81,7 +79,7 @@ impl BodyReader {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn relay_body<S: Stream>(
     client: &mut Client<S>,
-    socket: &mut TcpStream,
+    socket: &mut crate::pool::Conn,
     mut buf: Vec<u8>,
     head: &ResponseHead,
     mut out: Vec<u8>,

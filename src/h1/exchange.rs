@@ -6,12 +6,10 @@
 use std::future::poll_fn;
 use std::io as stdio;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
 use bytes::BufMut;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::body::{relay_body, BodyReader};
@@ -20,10 +18,11 @@ use super::io::{
     self, give_buffer, grow_if_full, read_into, read_some, take_buffer, write_all, Client, Clock,
     Stream, Wait, Waits,
 };
-use crate::backend::InFlight;
+use crate::backend::{InFlight, Tunnel};
 use crate::error::ProxyError;
 use crate::flow::policy::Forwarding;
 use crate::flow::{self, Access, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::pool::Conn;
 use crate::shutdown::Watch;
 use crate::state::{Decision, Snapshot, Upstream};
 
@@ -89,7 +88,7 @@ impl<'a> Exchange<'a> {
             Ok(answer) => answer,
             Err(e) => return Answered::Local(e),
         };
-        trace.outcome = Some(decision.outcome);
+        trace.decided(&decision);
         let Response {
             mut socket,
             buf: resp_buf,
@@ -97,9 +96,10 @@ impl<'a> Exchange<'a> {
             in_flight,
         } = response;
         let status = resp_head.status;
+        let said = resp_head.session_replica(&resp_buf);
+        let set_cookie = flow::pin_cookie(upstream, &decision, said, self.info.tls, trace);
         let elapsed = started.elapsed();
         self.proxy.record_metrics(self.snap, trace, status, elapsed);
-        let set_cookie = flow::pin_cookie(upstream, &decision, self.info.tls);
         let dechunk = self.head.http10 && resp_head.framing == Framing::Chunked;
         // Shutdown may have started while the request was on its way: the
         // connection closes after this response, which must say so. A request
@@ -127,8 +127,12 @@ impl<'a> Exchange<'a> {
         if status == 101 {
             // Logged as the tunnel opens: it may stay open for hours.
             self.log(trace, status, elapsed, 0);
+            // Open, it counts in the backend's tunnels and (by its in-flight
+            // guard) in the requests least-requests compares.
+            let tunnel = Tunnel::open(in_flight.state());
             self.tunnel(client, socket, &resp_buf[resp_head.len..], out)
                 .await;
+            drop(tunnel);
             drop(in_flight);
             return Answered::Gone;
         }
@@ -220,21 +224,28 @@ impl<'a> Exchange<'a> {
             // that client's alone: never pooled.
             let pooled = match fresh || backend.send_proxy {
                 true => None,
-                false => backend.state.pool.take(reuse_within),
+                false => backend.state.pool.take(reuse_within, backend.tls.as_ref()),
             };
             let reused = pooled.is_some();
             let result = match pooled {
                 Some(socket) => Ok(socket),
-                None => crate::pool::connect(backend.addr, timeouts.backend.connect)
-                    .await
-                    .map_err(Failure::NotSent),
-            };
-            let result = match result {
-                Ok(socket) => {
+                None => {
+                    // The client's PROXY header goes before anything else
+                    // (TLS included) on a new connection.
                     out.clear();
                     if backend.send_proxy {
                         crate::proxy_protocol::write_v2(&mut out, self.info.peer, self.info.local);
                     }
+                    let header = backend.send_proxy.then_some(&out[..]);
+                    let tls = backend.tls.as_ref();
+                    crate::pool::connect(backend.addr, tls, timeouts.backend.connect, header)
+                        .await
+                        .map_err(Failure::NotSent)
+                }
+            };
+            let result = match result {
+                Ok(socket) => {
+                    out.clear();
                     let fwd = Forwarding {
                         host: self.head.host(self.buf),
                         strip_cookie: upstream
@@ -243,7 +254,7 @@ impl<'a> Exchange<'a> {
                             .map(|_| &*upstream.config.cookie.name),
                         client: self.info.peer.ip(),
                         tls: self.info.tls,
-                        failover_from: decision.failover_from.map(|f| &*upstream.backends[f].name),
+                        failover_from: decision.failover_from.map(|f| upstream.name_of(f)),
                         request_id: trace.forwarded_id(),
                     };
                     head::write_request(&mut out, self.buf, self.head, &fwd);
@@ -255,8 +266,7 @@ impl<'a> Exchange<'a> {
             };
             match result {
                 Ok((socket, buf, head)) => {
-                    backend.state.passive_failures.store(0, Relaxed);
-                    backend.state.requests.fetch_add(1, Relaxed);
+                    backend.state.answered(upstream.counted_session(&decision));
                     let response = Response {
                         socket,
                         buf,
@@ -278,10 +288,10 @@ impl<'a> Exchange<'a> {
     pub(super) async fn exchange<S: Stream>(
         &mut self,
         client: &mut Client<S>,
-        mut socket: TcpStream,
+        mut socket: Conn,
         request: &[u8],
         timeouts: Waits,
-    ) -> Result<(TcpStream, Vec<u8>, ResponseHead), Failure> {
+    ) -> Result<(Conn, Vec<u8>, ResponseHead), Failure> {
         let backend_wait = Wait::Idle(timeouts.backend.response);
         write_all(&mut socket, request, &mut client.clock, backend_wait)
             .await
@@ -307,6 +317,9 @@ impl<'a> Exchange<'a> {
             upload
                 .stream(client, &mut self.body, &mut self.past_body)
                 .await?;
+            // TLS may hold the body's last records until flushed (a
+            // failure shows when the response is read).
+            let _ = write_all(&mut socket, &[], &mut client.clock, backend_wait).await;
         }
         let deadline = Wait::Until(Instant::now() + timeouts.backend.response);
         // Bytes of a response arrived (an interim one included): a failure
@@ -351,7 +364,7 @@ impl<'a> Exchange<'a> {
     pub(super) async fn tunnel<S: Stream>(
         &mut self,
         client: &mut Client<S>,
-        mut socket: TcpStream,
+        mut socket: Conn,
         after_head: &[u8],
         mut out: Vec<u8>,
     ) {
@@ -382,7 +395,7 @@ impl<'a> Exchange<'a> {
 
 /// A response head from a backend, with what it takes to relay the body.
 pub(super) struct Response {
-    socket: TcpStream,
+    socket: Conn,
     /// The head, and the first bytes of the body after it.
     buf: Vec<u8>,
     head: ResponseHead,
@@ -404,7 +417,7 @@ pub(super) fn sending(cause: stdio::Error, timeouts: Waits) -> Failure {
 
 /// A request body on its way from the client to the backend.
 pub(super) struct Upload<'s> {
-    socket: &'s mut TcpStream,
+    socket: &'s mut Conn,
     /// What the backend answers while the body is on its way.
     answer: &'s mut Vec<u8>,
     head_request: bool,

@@ -446,6 +446,16 @@ pub struct ResponseHead {
     pub keep_alive_timeout: Option<u64>,
 }
 
+impl ResponseHead {
+    /// The value of the response's `x-session-replica`, if it has one.
+    pub fn session_replica<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.fields
+            .iter()
+            .find(|f| f.kind == Field::SessionReplica)
+            .map(|f| &buf[f.value.clone()])
+    }
+}
+
 /// Why a backend's response head is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum BadResponse {
@@ -583,7 +593,7 @@ pub fn write_response(
     let switching = head.status == 101;
     for f in &head.fields {
         let keep = match f.kind {
-            Field::Drop | Field::Connection => false,
+            Field::Drop | Field::Connection | Field::SessionReplica => false,
             Field::Upgrade => switching,
             // An empty Transfer-Encoding field says nothing, and a client
             // that reads only the last field would miss the chunking.

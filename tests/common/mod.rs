@@ -1,7 +1,8 @@
 //! Test fixtures: real HTTP backends and real limpet listeners on 127.0.0.1:0.
 //!
 //! - [`TestBackend::spawn`]: an HTTP/1.1 server answering every request with its name
-//!   (body and `x-backend`), echoing what it saw in `x-seen-*` headers; `stop()` closes
+//!   (body and `x-backend`), echoing what it saw in `x-seen-*` headers (and
+//!   `/replica/NAME` answers `x-session-replica: NAME`); `stop()` closes
 //!   the listener and every open connection, `restart()` binds the same port again.
 //! - [`TestLb::start`]: limpet started in-process from TOML text.
 //! - [`Client`]: an HTTP/1.1 client with a one-cookie jar for limpet's cookie.
@@ -174,6 +175,10 @@ async fn answer(
             .and_then(|v| v.parse().ok())
             .unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // The session's replica, as Tomcat's BackupManager would name it.
+    if let Some(replica) = path.strip_prefix("/replica/") {
+        builder = builder.header("x-session-replica", replica);
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let code = code.parse().unwrap_or(500);

@@ -106,3 +106,76 @@ pub async fn tls_handshake(
         .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
         .await
 }
+
+/// A certificate authority made at test time, its certificate written as
+/// `{label}.pem`; it signs server and client certificates.
+pub struct TestCa {
+    pub der: CertificateDer<'static>,
+    pub cert_path: PathBuf,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, label: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("limpet test CA {label}"));
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let cert_path = dir.join(format!("{label}.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        TestCa {
+            der: cert.der().clone(),
+            cert_path,
+            cert,
+            key,
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses) signed by
+    /// this CA, written as `{label}.pem` and `{label}.key` into `dir`.
+    pub fn server_cert(&self, dir: &Path, label: &str, names: &[&str]) -> TestCert {
+        self.issue(dir, label, names, None)
+    }
+
+    /// A client certificate (extended key usage clientAuth) signed by this CA.
+    pub fn client_cert(&self, dir: &Path, label: &str) -> TestCert {
+        self.issue(
+            dir,
+            label,
+            &[],
+            Some(rcgen::ExtendedKeyUsagePurpose::ClientAuth),
+        )
+    }
+
+    fn issue(
+        &self,
+        dir: &Path,
+        label: &str,
+        names: &[&str],
+        usage: Option<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> TestCert {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, label.to_string());
+        params.extended_key_usages = usage.into_iter().collect();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("signed certificate");
+        let cert_path = dir.join(format!("{label}.pem"));
+        let key_path = dir.join(format!("{label}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        TestCert {
+            der: cert.der().clone(),
+            cert_path,
+            key_path,
+        }
+    }
+}
