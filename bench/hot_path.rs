@@ -31,6 +31,7 @@ fn backends(n: usize) -> Vec<Backend> {
                 weight: 1 + (i % 3) as u32,
                 replica: None,
                 route: format!("app{}", i + 1),
+                send_proxy: false,
                 tls: None,
                 state: Arc::new(BackendState::new(Some(addr))),
             }

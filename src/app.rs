@@ -28,6 +28,8 @@ pub enum StartError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot open the access log")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// A running limpet.
@@ -54,6 +56,9 @@ impl Limpet {
             tracing::warn!("{warning}");
         }
         let metrics = Metrics::with_process_metrics()?;
+        // The access log is the process's: the last limpet started or
+        // reloaded in it says where it goes.
+        crate::access_log::apply(&config.log).map_err(StartError::AccessLog)?;
         let snapshot = Snapshot::build(config, None);
         metrics.register_snapshot(&snapshot);
         let state = state::shared(snapshot);

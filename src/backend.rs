@@ -311,6 +311,9 @@ pub struct Backend {
     pub replica: Option<usize>,
     /// The app-cookie route suffix naming this backend.
     pub route: String,
+    /// Each connection starts with a PROXY v2 header carrying the client's
+    /// address; none is pooled (see `crate::pool`).
+    pub send_proxy: bool,
     /// TLS to this backend (`[upstream.NAME.tls]`), with its server name.
     pub tls: Option<crate::pool::TlsTarget>,
     pub state: Arc<BackendState>,

@@ -261,6 +261,7 @@ mod tests {
                     weight: w,
                     replica: None,
                     route: format!("app{}", i + 1),
+                    send_proxy: false,
                     tls: None,
                     state: Arc::new(BackendState::new(Some(addr))),
                 }

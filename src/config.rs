@@ -83,6 +83,8 @@ pub struct Config {
     pub limits: Limits,
     pub runtime: Runtime,
     pub dns: DnsConfig,
+    /// `[log]`: where the access log goes and how it is written.
+    pub log: LogConfig,
     pub routes: Vec<Route>,
     /// In file order of first appearance is not kept by TOML tables; sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
@@ -98,6 +100,10 @@ pub struct Listen {
     /// `max_connections` wait there (default: the larger of `max_connections`
     /// and [`MIN_DEFAULT_BACKLOG`], as HAProxy defaults it to maxconn).
     pub backlog: u32,
+    /// `[listen] proxy_protocol.from`: connections from these sources must
+    /// start with a PROXY header (v1 or v2), whose address is then the
+    /// client's. Empty: no connection is expected to send one.
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// The smallest default accept queue.
@@ -149,6 +155,40 @@ pub struct Limits {
 pub struct Runtime {
     /// 0 = one per CPU.
     pub worker_threads: usize,
+}
+
+/// `[log]`: the access log's destination and format (`crate::access_log`
+/// applies it at start and at every reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    pub access: AccessDestination,
+    /// `None`: the format of limpet's other logs (`--log-format`).
+    pub format: Option<LogFormat>,
+}
+
+/// `[log] access`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessDestination {
+    /// No `access` key: stderr, on when `RUST_LOG` enables `limpet::access`
+    /// at `info` (what limpet did before `[log]` existed).
+    #[default]
+    Default,
+    Off,
+    /// stderr, whatever `RUST_LOG` says.
+    Stderr,
+    /// A file opened in append mode, reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+/// How an access-log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// `TIMESTAMP  INFO limpet::access: key=value ...`
+    #[default]
+    Text,
+    /// One JSON object per line, keyed as tracing-subscriber's JSON format.
+    Json,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +268,17 @@ pub enum SameSite {
     Lax,
     Strict,
     None,
+}
+
+/// `send_proxy` of an upstream or a backend: what limpet puts in front of
+/// each connection to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SendProxy {
+    /// Nothing (the default; on a backend, overrides its upstream's `v2`).
+    Off,
+    /// A PROXY protocol version 2 header with the client's address.
+    V2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +398,10 @@ pub struct BackendConfig {
     pub replica: Option<String>,
     pub weight: u32,
     pub route: String,
+    /// Each connection to this backend starts with a PROXY v2 header (the
+    /// backend's `send_proxy`, else its upstream's); such connections are not
+    /// pooled.
+    pub send_proxy: bool,
 }
 
 impl BackendTls {

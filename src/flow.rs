@@ -14,7 +14,7 @@ pub mod policy;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::access_log::AccessRecord;
+use crate::access_log::{AccessRecord, RequestId};
 use crate::affinity::HeaderLookup;
 use crate::backend::Health;
 use crate::config::{Failover, SameSite, Secure};
@@ -25,7 +25,11 @@ use crate::state::{Decision, Ignored, Outcome, SharedState, Snapshot, Upstream};
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The client: the socket's peer, or the source a PROXY header carried.
     pub peer: SocketAddr,
+    /// The address the client connected to: the socket's local address, or
+    /// the destination a PROXY header carried (what `send_proxy` passes on).
+    pub local: SocketAddr,
     pub tls: bool,
 }
 
@@ -44,13 +48,17 @@ pub(crate) struct Trace {
     pub(crate) upstream: Option<usize>,
     pub(crate) backend: Option<usize>,
     pub(crate) outcome: Option<Outcome>,
-    /// The pinned backend the request failed over from, if it did.
+    /// The pinned backend the request failed over from, if it did (of its
+    /// last attempt: the access log's `failover_from`).
     pub(crate) failover_from: Option<usize>,
     /// The pin the request carried was not used (`limpet_pins_ignored_total`).
     pub(crate) ignored: Option<Ignored>,
     /// The backend named a replica that is not another backend of its
     /// upstream (`limpet_session_replica_invalid_total`).
     pub(crate) replica_invalid: bool,
+    /// Set by [`Proxy::decide`] while the access log is on: logged, and
+    /// forwarded as `x-request-id`.
+    pub(crate) request_id: RequestId,
 }
 
 impl Trace {
@@ -59,6 +67,26 @@ impl Trace {
         self.outcome = Some(decision.outcome);
         self.failover_from = decision.failover_from;
     }
+
+    /// Notes an attempt on `decision`'s backend.
+    pub(crate) fn attempt(&mut self, decision: &Decision) {
+        self.backend = Some(decision.backend);
+        self.failover_from = decision.failover_from;
+    }
+
+    /// The `x-request-id` to forward in place of the client's, if any.
+    pub(crate) fn forwarded_id(&self) -> Option<&str> {
+        self.request_id.is_set().then(|| self.request_id.as_str())
+    }
+}
+
+/// What the access log says of a request beyond the trace and its status.
+pub(crate) struct Access<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) client: IpAddr,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
 }
 
 /// What routing needs of a request head, whatever its protocol.
@@ -98,6 +126,10 @@ impl Proxy {
         request: &RequestView<'_, H>,
         trace: &mut Trace,
     ) -> Result<Chosen<'s>, ProxyError> {
+        if crate::access_log::enabled() {
+            let client_id = request.headers.values(policy::REQUEST_ID).next();
+            trace.request_id = RequestId::from_client(client_id);
+        }
         let routed = snap
             .router
             .find(request.host, request.path)
@@ -134,24 +166,35 @@ impl Proxy {
         })
     }
 
-    /// Writes a finished request's metrics and, when `access` carries its method and
-    /// path, its access-log line.
+    /// Writes a finished request's metrics and, when `access` is given, its
+    /// access-log line.
     pub(crate) fn record(
         &self,
         snap: &Snapshot,
         trace: &Trace,
         status: u16,
         elapsed: Duration,
-        access: Option<(&str, &str)>,
+        access: Option<Access<'_>>,
+    ) {
+        self.record_metrics(snap, trace, status, elapsed);
+        if let Some(access) = access {
+            log_access(snap, trace, status, elapsed, &access);
+        }
+    }
+
+    /// A request's metrics, written once its response head is known.
+    pub(crate) fn record_metrics(
+        &self,
+        snap: &Snapshot,
+        trace: &Trace,
+        status: u16,
+        elapsed: Duration,
     ) {
         let up = trace.upstream.map(|u| &snap.upstreams[u]);
         let upstream = up.map(|u| &*u.name).unwrap_or("");
-        let backend = match (up, trace.backend) {
-            (Some(u), Some(b)) => Some((b, &*u.backends[b].name)),
-            _ => None,
-        };
-        match (up, backend) {
+        match (up, trace.backend) {
             (Some(u), Some(b)) => {
+                let b = (b, &*u.backends[b].name);
                 u.series
                     .requests(&self.metrics.requests, upstream, b, status)
                     .inc();
@@ -189,18 +232,38 @@ impl Proxy {
                 .with_label_values(&[upstream])
                 .inc();
         }
-        if let Some((method, path)) = access {
-            crate::access_log::write(&AccessRecord {
-                method,
-                path,
-                status,
-                upstream,
-                backend: backend.map(|b| b.1).unwrap_or(""),
-                affinity: trace.outcome.map(Outcome::as_str).unwrap_or("-"),
-                duration_us: elapsed.as_micros() as u64,
-            });
-        }
     }
+}
+
+/// A request's access-log line, written once its response has ended (its
+/// body bytes counted); `elapsed` is to the response head.
+pub(crate) fn log_access(
+    snap: &Snapshot,
+    trace: &Trace,
+    status: u16,
+    elapsed: Duration,
+    access: &Access<'_>,
+) {
+    let up = trace.upstream.map(|u| &snap.upstreams[u]);
+    // A failover may be from a backend a reload removed: `name_of` knows it.
+    let name = |index: Option<usize>| match (up, index) {
+        (Some(u), Some(b)) => u.name_of(b),
+        _ => "",
+    };
+    crate::access_log::write(&AccessRecord {
+        method: access.method,
+        path: access.path,
+        status,
+        upstream: up.map(|u| &*u.name).unwrap_or(""),
+        backend: name(trace.backend),
+        affinity: trace.outcome.map(Outcome::as_str).unwrap_or("-"),
+        duration_us: elapsed.as_micros() as u64,
+        request_id: trace.request_id.as_str(),
+        client: access.client,
+        bytes_in: access.bytes_in,
+        bytes_out: access.bytes_out,
+        failover_from: name(trace.failover_from),
+    });
 }
 
 /// The 308 to the request's URL over https: the same host (without a port,

@@ -53,7 +53,7 @@ use crate::flow::{ConnInfo, Proxy, Trace};
 use crate::shutdown::Watch;
 use crate::state::Snapshot;
 use body::BodyReader;
-use exchange::{record, Answered, Exchange};
+use exchange::{access, record, Answered, Exchange};
 use head::{Delivery, Parsed, RequestHead};
 use io::{give_buffer, read_some, take_buffer, write_all, Client, Clock, Wait};
 pub(crate) use io::{Prefixed, Stream};
@@ -300,8 +300,10 @@ async fn serve_request<S: Stream>(
     let body_in_buf = match body.take(&buf[head.len..]) {
         Ok(n) => n,
         Err(e) => {
-            record(proxy, &snap, &trace, &buf, &head, 400, started);
             let err = ProxyError::BadBody(e.into());
+            let bytes = (0, answer_len(&err, head.is_head(&buf)));
+            let logged = access(&buf, &head, info, bytes);
+            record(proxy, &snap, &trace, 400, started, logged);
             answer(client, &snap, &err, head.is_head(&buf), Delivery::closing()).await;
             give_buffer(buf);
             return Next::Close;
@@ -321,21 +323,16 @@ async fn serve_request<S: Stream>(
     let close_after = !head.keep_alive || closing.is_closing();
     let answered = exchange.run(client, &mut trace, close_after, started).await;
     let body_done = exchange.body.done();
+    let bytes_in = exchange.body.taken();
     let past_body = std::mem::take(&mut exchange.past_body);
     let keep_alive = match answered {
         Answered::Relayed { keep_alive } => keep_alive,
         Answered::Local(err) => {
             // Shutdown may have started while the request was on its way.
             let close = close_after || err.closes() || !body_done || closing.is_closing();
-            record(
-                proxy,
-                &snap,
-                &trace,
-                &buf,
-                &head,
-                err.status().as_u16(),
-                started,
-            );
+            let bytes = (bytes_in, answer_len(&err, head.is_head(&buf)));
+            let logged = access(&buf, &head, info, bytes);
+            record(proxy, &snap, &trace, err.status().as_u16(), started, logged);
             let delivery = Delivery {
                 close,
                 http10: head.http10,
@@ -410,6 +407,14 @@ async fn read_head<S: Stream>(
 /// parses.
 fn head_may_end(buf: &[u8], searched: usize) -> bool {
     searched == 0 || buf[searched..].contains(&b'\n')
+}
+
+/// The length of limpet's own answer's body (none for HEAD).
+fn answer_len(err: &ProxyError, head_request: bool) -> u64 {
+    match head_request {
+        true => 0,
+        false => err.body().len() as u64,
+    }
 }
 
 /// Writes limpet's own answer; false when the client is gone.

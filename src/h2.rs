@@ -11,6 +11,7 @@ mod timeouts;
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,14 +32,14 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backend, BackendState, InFlight};
 use crate::error::{BoxError, ProxyError};
 use crate::flow::policy::{self, Forwarding};
-use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::flow::{self, Access, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::pool::Conn;
 use crate::state::{BackendTimeouts, Snapshot};
 use timeouts::{Activity, TimedIo};
 
 /// The body of a request sent to a backend: the client's, streamed, or none
 /// when a bodiless request is sent again.
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type UpstreamBody = Either<Counted, Empty<Bytes>>;
 
 /// Serves an HTTP/2 connection until it closes, or until shutdown (the
 /// listener's graceful shutdown, through `watcher`).
@@ -89,9 +90,10 @@ async fn call(proxy: &Proxy, req: Request<Incoming>, info: &ConnInfo) -> Respons
         let path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
         (req.method().clone(), path.unwrap_or_default())
     });
+    let bytes_in = access.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
     let snap = proxy.state.load_full();
     let mut trace = Trace::default();
-    let response = match handle(proxy, &snap, req, info, &mut trace).await {
+    let response = match handle(proxy, &snap, req, info, &mut trace, bytes_in.clone()).await {
         Ok(resp) => resp,
         Err(err) => {
             if err.status().is_server_error() {
@@ -101,9 +103,108 @@ async fn call(proxy: &Proxy, req: Request<Incoming>, info: &ConnInfo) -> Respons
         }
     };
     let status = response.status().as_u16();
-    let access = access.as_ref().map(|(m, p)| (m.as_str(), p.as_str()));
-    proxy.record(&snap, &trace, status, started.elapsed(), access);
-    response
+    let elapsed = started.elapsed();
+    proxy.record_metrics(&snap, &trace, status, elapsed);
+    let Some((method, path)) = access else {
+        return response;
+    };
+    let line = Box::new(Pending {
+        snap,
+        trace,
+        status,
+        elapsed,
+        method,
+        path,
+        client: info.peer.ip(),
+        bytes_in: bytes_in.unwrap_or_default(),
+        bytes_out: 0,
+    });
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        ProxyBody::Streamed(mut streamed) => {
+            streamed.line = Some(line);
+            ProxyBody::Streamed(streamed)
+        }
+        ProxyBody::Local(full) => {
+            let mut line = line;
+            line.bytes_out = full.size_hint().exact().unwrap_or(0);
+            line.write();
+            ProxyBody::Local(full)
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A request's access-log line, written when its response body has ended
+/// (or was dropped: the client went away), with the body bytes counted.
+struct Pending {
+    snap: Arc<Snapshot>,
+    trace: Trace,
+    status: u16,
+    /// To the response head.
+    elapsed: Duration,
+    method: Method,
+    path: String,
+    client: std::net::IpAddr,
+    /// The request body's DATA bytes, counted as they go to the backend.
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+}
+
+impl Pending {
+    fn write(&self) {
+        let access = Access {
+            method: self.method.as_str(),
+            path: &self.path,
+            client: self.client,
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out,
+        };
+        flow::log_access(&self.snap, &self.trace, self.status, self.elapsed, &access);
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// The client's request body on its way to a backend, its DATA bytes counted
+/// for the access log when it is on.
+#[derive(Debug)]
+struct Counted {
+    inner: Incoming,
+    count: Option<Arc<AtomicU64>>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(count)) = (&polled, &this.count) {
+            if let Some(data) = frame.data_ref() {
+                count.fetch_add(data.len() as u64, Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// limpet's own answer: status and a short plain-text body (none for HEAD).
@@ -134,6 +235,7 @@ async fn handle(
     req: Request<Incoming>,
     info: &ConnInfo,
     trace: &mut Trace,
+    bytes_in: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // `:authority` wins over a `host` field (RFC 9113, section 8.3.1).
     let host: Option<Bytes> = match (req.uri().authority(), req.headers().get(header::HOST)) {
@@ -177,14 +279,18 @@ async fn handle(
         client: info.peer.ip(),
         tls: info.tls,
         failover_from: None,
+        request_id: trace.forwarded_id(),
     };
     policy::rewrite_request(&mut forwarded, &fwd);
-    let mut body = Some(body);
+    let mut body = Some(Counted {
+        inner: body,
+        count: bytes_in,
+    });
     let mut fresh = false;
     let timeouts = upstream.timeouts();
     loop {
         let backend = &upstream.backends[decision.backend];
-        trace.backend = Some(decision.backend);
+        trace.attempt(&decision);
         let mut headers = forwarded.clone();
         let from = decision.failover_from.map(|f| upstream.name_of(f));
         policy::set_failover_from(&mut headers, from);
@@ -198,7 +304,8 @@ async fn handle(
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         let in_flight = InFlight::start(&backend.state);
-        let sent = send(backend, fresh, replayable, request, timeouts);
+        let proxy_header = backend.send_proxy.then_some(info);
+        let sent = send(backend, fresh, replayable, request, timeouts, proxy_header);
         let (failure, reused) = match sent.await {
             Ok((resp, lease)) => {
                 backend.state.answered(upstream.counted_session(&decision));
@@ -222,18 +329,21 @@ async fn handle(
 /// Sends `req` to a backend on a pooled socket (unless `fresh`) or a new one;
 /// a pooled socket the backend closed before the request was written is
 /// replaced by a new one. The error says how the attempt failed and whether
-/// its connection came from the pool.
+/// its connection came from the pool. `proxy_header`: the backend has
+/// `send_proxy`, and this client's connection goes first on a new socket
+/// that is never pooled.
 async fn send(
     backend: &Backend,
     fresh: bool,
     replayable: bool,
     mut req: Request<UpstreamBody>,
     timeouts: BackendTimeouts,
+    proxy_header: Option<&ConnInfo>,
 ) -> Result<(Response<Incoming>, Lease), (Failure, bool)> {
     // What cannot be sent twice goes only on a connection surely alive.
     let reuse_within = (!replayable).then_some(crate::pool::SAFE_REUSE);
     let (state, tls) = (&backend.state, backend.tls.as_ref());
-    let mut pooled = match fresh {
+    let mut pooled = match fresh || proxy_header.is_some() {
         true => None,
         false => state.pool.take(reuse_within, tls),
     };
@@ -241,11 +351,18 @@ async fn send(
         let reused = pooled.is_some();
         let socket = match pooled.take() {
             Some(socket) => socket,
-            None => state
-                .pool
-                .connect(tls, timeouts.connect)
-                .await
-                .map_err(|e| (Failure::NotSent(e), false))?,
+            None => {
+                let header = proxy_header.map(|info| {
+                    let mut header = Vec::with_capacity(52);
+                    crate::proxy_protocol::write_v2(&mut header, info.peer, info.local);
+                    header
+                });
+                state
+                    .pool
+                    .connect(tls, timeouts.connect, header.as_deref())
+                    .await
+                    .map_err(|e| (Failure::NotSent(e), false))?
+            }
         };
         let (mut sender, conn) = http1::handshake(TokioIo::new(socket))
             .await
@@ -258,7 +375,10 @@ async fn send(
                 let lease = Lease {
                     sender,
                     connection,
-                    keep_for: keep_for(&resp, timeouts),
+                    keep_for: match proxy_header {
+                        Some(_) => Duration::ZERO,
+                        None => keep_for(&resp, timeouts),
+                    },
                 };
                 return Ok((resp, lease));
             }
@@ -344,6 +464,8 @@ pub struct StreamedBody {
     lease: Option<Lease>,
     in_flight: Option<InFlight>,
     state: Arc<BackendState>,
+    /// The access-log line, written when the body ends or is dropped.
+    line: Option<Box<Pending>>,
 }
 
 impl StreamedBody {
@@ -354,6 +476,7 @@ impl StreamedBody {
             lease: Some(lease),
             in_flight: Some(in_flight),
             state,
+            line: None,
         };
         if body.inner.is_end_stream() {
             body.finish();
@@ -366,6 +489,17 @@ impl StreamedBody {
             lease.release(self.state.clone());
         }
         self.in_flight = None;
+        if let Some(line) = self.line.take() {
+            line.write();
+        }
+    }
+}
+
+impl Drop for StreamedBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.write();
+        }
     }
 }
 
@@ -379,6 +513,11 @@ impl Body for StreamedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(line)) = (&polled, &mut this.line) {
+            if let Some(data) = frame.data_ref() {
+                line.bytes_out += data.len() as u64;
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {

@@ -207,7 +207,14 @@ async fn check(backend: &Backend, cfg: &HealthConfig) -> Result<(), String> {
             .unwrap_or_else(|| "dns: no address".to_string()));
     };
     let attempt = async {
-        let socket = crate::pool::connect(addr, backend.tls.as_ref(), cfg.timeout)
+        // With `send_proxy`, a v2 LOCAL header: the connection is limpet's
+        // own, not a client's.
+        let mut local = Vec::new();
+        if backend.send_proxy {
+            crate::proxy_protocol::write_v2_local(&mut local);
+        }
+        let header = backend.send_proxy.then_some(&local[..]);
+        let socket = crate::pool::connect(addr, backend.tls.as_ref(), cfg.timeout, header)
             .await
             .map_err(|e| match e {
                 crate::pool::ConnectError::Io(io)

@@ -21,6 +21,7 @@
 //! shutdown  limit
 //! config     the TOML file's shape and validation (tls: certificates)
 //! upgrade    sockets handed over at a binary upgrade (or by systemd)
+//! proxy_protocol  the PROXY header read by the listener, written to backends
 //! ```
 //!
 //! A request: `listener` -> `h1` or `h2` -> `flow::Proxy::decide` (`router`,
@@ -52,6 +53,7 @@ pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod resolve;
 pub mod router;

@@ -2,9 +2,12 @@
 //! on https listeners, graceful shutdown, and the choice of engine by a
 //! connection's first bytes: limpet's HTTP/1 engine (`crate::h1`) for every
 //! HTTP/1.x connection, plain or TLS, and hyper's HTTP/2 (`crate::h2`) for ALPN
-//! `h2` or a plain connection that opens with the HTTP/2 preface (h2c).
+//! `h2` or a plain connection that opens with the HTTP/2 preface (h2c). A
+//! connection from a `[listen] proxy_protocol.from` source first gives its
+//! PROXY header (`crate::proxy_protocol`), before TLS and the engine.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,7 @@ use crate::flow::{ConnInfo, Proxy};
 use crate::h1::Prefixed;
 use crate::limit::ConnectionLimit;
 use crate::metrics::ConnectionGauge;
+use crate::proxy_protocol::Header;
 use crate::shutdown::{stopped, Closing, Watch};
 
 /// Serves `listener` until `shutdown` turns true, then waits up to `grace` for
@@ -71,10 +75,22 @@ pub async fn serve(
             watcher: graceful.watcher(),
         };
         let proxy = Arc::clone(&proxy);
-        let info = ConnInfo { peer, tls };
+        let local = stream.local_addr().unwrap_or(peer);
+        let info = ConnInfo { peer, local, tls };
         let closing = Watch::new(closing.clone());
-        match tls {
-            false => tokio::spawn(crate::h1::serve(
+        let header_timeout = owes_proxy_header(&proxy, peer);
+        match (header_timeout, tls) {
+            (Some(timeout), _) => {
+                let conn = Conn {
+                    proxy,
+                    stream,
+                    info,
+                    closing,
+                    guard,
+                };
+                tokio::spawn(Box::pin(serve_proxied(conn, name.clone(), timeout)))
+            }
+            (None, false) => tokio::spawn(crate::h1::serve(
                 proxy,
                 stream,
                 info,
@@ -84,7 +100,7 @@ pub async fn serve(
             )),
             // Boxed: a TLS connection's state is larger, and unboxed it would
             // set the size of every connection's task, plain ones included.
-            true => tokio::spawn(Box::pin(serve_tls(proxy, stream, info, closing, guard))),
+            (None, true) => tokio::spawn(Box::pin(serve_tls(proxy, stream, info, closing, guard))),
         };
     }
     drop(listener);
@@ -114,6 +130,68 @@ async fn room(connections: &ConnectionLimit, closing: &Closing) -> Option<OwnedS
         if let Ok(permit) = tokio::time::timeout(wait, connections.acquire()).await {
             return permit;
         }
+    }
+}
+
+/// The head timeout (`client_header`) within which a connection from `peer`
+/// owes a PROXY header, if `[listen] proxy_protocol.from` holds `peer`.
+fn owes_proxy_header(proxy: &Proxy, peer: SocketAddr) -> Option<Duration> {
+    let snap = proxy.state.load();
+    let from = &snap.config.listen.proxy_protocol_from;
+    if from.is_empty() {
+        return None;
+    }
+    let ip = peer.ip().to_canonical();
+    from.iter()
+        .any(|net| net.contains(&ip))
+        .then_some(snap.config.timeouts.client_header)
+}
+
+/// An accepted connection, before its engine is chosen.
+struct Conn {
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    info: ConnInfo,
+    closing: Watch,
+    guard: Guard,
+}
+
+/// A connection from a `proxy_protocol.from` source: its PROXY header first
+/// (before TLS), whose addresses become the connection's, then the
+/// connection as any other. One without a valid header within `timeout` is
+/// closed and counted.
+async fn serve_proxied(conn: Conn, listener: Arc<str>, timeout: Duration) {
+    let Conn {
+        proxy,
+        mut stream,
+        mut info,
+        closing,
+        guard,
+    } = conn;
+    match crate::proxy_protocol::read(&mut stream, timeout).await {
+        Ok(Some(Header::Proxied {
+            source,
+            destination,
+        })) => {
+            info.peer = source;
+            info.local = destination;
+        }
+        Ok(Some(Header::Local)) => {}
+        // Closed without a byte: an L4 balancer's TCP health check.
+        Ok(None) => return,
+        Err(rejection) => {
+            tracing::debug!(peer = %info.peer, reason = rejection.reason(), ?rejection, "PROXY header refused: connection closed");
+            proxy
+                .metrics
+                .proxy_protocol_rejected
+                .with_label_values(&[&listener, rejection.reason()])
+                .inc();
+            return;
+        }
+    }
+    match info.tls {
+        false => crate::h1::serve(proxy, stream, info, closing, guard, Some(serve_h2c)).await,
+        true => serve_tls(proxy, stream, info, closing, guard).await,
     }
 }
 

@@ -118,14 +118,13 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             access_log::Format::Json
         }
     };
-    if access_log::filter_enables() {
-        // The first and only configuration: it cannot fail.
-        let _ = access_log::init(access_format, Stderr(writer));
-    }
+    // Where the access log goes is `[log]`'s to say (applied at start and
+    // reload); without `[log] access`, `RUST_LOG` decides, as it always did.
+    access_log::set_stderr(access_format, Stderr(writer), access_log::filter_enables());
     guard
 }
 
-/// The access log's sink: stderr's non-blocking writer, one message per line.
+/// The access log's stderr sink: stderr's non-blocking writer, one message per line.
 struct Stderr(tracing_appender::non_blocking::NonBlocking);
 
 impl access_log::Sink for Stderr {
@@ -173,11 +172,14 @@ fn run(config: Config) -> anyhow::Result<()> {
             _ = second_signal() => tracing::warn!("second signal: exiting without waiting"),
         }
         tracing::info!("stopped");
+        // Flushes an access-log file's last lines.
+        access_log::close();
         Ok(())
     })
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT, and on SIGUSR2 once a
+/// Reloads on SIGHUP; reopens the access-log file on SIGUSR1; returns on
+/// SIGTERM or SIGINT, and on SIGUSR2 once a
 /// new process started from this one's command line serves (a binary upgrade).
 async fn wait_for_stop(limpet: &std::sync::Arc<Limpet>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -185,10 +187,16 @@ async fn wait_for_stop(limpet: &std::sync::Arc<Limpet>) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
+            _ = usr1.recv() => {
+                // logrotate renamed the access-log file: the next line opens a new one.
+                access_log::reopen();
+                tracing::info!("SIGUSR1: reopening the access-log file");
+            }
             _ = usr2.recv() => {
                 tracing::info!("SIGUSR2: starting a new process with the listening sockets");
                 let current = limpet.clone();

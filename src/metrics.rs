@@ -29,6 +29,7 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub downstream_connections: IntGaugeVec,
+    pub proxy_protocol_rejected: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     /// Serialises scrapes: [`Metrics::scrape`] resets and refills the state gauges,
@@ -132,6 +133,11 @@ impl Metrics {
                 "limpet_downstream_connections",
                 "Open client connections per listener.",
                 &["listener"],
+            )?,
+            proxy_protocol_rejected: counter(
+                "limpet_proxy_protocol_rejected_total",
+                "Connections closed for a missing, malformed or late PROXY header, from a `proxy_protocol.from` source.",
+                &["listener", "reason"],
             )?,
             config_reloads: counter(
                 "limpet_config_reloads_total",

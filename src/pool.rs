@@ -204,14 +204,16 @@ impl Pool {
     }
 
     /// A new connection to the backend's current address within `timeout`,
-    /// TLS when `tls` says so.
+    /// TLS when `tls` says so, starting with `proxy_header` when given (see
+    /// [`connect`]).
     pub async fn connect(
         &self,
         tls: Option<&TlsTarget>,
         timeout: Duration,
+        proxy_header: Option<&[u8]>,
     ) -> Result<Conn, ConnectError> {
         let addr = self.addr().ok_or(ConnectError::NoAddress)?;
-        connect(addr, tls, timeout).await
+        connect(addr, tls, timeout, proxy_header).await
     }
 
     /// An idle socket that is still open and speaks what `tls` asks for, most
@@ -306,15 +308,20 @@ impl ConnectError {
 }
 
 /// A new connection to `addr` within `timeout` (TCP connect and TLS handshake
-/// together), Nagle off, TLS when `tls` says so.
+/// together), Nagle off, TLS when `tls` says so. `proxy_header` (a PROXY
+/// protocol header, `send_proxy`) is written first, before any TLS.
 pub async fn connect(
     addr: SocketAddr,
     tls: Option<&TlsTarget>,
     timeout: Duration,
+    proxy_header: Option<&[u8]>,
 ) -> Result<Conn, ConnectError> {
     let connecting = async {
-        let socket = TcpStream::connect(addr).await?;
+        let mut socket = TcpStream::connect(addr).await?;
         let _ = socket.set_nodelay(true);
+        if let Some(header) = proxy_header {
+            tokio::io::AsyncWriteExt::write_all(&mut socket, header).await?;
+        }
         let Some(target) = tls else {
             return Ok(Conn::Plain(socket));
         };
@@ -341,9 +348,14 @@ mod tests {
     /// A listener on a free loopback port and a connection to it.
     async fn connected(ip: [u8; 4]) -> (TcpListener, Conn) {
         let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
-        let socket = connect(listener.local_addr().unwrap(), None, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let socket = connect(
+            listener.local_addr().unwrap(),
+            None,
+            Duration::from_secs(5),
+            None,
+        )
+        .await
+        .unwrap();
         (listener, socket)
     }
 
@@ -369,7 +381,7 @@ mod tests {
         pool.move_to(None);
         assert_eq!(pool.addr(), None);
         assert!(matches!(
-            pool.connect(None, Duration::from_secs(1)).await,
+            pool.connect(None, Duration::from_secs(1), None).await,
             Err(ConnectError::NoAddress)
         ));
     }

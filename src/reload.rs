@@ -92,6 +92,13 @@ impl Reloader {
                 "listen.backlog changed: it takes effect at the next restart (the kernel sizes a listening socket's queue once)"
             );
         }
+        if config.log != current.config.log {
+            // Checked when the file was validated; a failure now (the disk
+            // changed since) keeps the old destination.
+            if let Err(e) = crate::access_log::apply(&config.log) {
+                tracing::error!("[log]: {e}; the access log keeps its previous destination");
+            }
+        }
         self.limit.resize(config.limits.max_connections);
         let snapshot = Snapshot::build(config, Some(&current));
         self.metrics.register_snapshot(&snapshot);

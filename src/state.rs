@@ -208,6 +208,7 @@ impl Upstream {
                     weight: b.weight,
                     replica: b.replica.as_deref().and_then(|r| index.get(r).copied()),
                     route: b.route.clone(),
+                    send_proxy: b.send_proxy,
                     tls: config.tls.as_ref().map(|t| tls_target(t, &b.addr_text)),
                     state,
                 }

@@ -472,6 +472,58 @@ fn bad_values() {
 }
 
 #[test]
+fn bad_proxy_protocol_values() {
+    let pp = "proxy_protocol = { from = [\"10.0.0.0/8\", \"10.1.2.300/32\"] }\n";
+    let text = shop("").replacen(LISTEN, &format!("{LISTEN}{pp}"), 1);
+    assert_error(
+        "bad-proxy-cidr",
+        &text,
+        "\"10.1.2.300/32\"",
+        "listen.proxy_protocol.from[1]",
+        "invalid IP address",
+    );
+    let text = shop("send_proxy = \"v3\"");
+    assert_error(
+        "bad-send-proxy",
+        &text,
+        "\"v3\"",
+        "upstream.shop.send_proxy",
+        "unknown variant `v3`",
+    );
+}
+
+#[test]
+fn bad_log_values() {
+    let text = format!("{}\n[log]\nformat = \"xml\"\n", shop(""));
+    assert_error(
+        "bad-log-format",
+        &text,
+        "\"xml\"",
+        "log.format",
+        "unknown variant `xml`",
+    );
+    let text = format!(
+        "{}\n[log]\naccess = \"/nonexistent-limpet-dir/access.log\"\n",
+        shop("")
+    );
+    assert_error(
+        "unwritable-access-log",
+        &text,
+        "access = ",
+        "log.access",
+        "cannot open /nonexistent-limpet-dir/access.log for appending",
+    );
+    let text = format!("{}\n[log]\naccess = \"\"\n", shop(""));
+    assert_error(
+        "empty-access-log",
+        &text,
+        "access = ",
+        "log.access",
+        "must be \"off\", \"stderr\" or a file path",
+    );
+}
+
+#[test]
 fn a_syntax_error_has_a_position_and_one_line() {
     let text = shop("").replace(
         "http = [\"127.0.0.1:8080\"]",

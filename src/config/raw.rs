@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Affinity, Balance, Failover, SameSite};
+use super::{Affinity, Balance, Failover, LogFormat, SameSite, SendProxy};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +24,7 @@ pub struct File {
     pub runtime: Runtime,
     #[serde(default)]
     pub dns: Dns,
+    pub log: Log,
     #[serde(default)]
     pub route: Vec<Route>,
     #[serde(default)]
@@ -38,6 +39,13 @@ pub struct Listen {
     #[serde(default)]
     pub https: Vec<String>,
     pub backlog: Option<u32>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    pub from: Vec<IpNet>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +97,13 @@ pub struct Dns {
     pub server: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub access: Option<String>,
+    pub format: Option<LogFormat>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
@@ -112,6 +127,7 @@ pub struct Upstream {
     pub app_cookie: Option<AppCookie>,
     pub health: Option<Health>,
     pub timeouts: Option<UpstreamTimeouts>,
+    pub send_proxy: Option<SendProxy>,
     pub tls: Option<UpstreamTls>,
     pub resolve_interval: Option<String>,
     #[serde(default)]
@@ -197,4 +213,5 @@ pub struct Backend {
     pub replica: Option<String>,
     pub weight: Option<u32>,
     pub route: Option<String>,
+    pub send_proxy: Option<SendProxy>,
 }

@@ -41,6 +41,11 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
             .collect::<Result<_, _>>()?,
         // Set below, once max_connections is known.
         backlog: 0,
+        proxy_protocol_from: raw
+            .listen
+            .proxy_protocol
+            .map(|p| p.from)
+            .unwrap_or_default(),
     };
     if listen.http.is_empty() && listen.https.is_empty() {
         return Err(invalid(
@@ -135,6 +140,10 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
     let dns = DnsConfig {
         server: raw.dns.server.as_deref().map(dns_server).transpose()?,
     };
+    let log = LogConfig {
+        access: access_destination(raw.log.access)?,
+        format: raw.log.format,
+    };
 
     let mut upstreams = Vec::new();
     for (name, up) in raw.upstream {
@@ -155,10 +164,38 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
         limits,
         runtime,
         dns,
+        log,
         routes,
         upstreams,
         warnings,
     })
+}
+
+/// `[log] access`: "off", "stderr", or a file, which must be writable: it is
+/// opened (and created if missing) in append mode, as nginx's `-t` does.
+fn access_destination(text: Option<String>) -> Result<AccessDestination, Invalid> {
+    let Some(text) = text else {
+        return Ok(AccessDestination::Default);
+    };
+    match text.as_str() {
+        "off" => Ok(AccessDestination::Off),
+        "stderr" => Ok(AccessDestination::Stderr),
+        "" => Err(invalid(
+            "log.access",
+            "must be \"off\", \"stderr\" or a file path",
+        )),
+        path => std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map(|_| AccessDestination::File(path.into()))
+            .map_err(|e| {
+                invalid(
+                    "log.access",
+                    format!("cannot open {path} for appending: {e}"),
+                )
+            }),
+    }
 }
 
 fn validate_tls(tls: raw::Tls) -> Result<TlsConfig, Invalid> {
@@ -312,6 +349,7 @@ fn validate_upstream(
             replica: b.replica.clone(),
             weight,
             route,
+            send_proxy: b.send_proxy.or(up.send_proxy) == Some(SendProxy::V2),
         });
     }
     for (i, b) in backends.iter().enumerate() {

@@ -8,10 +8,13 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+pub use crate::access_log::push_ip;
 use crate::affinity;
 
 /// The header limpet adds to a request that fails over from its pinned backend.
 pub const FAILOVER_FROM: &str = "x-limpet-failover-from";
+/// The request's id, forwarded to the backend and written in the access log.
+pub const REQUEST_ID: &str = "x-request-id";
 /// The response header in which a backend names the session's replica.
 pub const SESSION_REPLICA: &str = "x-session-replica";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -24,6 +27,9 @@ pub enum Field {
     Host,
     Cookie,
     XForwardedFor,
+    /// `x-request-id`: passed on, unless limpet sets its own (the access log
+    /// is on: [`Forwarding::request_id`]).
+    RequestId,
     ContentLength,
     TransferEncoding,
     Connection,
@@ -46,6 +52,7 @@ pub fn request_field(name: &[u8]) -> Field {
         4 if is("host") => Field::Host,
         6 if is("cookie") => Field::Cookie,
         6 if is("expect") => Field::Expect,
+        12 if is(REQUEST_ID) => Field::RequestId,
         15 if is("x-forwarded-for") => Field::XForwardedFor,
         16 if is("x-forwarded-host") => Field::Drop,
         17 if is("x-forwarded-proto") => Field::Drop,
@@ -127,6 +134,9 @@ pub struct Forwarding<'a> {
     pub tls: bool,
     /// The `x-limpet-failover-from` value.
     pub failover_from: Option<&'a str>,
+    /// The `x-request-id` to send in place of the client's (set while the
+    /// access log is on); `None` passes the client's as it came.
+    pub request_id: Option<&'a str>,
 }
 
 /// Appends the value of the one Cookie field to forward: every pair of
@@ -183,30 +193,6 @@ pub fn write_forwarded_for<'v>(
         }
     }
     push_ip(out, client);
-}
-
-/// Appends `ip` as its `Display` would, IPv4 without the formatting machinery.
-pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
-        }
-        IpAddr::V6(_) => {
-            use std::io::Write as _;
-            let _ = write!(out, "{ip}");
-        }
-    }
 }
 
 /// The X-Forwarded-Proto value.
@@ -276,8 +262,12 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
             Field::Host,
             Field::ContentLength,
             Field::XForwardedFor,
+            Field::RequestId,
         ],
     );
+    if let Some(id) = fwd.request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(HeaderName::from_static(REQUEST_ID), id);
+    }
     if let Some(cookie) = cookie {
         headers.remove(header::COOKIE);
         if let Some(v) = cookie.and_then(|v| HeaderValue::from_maybe_shared(v).ok()) {
@@ -374,6 +364,41 @@ mod tests {
     }
 
     #[test]
+    fn the_header_map_writer_sets_or_passes_x_request_id() {
+        let client = || {
+            let mut h = HeaderMap::new();
+            h.append(REQUEST_ID, HeaderValue::from_static("a b"));
+            h.append(REQUEST_ID, HeaderValue::from_static("c"));
+            h
+        };
+        let mut fwd = Forwarding {
+            host: None,
+            strip_cookie: None,
+            client: "10.0.0.9".parse().unwrap(),
+            tls: false,
+            failover_from: None,
+            request_id: Some("0123abcd"),
+        };
+        let mut headers = client();
+        rewrite_request(&mut headers, &fwd);
+        let ids: Vec<&[u8]> = headers
+            .get_all(REQUEST_ID)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(ids, [b"0123abcd"]);
+        fwd.request_id = None;
+        let mut headers = client();
+        rewrite_request(&mut headers, &fwd);
+        let ids: Vec<&[u8]> = headers
+            .get_all(REQUEST_ID)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(ids, [&b"a b"[..], b"c"]);
+    }
+
+    #[test]
     fn the_header_map_writer_follows_the_policy() {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("ignored"));
@@ -393,6 +418,7 @@ mod tests {
             client: "10.0.0.9".parse().unwrap(),
             tls: true,
             failover_from: None,
+            request_id: None,
         };
         rewrite_request(&mut headers, &fwd);
         let mut seen: Vec<(String, Vec<u8>)> = headers

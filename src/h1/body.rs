@@ -13,6 +13,8 @@ pub(super) struct BodyReader {
     framing: RequestBody,
     left: u64,
     chunks: chunked::Scanner,
+    /// Bytes of the body taken so far (chunk framing included).
+    taken: u64,
 }
 
 impl BodyReader {
@@ -24,7 +26,13 @@ impl BodyReader {
                 _ => 0,
             },
             chunks: chunked::Scanner::new(),
+            taken: 0,
         }
+    }
+
+    /// Bytes of the body received so far, as they came (chunk framing included).
+    pub(super) fn taken(&self) -> u64 {
+        self.taken
     }
 
     pub(super) fn done(&self) -> bool {
@@ -37,18 +45,20 @@ impl BodyReader {
 
     /// How many of `bytes` belong to the body.
     pub(super) fn take(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
-        match self.framing {
-            RequestBody::None => Ok(0),
+        let take = match self.framing {
+            RequestBody::None => 0,
             RequestBody::Length(_) => {
                 let take = self.left.min(bytes.len() as u64);
                 self.left -= take;
-                Ok(take as usize)
+                take as usize
             }
             RequestBody::Chunked => self
                 .chunks
                 .feed(bytes)
-                .map_err(|_| "malformed chunked request body"),
-        }
+                .map_err(|_| "malformed chunked request body")?,
+        };
+        self.taken += take as u64;
+        Ok(take)
     }
 
     /// How much a read may take without reading past the body: all of a
@@ -64,6 +74,9 @@ impl BodyReader {
 
 /// Writes the response head (in `out`) and relays the body; `Ok(true)` when the
 /// backend connection ended cleanly at the end of the body and can be reused.
+/// `sent` counts the body bytes written to the client (as written: chunk
+/// framing included, unless decoded for an HTTP/1.0 client).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn relay_body<S: Stream>(
     client: &mut Client<S>,
     socket: &mut crate::pool::Conn,
@@ -72,12 +85,15 @@ pub(super) async fn relay_body<S: Stream>(
     mut out: Vec<u8>,
     timeouts: Waits,
     dechunk: bool,
+    sent: &mut u64,
 ) -> stdio::Result<bool> {
     let client_wait = Wait::Idle(timeouts.client_idle);
     let backend_wait = Wait::Idle(timeouts.backend.response);
     let mut body = Body::new(head.framing);
+    let head_len = out.len();
     let mut clean = body.relay(&buf[head.len..], &mut out, dechunk)?;
     write_all(&mut client.stream, &out, &mut client.clock, client_wait).await?;
+    *sent += (out.len() - head_len) as u64;
     while !body.done() {
         grow_if_full(&mut buf);
         buf.clear();
@@ -104,6 +120,7 @@ pub(super) async fn relay_body<S: Stream>(
             }
         };
         write_all(&mut client.stream, relayed, &mut client.clock, client_wait).await?;
+        *sent += relayed.len() as u64;
     }
     give_buffer(buf);
     Ok(clean && body.framing != Framing::UntilClose)

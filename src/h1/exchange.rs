@@ -21,7 +21,7 @@ use super::io::{
 use crate::backend::{InFlight, Tunnel};
 use crate::error::ProxyError;
 use crate::flow::policy::Forwarding;
-use crate::flow::{self, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
+use crate::flow::{self, Access, Attempts, Chosen, ConnInfo, Failure, Proxy, RequestView, Trace};
 use crate::pool::Conn;
 use crate::shutdown::Watch;
 use crate::state::{Decision, Snapshot, Upstream};
@@ -98,9 +98,8 @@ impl<'a> Exchange<'a> {
         let status = resp_head.status;
         let said = resp_head.session_replica(&resp_buf);
         let set_cookie = flow::pin_cookie(upstream, &decision, said, self.info.tls, trace);
-        record(
-            self.proxy, self.snap, trace, self.buf, self.head, status, started,
-        );
+        let elapsed = started.elapsed();
+        self.proxy.record_metrics(self.snap, trace, status, elapsed);
         let dechunk = self.head.http10 && resp_head.framing == Framing::Chunked;
         // Shutdown may have started while the request was on its way: the
         // connection closes after this response, which must say so. A request
@@ -126,6 +125,8 @@ impl<'a> Exchange<'a> {
             delivery,
         );
         if status == 101 {
+            // Logged as the tunnel opens: it may stay open for hours.
+            self.log(trace, status, elapsed, 0);
             // Open, it counts in the backend's tunnels and (by its in-flight
             // guard) in the requests least-requests compares.
             let tunnel = Tunnel::open(in_flight.state());
@@ -136,6 +137,7 @@ impl<'a> Exchange<'a> {
             return Answered::Gone;
         }
         let timeouts = Waits::of(self.snap, upstream);
+        let mut sent = 0;
         let relayed = relay_body(
             client,
             &mut socket,
@@ -144,18 +146,20 @@ impl<'a> Exchange<'a> {
             out,
             timeouts,
             dechunk,
+            &mut sent,
         )
         .await;
         drop(in_flight);
+        self.log(trace, status, elapsed, sent);
         match relayed {
             Ok(clean) => {
-                if clean && resp_head.keep_alive && self.body.done() {
+                let backend = &upstream.backends[decision.backend];
+                if clean && resp_head.keep_alive && self.body.done() && !backend.send_proxy {
                     let keep_for = crate::pool::keep_for(
                         timeouts.backend.keepalive,
                         resp_head.keep_alive_timeout,
                     );
-                    let pool = &upstream.backends[decision.backend].state.pool;
-                    pool.put(socket, keep_for);
+                    backend.state.pool.put(socket, keep_for);
                 }
                 Answered::Relayed { keep_alive: !close }
             }
@@ -163,6 +167,14 @@ impl<'a> Exchange<'a> {
                 tracing::debug!(error = %e, "response relay broke off");
                 Answered::Gone
             }
+        }
+    }
+
+    /// The access-log line of a relayed response, `bytes_out` body bytes long.
+    fn log(&self, trace: &Trace, status: u16, elapsed: std::time::Duration, bytes_out: u64) {
+        let bytes = (self.body.taken(), bytes_out);
+        if let Some(access) = access(self.buf, self.head, self.info, bytes) {
+            flow::log_access(self.snap, trace, status, elapsed, &access);
         }
     }
 
@@ -206,21 +218,31 @@ impl<'a> Exchange<'a> {
         let mut out = Vec::with_capacity(self.head.len + 256 + self.body_in_buf);
         loop {
             let backend = &upstream.backends[decision.backend];
-            trace.backend = Some(decision.backend);
+            trace.attempt(&decision);
             let in_flight = InFlight::start(&backend.state);
-            let pooled = match fresh {
+            // A connection that began with one client's PROXY header is
+            // that client's alone: never pooled.
+            let pooled = match fresh || backend.send_proxy {
                 true => None,
                 false => backend.state.pool.take(reuse_within, backend.tls.as_ref()),
             };
             let reused = pooled.is_some();
             let result = match pooled {
                 Some(socket) => Ok(socket),
-                None => backend
-                    .state
-                    .pool
-                    .connect(backend.tls.as_ref(), timeouts.backend.connect)
-                    .await
-                    .map_err(Failure::NotSent),
+                None => {
+                    // The client's PROXY header goes before anything else
+                    // (TLS included) on a new connection.
+                    out.clear();
+                    if backend.send_proxy {
+                        crate::proxy_protocol::write_v2(&mut out, self.info.peer, self.info.local);
+                    }
+                    let header = backend.send_proxy.then_some(&out[..]);
+                    let tls = backend.tls.as_ref();
+                    let pool = &backend.state.pool;
+                    pool.connect(tls, timeouts.backend.connect, header)
+                        .await
+                        .map_err(Failure::NotSent)
+                }
             };
             let result = match result {
                 Ok(socket) => {
@@ -234,6 +256,7 @@ impl<'a> Exchange<'a> {
                         client: self.info.peer.ip(),
                         tls: self.info.tls,
                         failover_from: decision.failover_from.map(|f| upstream.name_of(f)),
+                        request_id: trace.forwarded_id(),
                     };
                     head::write_request(&mut out, self.buf, self.head, &fwd);
                     let body = &self.buf[self.head.len..self.head.len + self.body_in_buf];
@@ -518,19 +541,32 @@ impl Upload<'_> {
     }
 }
 
-/// The request's metrics and access-log line.
+/// The metrics and access-log line of a request limpet answered itself
+/// (`access`: see [`access`]).
 pub(super) fn record(
     proxy: &Proxy,
     snap: &Snapshot,
     trace: &Trace,
-    buf: &[u8],
-    head: &RequestHead,
     status: u16,
     started: std::time::Instant,
+    access: Option<Access<'_>>,
 ) {
-    let access = crate::access_log::enabled().then(|| {
-        let method = std::str::from_utf8(head.method(buf)).unwrap_or("");
-        (method, head.target(buf))
-    });
     proxy.record(snap, trace, status, started.elapsed(), access);
+}
+
+/// What the access log says of the request beyond its trace, when it is on;
+/// `bytes`: the body bytes received and sent.
+pub(super) fn access<'b>(
+    buf: &'b [u8],
+    head: &RequestHead,
+    info: &ConnInfo,
+    bytes: (u64, u64),
+) -> Option<Access<'b>> {
+    crate::access_log::enabled().then(|| Access {
+        method: std::str::from_utf8(head.method(buf)).unwrap_or(""),
+        path: head.target(buf),
+        client: info.peer.ip(),
+        bytes_in: bytes.0,
+        bytes_out: bytes.1,
+    })
 }

@@ -344,6 +344,9 @@ pub fn write_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &Fo
         let name = &buf[f.name.clone()];
         match f.kind {
             Field::Pass => write_field(out, name, &buf[f.value.clone()]),
+            Field::RequestId if fwd.request_id.is_none() => {
+                write_field(out, name, &buf[f.value.clone()])
+            }
             Field::Host => write_field(out, name, host),
             Field::ContentLength if !length_written => {
                 length_written = true;
@@ -381,6 +384,9 @@ pub fn write_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &Fo
     out.extend_from_slice(b"\r\n");
     if let Some(from) = fwd.failover_from {
         write_field(out, policy::FAILOVER_FROM.as_bytes(), from.as_bytes());
+    }
+    if let Some(id) = fwd.request_id {
+        write_field(out, b"X-Request-Id", id.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -674,9 +680,40 @@ mod tests {
             client: "10.0.0.9".parse().unwrap(),
             tls: false,
             failover_from: None,
+            request_id: None,
         };
         write_request(&mut out, raw.as_bytes(), &head, &fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn limpets_request_id_replaces_the_clients_and_none_passes_it() {
+        let raw = "GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: a b\r\nx-request-id: c\r\n\r\n";
+        let head = complete(raw.as_bytes());
+        let mut fwd = Forwarding {
+            host: head.host(raw.as_bytes()),
+            strip_cookie: None,
+            client: "10.0.0.9".parse().unwrap(),
+            tls: false,
+            failover_from: None,
+            request_id: Some("0123abcd"),
+        };
+        let mut out = Vec::new();
+        write_request(&mut out, raw.as_bytes(), &head, &fwd);
+        let text = String::from_utf8(out).unwrap();
+        let ids: Vec<&str> = text
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-request-id:"))
+            .collect();
+        assert_eq!(ids, ["X-Request-Id: 0123abcd"], "{text}");
+        fwd.request_id = None;
+        let mut out = Vec::new();
+        write_request(&mut out, raw.as_bytes(), &head, &fwd);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("X-Request-Id: a b\r\nx-request-id: c\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -164,6 +164,7 @@ async fn answer(
         ("x-seen-host", "host"),
         ("x-seen-connection", "connection"),
         ("x-seen-te", "te"),
+        ("x-seen-request-id", "x-request-id"),
     ] {
         let values: Vec<&str> = req
             .headers()

@@ -77,6 +77,18 @@ pub async fn tls_connect(
     name: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tls_handshake(tcp, roots, name, alpn).await
+}
+
+/// A TLS handshake as a client on `tcp`, already connected (and maybe
+/// already written to: a PROXY header goes first).
+pub async fn tls_handshake(
+    tcp: TcpStream,
+    roots: &[&TestCert],
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut store = rustls::RootCertStore::empty();
     for c in roots {
         store.add(c.der.clone()).unwrap();
@@ -90,7 +102,6 @@ pub async fn tls_connect(
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await?;
     connector
         .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
         .await

@@ -275,6 +275,7 @@ fn rewrite(
         client,
         tls,
         failover_from: failover,
+        request_id: None,
     };
     let mut out = Vec::new();
     write_request(&mut out, buf, head, &fwd);
