@@ -24,6 +24,7 @@ pub struct File {
     pub runtime: Runtime,
     #[serde(default)]
     pub dns: Dns,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub route: Vec<Route>,
