@@ -49,6 +49,7 @@ mod h2;
 pub mod health;
 pub mod limit;
 pub mod listener;
+pub mod maglev;
 pub mod metrics;
 pub mod pool;
 pub mod reload;

@@ -19,6 +19,7 @@ use crate::affinity::{self, CookieCodec};
 use crate::backend::{Backend, BackendState};
 use crate::balancer::{self, Balancer};
 use crate::config::{Affinity, Config, Failover, Timeouts, UpstreamConfig};
+use crate::maglev::Maglev;
 use crate::router::Router;
 use crate::series::UpstreamSeries;
 
@@ -117,6 +118,8 @@ pub struct Upstream {
     /// Present when `affinity = "cookie"`.
     pub cookie: Option<CookieCodec>,
     balancer: Balancer,
+    /// The ip-hash table over all backends, when `affinity = "ip-hash"`.
+    ip_hash: Option<Maglev>,
     /// The metric series this upstream's requests write (see [`UpstreamSeries`]).
     pub series: UpstreamSeries,
 }
@@ -180,6 +183,9 @@ impl Upstream {
                 .collect(),
             series: UpstreamSeries::new(backends.len()),
             balancer: Balancer::new(config.balance, &backends, config.health.slow_start),
+            ip_hash: (config.affinity == Affinity::IpHash)
+                .then(|| Maglev::new(backends.iter().map(|b| (&*b.name, b.weight))))
+                .flatten(),
             cookie,
             backends,
             config: config.clone(),
@@ -209,8 +215,10 @@ impl Upstream {
             }
             Affinity::IpHash => {
                 let ip = affinity::client_ip(peer, headers, &self.config.ip_hash.trusted_proxies);
-                balancer::rendezvous(&self.backends, balancer::ip_key(ip)).map(|backend| Pin {
-                    backend,
+                // Every backend, available or not: `choose` applies the failover rules.
+                let table = self.ip_hash.as_ref()?;
+                Some(Pin {
+                    backend: table.get(balancer::ip_key(ip)),
                     reissue: false,
                 })
             }
