@@ -365,6 +365,11 @@ fn reload_build(c: &mut Criterion) {
     g.bench_function("build_1000_backends", |b| {
         b.iter(|| Snapshot::build(black_box(config.clone()), None))
     });
+    // A reload carries each backend's state over from the running snapshot.
+    let running = Snapshot::build(config.clone(), None);
+    g.bench_function("rebuild_1000_backends", |b| {
+        b.iter(|| Snapshot::build(black_box(config.clone()), Some(&running)))
+    });
     g.finish();
 }
 
