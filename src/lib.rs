@@ -17,14 +17,15 @@
 //!            (header rules, two writers), record (metrics, access log)
 //! admin  reload  health  metrics  access_log   beside the flow
 //! state      Snapshot: router, upstreams, backends; Upstream::choose
-//! router  balancer  affinity  backend  series  pool  error  shutdown  limit
+//! router  balancer  maglev  affinity  backend  series  pool  error  shutdown
+//! limit
 //! config     the TOML file's shape and validation (tls: certificates)
 //! upgrade    sockets handed over at a binary upgrade (or by systemd)
 //! ```
 //!
 //! A request: `listener` -> `h1` or `h2` -> `flow::Proxy::decide` (`router`,
-//! `affinity` pin, `state::Upstream::choose`, `balancer`) -> `flow::Attempts`
-//! over a `pool` socket -> the response written under `flow::policy` ->
+//! `affinity` pin (ip-hash: `maglev`), `state::Upstream::choose`, `balancer`)
+//! -> `flow::Attempts` over a `pool` socket -> the response written under `flow::policy` ->
 //! `flow::Proxy::record`. limpet's own answers are `error::ProxyError`s.
 //!
 //! State: one `ArcSwap<state::Snapshot>` holds the whole running configuration; a
