@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the per-request hot path: cookie verification, the ip-hash
 //! lookup, route matching, and the whole pick (read the pin, choose the backend)
-//! from a snapshot built the way `limpet run` builds it.
+//! from a snapshot built the way `limpet run` builds it; and how these scale with
+//! the config (3 to 1,000 backends, 1 to 10,000 routes), with the time to build
+//! the snapshot of a 1,000-backend config.
 //!
 //! `cargo bench --bench hot_path` measures; `cargo test --all-targets` runs each
 //! benchmark once (criterion's test mode), so CI checks that they still compile
@@ -15,6 +17,7 @@ use http::header::{HeaderMap, HeaderValue, COOKIE, HOST};
 use limpet::affinity::CookieCodec;
 use limpet::backend::{Backend, BackendState};
 use limpet::balancer;
+use limpet::hash_ring::Ring;
 use limpet::state::Snapshot;
 use limpet::Config;
 
@@ -64,13 +67,16 @@ fn cookie_decode(c: &mut Criterion) {
     g.finish();
 }
 
-fn rendezvous(c: &mut Criterion) {
-    let mut g = c.benchmark_group("rendezvous");
-    for n in [3usize, 20] {
+/// The ip-hash lookup alone: the key of an address, then its table slot
+/// (`rendezvous/3` and `/20` before, which scored every backend).
+fn ip_hash_table(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ip_hash_table");
+    for n in [3usize, 20, 1000] {
         let pool = backends(n);
+        let table = Ring::new(pool.iter().map(|b| (&*b.name, b.weight))).unwrap();
         let ip: IpAddr = "203.0.113.77".parse().unwrap();
-        g.bench_with_input(BenchmarkId::from_parameter(n), &pool, |b, pool| {
-            b.iter(|| balancer::rendezvous(pool, balancer::ip_key(black_box(ip))))
+        g.bench_with_input(BenchmarkId::from_parameter(n), &table, |b, table| {
+            b.iter(|| table.get(balancer::ip_key(black_box(ip))))
         });
     }
     g.finish();
@@ -245,5 +251,156 @@ fn pick(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cookie_decode, rendezvous, route, pick);
+/// A config of one ip-hash upstream over `n` backends (weights 1, 2, 3 in turn),
+/// behind `routes` generated routes (see [`route_table`]).
+fn scaled_config(n: usize, routes: usize) -> String {
+    let mut s = String::from("[listen]\nhttp = [\"127.0.0.1:18080\"]\n\n");
+    s.push_str(&route_table(routes));
+    s.push_str("[upstream.api]\naffinity = \"ip-hash\"\n\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "[[upstream.api.backend]]\nname = \"api{}\"\naddr = \"127.0.0.1:{}\"\nweight = {}\n\n",
+            i + 1,
+            20000 + i,
+            1 + i % 3
+        ));
+    }
+    s
+}
+
+/// `n` routes to the upstream `api`: exact hosts, `*.domain` wildcards, a host
+/// with a path prefix and path prefixes on any host in turn, then a catch-all.
+fn route_table(n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n.saturating_sub(1) {
+        let (host, prefix) = match i % 4 {
+            0 => (Some(format!("h{i}.example.com")), None),
+            1 => (Some(format!("*.t{i}.example.net")), None),
+            2 => (
+                Some(format!("h{i}.example.com")),
+                Some(format!("/api/v{i}")),
+            ),
+            _ => (None, Some(format!("/p{i}"))),
+        };
+        s.push_str("[[route]]\nupstream = \"api\"\n");
+        if let Some(h) = host {
+            s.push_str(&format!("host = \"{h}\"\n"));
+        }
+        if let Some(p) = prefix {
+            s.push_str(&format!("path_prefix = \"{p}\"\n"));
+        }
+        s.push('\n');
+    }
+    s.push_str("[[route]]\nupstream = \"api\"\npath_prefix = \"/\"\n\n");
+    s
+}
+
+fn scaled_snapshot(backends: usize, routes: usize) -> Snapshot {
+    let config = Config::parse(&scaled_config(backends, routes), "scaled.toml")
+        .expect("the generated config is valid");
+    Snapshot::build(config, None)
+}
+
+/// read_pin + choose for an ip-hash upstream of 3 to 1,000 backends.
+fn ip_hash_pick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ip_hash_pick");
+    let headers = HeaderMap::new();
+    for n in [3usize, 20, 100, 1000] {
+        let snap = scaled_snapshot(n, 1);
+        let api = snap.upstream("api").unwrap();
+        let peers: Vec<IpAddr> = (0..256u32)
+            .map(|i| IpAddr::from([198, 51, (i >> 8) as u8, i as u8]))
+            .collect();
+        let mut next = 0usize;
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                next = (next + 1) & 255;
+                let pin = api
+                    .read_pin(black_box(&headers), "/", black_box(peers[next]))
+                    .ok()
+                    .flatten();
+                api.choose(pin)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Route lookup in tables of 1, 100 and 10,000 routes; each case hits a rule
+/// from the middle of the table (the catch-all for the one-route table).
+fn route_lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_lookup");
+    for n in [1usize, 100, 10_000] {
+        let snap = scaled_snapshot(1, n);
+        let mid = (n / 2) & !3;
+        let cases = [
+            (
+                "exact_host",
+                format!("h{mid}.example.com"),
+                "/index.html".to_string(),
+            ),
+            (
+                "wildcard",
+                format!("www.t{}.example.net:8443", mid + 1),
+                "/".to_string(),
+            ),
+            (
+                "host_and_prefix",
+                format!("h{}.example.com", mid + 2),
+                format!("/api/v{}/cart?id=7", mid + 2),
+            ),
+            (
+                "prefix",
+                "www.other.org".to_string(),
+                format!("/p{}/x", mid + 3),
+            ),
+            (
+                "catch_all",
+                "www.other.org".to_string(),
+                "/index.html".to_string(),
+            ),
+        ];
+        for (name, host, path) in &cases {
+            g.bench_function(BenchmarkId::new(*name, n), |b| {
+                b.iter(|| snap.router.route(black_box(Some(host)), black_box(path)))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Parsing, validating and building the snapshot of a config with 1,000 ip-hash
+/// backends (and 100 routes): what a reload does before the swap.
+fn reload_build(c: &mut Criterion) {
+    let text = scaled_config(1000, 100);
+    let mut g = c.benchmark_group("reload");
+    g.sample_size(10);
+    g.bench_function("parse_and_build_1000_backends", |b| {
+        b.iter(|| {
+            let config = Config::parse(black_box(&text), "scaled.toml").unwrap();
+            Snapshot::build(config, None)
+        })
+    });
+    let config = Config::parse(&text, "scaled.toml").unwrap();
+    g.bench_function("build_1000_backends", |b| {
+        b.iter(|| Snapshot::build(black_box(config.clone()), None))
+    });
+    // A reload carries each backend's state over from the running snapshot.
+    let running = Snapshot::build(config.clone(), None);
+    g.bench_function("rebuild_1000_backends", |b| {
+        b.iter(|| Snapshot::build(black_box(config.clone()), Some(&running)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    cookie_decode,
+    ip_hash_table,
+    route,
+    pick,
+    ip_hash_pick,
+    route_lookup,
+    reload_build
+);
 criterion_main!(benches);

@@ -1,18 +1,8 @@
 //! Picks a backend for a request without a valid pin (`least-requests`, `round-robin`,
 //! `random`, `least-sessions`, all weighted; least-requests is power of two choices on
 //! requests in flight, its candidates drawn in weighted round-robin order;
-//! least-sessions the fewest active sessions per unit of weight), and maps an ip-hash
-//! key to its backend with a consistent hash.
-//!
-//! The consistent hash is weighted rendezvous hashing (highest random weight): each
-//! backend scores `-weight / ln(u)` where `u` is a hash of (key, backend name) mapped to
-//! (0, 1), and the highest score wins. We chose it over a ketama ring and Maglev
-//! because it is exact where they approximate: removing one of N backends moves only
-//! the keys that were on it (a ring also does, Maglev not quite), shares follow the
-//! weights without virtual nodes, and it needs no table to rebuild on reload. Its cost
-//! is O(N) per lookup, a few nanoseconds per backend, which is nothing for the tens of
-//! backends an upstream has. Scores depend only on names and weights, so every limpet
-//! instance with the same config maps an IP to the same backend.
+//! least-sessions the fewest active sessions per unit of weight), and the ip-hash
+//! key of a client address (the key's backend is looked up in [`crate::hash_ring`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -191,24 +181,6 @@ fn smooth_round_robin(backends: &[Backend]) -> Vec<usize> {
     order
 }
 
-/// The backend an ip-hash key maps to, among all backends (available or not: the
-/// caller applies the failover rules), by weighted rendezvous hashing.
-pub fn rendezvous(backends: &[Backend], key: u64) -> Option<usize> {
-    backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (i, rendezvous_score(key, name_hash(&b.name), b.weight)))
-        .max_by(|x, y| x.1.total_cmp(&y.1))
-        .map(|(i, _)| i)
-}
-
-fn rendezvous_score(key: u64, name: u64, weight: u32) -> f64 {
-    let h = mix64(key ^ name.rotate_left(17));
-    // 53 random bits -> (0, 1), never 0 nor 1.
-    let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -(weight as f64) / u.ln()
-}
-
 /// FNV-1a, 64 bit: a fixed, documented hash so that every instance agrees.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -217,10 +189,6 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
-}
-
-fn name_hash(name: &str) -> u64 {
-    mix64(fnv1a(name.as_bytes()))
 }
 
 /// The splitmix64 finaliser: spreads every input bit over the output.
@@ -329,38 +297,5 @@ mod tests {
         assert_eq!(balancer.pick(&b, &[]), Some(2));
         // Now app3 has one session more than the others.
         assert_ne!(balancer.pick(&b, &[]), Some(2));
-    }
-
-    #[test]
-    fn rendezvous_moves_only_the_removed_backends_keys() {
-        let four = backends(&[1, 1, 1, 1]);
-        let three: Vec<Backend> = backends(&[1, 1, 1, 1])
-            .into_iter()
-            .filter(|b| &*b.name != "app3")
-            .collect();
-        let mut moved = 0;
-        for k in 0..10_000u64 {
-            let key = mix64(k);
-            let before = &four[rendezvous(&four, key).unwrap()].name;
-            let after = &three[rendezvous(&three, key).unwrap()].name;
-            if before != after {
-                assert_eq!(&**before, "app3", "a key not on app3 moved");
-                moved += 1;
-            }
-        }
-        assert!((2_000..3_000).contains(&moved), "moved {moved} of 10000");
-    }
-
-    #[test]
-    fn rendezvous_respects_weights() {
-        let b = backends(&[1, 2, 3]);
-        let mut counts = [0usize; 3];
-        for k in 0..60_000u64 {
-            counts[rendezvous(&b, mix64(k)).unwrap()] += 1;
-        }
-        for (i, c) in counts.iter().enumerate() {
-            let expected = 10_000.0 * (i + 1) as f64;
-            assert!((*c as f64 - expected).abs() < expected * 0.05, "{counts:?}");
-        }
     }
 }

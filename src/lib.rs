@@ -17,16 +17,16 @@
 //!            (header rules, two writers), record (metrics, access log)
 //! admin  reload  health  resolve  metrics  access_log   beside the flow
 //! state      Snapshot: router, upstreams, backends; Upstream::choose
-//! router  balancer  affinity  backend  sessions  series  pool  error
-//! shutdown  limit
+//! router  balancer  hash_ring  affinity  backend  sessions  series  pool
+//! error  shutdown  limit
 //! config     the TOML file's shape and validation (tls: certificates)
 //! upgrade    sockets handed over at a binary upgrade (or by systemd)
 //! proxy_protocol  the PROXY header read by the listener, written to backends
 //! ```
 //!
 //! A request: `listener` -> `h1` or `h2` -> `flow::Proxy::decide` (`router`,
-//! `affinity` pin, `state::Upstream::choose`, `balancer`) -> `flow::Attempts`
-//! over a `pool` socket -> the response written under `flow::policy` ->
+//! `affinity` pin (ip-hash: `hash_ring`), `state::Upstream::choose`, `balancer`)
+//! -> `flow::Attempts` over a `pool` socket -> the response written under `flow::policy` ->
 //! `flow::Proxy::record`. limpet's own answers are `error::ProxyError`s.
 //!
 //! State: one `ArcSwap<state::Snapshot>` holds the whole running configuration; a
@@ -48,6 +48,7 @@ pub mod error;
 pub mod flow;
 mod h1;
 mod h2;
+pub mod hash_ring;
 pub mod health;
 pub mod limit;
 pub mod listener;

@@ -21,6 +21,7 @@ pub use crate::affinity::{Outcome, Session};
 use crate::backend::{Backend, BackendState};
 use crate::balancer::{self, Balancer};
 use crate::config::{Affinity, BackendTls, Config, Failover, Timeouts, UpstreamConfig};
+use crate::hash_ring::Ring;
 use crate::pool::TlsTarget;
 use crate::router::Router;
 use crate::series::UpstreamSeries;
@@ -176,6 +177,8 @@ pub struct Upstream {
     /// Present when `affinity = "cookie"`.
     pub cookie: Option<CookieCodec>,
     balancer: Balancer,
+    /// The ip-hash table over all backends, when `affinity = "ip-hash"`.
+    ip_hash: Option<Ring>,
     /// The metric series this upstream's requests write (see [`UpstreamSeries`]).
     pub series: UpstreamSeries,
 }
@@ -249,6 +252,9 @@ impl Upstream {
             by_route,
             series: UpstreamSeries::new(backends.len()),
             balancer: Balancer::new(config.balance, &backends, config.health.slow_start),
+            ip_hash: (config.affinity == Affinity::IpHash)
+                .then(|| Ring::new(backends.iter().map(|b| (&*b.name, b.weight))))
+                .flatten(),
             cookie,
             backends,
             removed,
@@ -281,16 +287,18 @@ impl Upstream {
             Affinity::IpHash => {
                 let ip = affinity::client_ip(peer, headers, &self.config.ip_hash.trusted_proxies);
                 let key = balancer::ip_key(ip);
-                Ok(
-                    balancer::rendezvous(&self.backends, key).map(|backend| Pin {
-                        backend,
-                        reissue: false,
-                        session: Session {
-                            id: key,
-                            ..Session::default()
-                        },
-                    }),
-                )
+                // Every backend, available or not: `choose` applies the failover rules.
+                let Some(ring) = self.ip_hash.as_ref() else {
+                    return Ok(None);
+                };
+                Ok(Some(Pin {
+                    backend: ring.get(key),
+                    reissue: false,
+                    session: Session {
+                        id: key,
+                        ..Session::default()
+                    },
+                }))
             }
             Affinity::AppCookie => {
                 let c = &self.config.app_cookie;
