@@ -128,6 +128,9 @@ impl Admin {
             if method != Method::POST {
                 return method_not_allowed("POST");
             }
+            if !same_origin(&req) {
+                return plain(StatusCode::FORBIDDEN, "403 cross-origin request refused\n");
+            }
             if !self.authorized(req.headers()) {
                 let mut resp = plain(StatusCode::UNAUTHORIZED, "401 unauthorized\n");
                 resp.headers_mut().insert(
@@ -558,6 +561,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether an operator action may come from where it comes from: a browser
+/// says where the page that sent it was loaded from (`Origin`), and only the
+/// admin listener's own pages (the dashboard) may act. A request without
+/// `Origin` (curl, scripts) passes; the bearer token, when configured, is
+/// checked after. Without this, any web page open in the operator's browser
+/// could POST to a loopback admin listener that has no token.
+fn same_origin(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, authority)| authority);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 #[cfg(test)]

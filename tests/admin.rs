@@ -281,6 +281,37 @@ async fn with_a_token_every_post_needs_it() {
 }
 
 #[tokio::test]
+async fn a_post_from_another_sites_page_is_refused() {
+    let [a, b, c] = three_backends().await;
+    let lb = TestLb::start(&config(&[&a, &b, &c], "", "1s")).await;
+    let addr = lb.limpet.admin_addr.unwrap();
+    let admin = AdminClient::new(addr);
+    // A page of another site (or a sandboxed one, "null") in the operator's
+    // browser: refused, nothing changes, even without a token configured.
+    for origin in [
+        "http://evil.example",
+        "null",
+        &format!("http://{addr}.evil.example"),
+    ] {
+        let mut browser = admin.clone();
+        browser.origin = Some(origin.to_string());
+        for path in ["/upstreams/shop/backends/app1/drain", "/reload"] {
+            let r = browser.post(path).await;
+            assert_eq!(r.status, 403, "POST {path} from {origin}");
+            assert_eq!(r.body, "403 cross-origin request refused\n");
+        }
+        // Reads stay open.
+        assert_eq!(browser.get("/status").await.status, 200);
+    }
+    assert_eq!(admin.state("app1").await, "up");
+    // The dashboard's own page (same origin), and curl (no Origin), may act.
+    let mut dashboard = admin.clone();
+    dashboard.origin = Some(format!("http://{addr}"));
+    assert_eq!(dashboard.set("app1", "drain").await["state"], "draining");
+    assert_eq!(admin.set("app1", "ready").await["state"], "up");
+}
+
+#[tokio::test]
 async fn the_dashboard_is_one_self_contained_page() {
     let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&config(&[&a, &b, &c], "", "1s")).await;

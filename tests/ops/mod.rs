@@ -31,6 +31,8 @@ pub const ADMIN: &str = "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
 pub struct AdminClient {
     pub base: String,
     pub token: Option<String>,
+    /// The `Origin` a browser would send (none, as curl sends none).
+    pub origin: Option<String>,
     inner: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Full<Bytes>,
@@ -56,6 +58,7 @@ impl AdminClient {
         AdminClient {
             base: format!("http://{addr}"),
             token: None,
+            origin: None,
             inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -71,6 +74,9 @@ impl AdminClient {
             .uri(format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(origin) = &self.origin {
+            req = req.header("origin", origin);
         }
         let req = req.body(Full::new(Bytes::new())).expect("admin request");
         let resp = tokio::time::timeout(Duration::from_secs(10), self.inner.request(req))
