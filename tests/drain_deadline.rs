@@ -49,16 +49,6 @@ async fn load(mut client: Client, stop: Arc<AtomicBool>) -> Seen {
     seen
 }
 
-async fn pinned_to(lb: &FileLb, backend: &str) -> Client {
-    for _ in 0..100 {
-        let mut client = lb.client();
-        if client.get("/").await.backend() == backend {
-            return client;
-        }
-    }
-    panic!("no new client landed on {backend}");
-}
-
 #[tokio::test]
 async fn clients_move_to_the_replica_at_the_deadline_without_a_failed_request() {
     let [a, b, c] = three_backends().await;
@@ -67,19 +57,19 @@ async fn clients_move_to_the_replica_at_the_deadline_without_a_failed_request() 
     let mut on_app1 = Vec::new();
     for _ in 0..4 {
         on_app1.push(tokio::spawn(load(
-            pinned_to(&lb, "app1").await,
+            lb.client_pinned_to("app1").await,
             stop.clone(),
         )));
     }
     let mut others = Vec::new();
     for backend in ["app2", "app3"] {
         others.push(tokio::spawn(load(
-            pinned_to(&lb, backend).await,
+            lb.client_pinned_to(backend).await,
             stop.clone(),
         )));
     }
 
-    let mut slow_client = pinned_to(&lb, "app1").await;
+    let mut slow_client = lb.client_pinned_to("app1").await;
     let r = lb
         .admin
         .post("/upstreams/shop/backends/app1/drain?deadline=3s")

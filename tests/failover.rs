@@ -38,17 +38,6 @@ async fn pinned_clients(lb: &TestLb, n: usize) -> HashMap<String, Vec<Client>> {
     by_backend
 }
 
-/// A client pinned to `backend` (new clients are tried until one lands there).
-async fn client_pinned_to(lb: &TestLb, backend: &str) -> Client {
-    for _ in 0..100 {
-        let mut client = lb.client();
-        if client.get("/").await.backend() == backend {
-            return client;
-        }
-    }
-    panic!("no new client landed on {backend}");
-}
-
 #[tokio::test]
 async fn a_dead_backends_clients_move_to_its_replica_and_stay_there() {
     let [a, b, c] = three_backends().await;
@@ -117,9 +106,9 @@ async fn the_replica_chain_skips_a_dead_replica() {
     let [a, b, c] = three_backends().await;
     // app1 -> app2 -> app3 -> app1. Two retries: app1 and app2 refuse, app3 answers.
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "retries = 2")).await;
-    let mut first = client_pinned_to(&lb, "app1").await;
-    let mut second = client_pinned_to(&lb, "app1").await;
-    let mut on_app2 = client_pinned_to(&lb, "app2").await;
+    let mut first = lb.client_pinned_to("app1").await;
+    let mut second = lb.client_pinned_to("app1").await;
+    let mut on_app2 = lb.client_pinned_to("app2").await;
     a.stop().await;
     b.stop().await;
 
@@ -166,7 +155,7 @@ async fn the_replica_chain_ends_in_a_rebalance() {
         }
     }
     let lb = TestLb::start(&toml).await;
-    let mut client = client_pinned_to(&lb, "app1").await;
+    let mut client = lb.client_pinned_to("app1").await;
     a.stop().await;
     b.stop().await;
     let r = client.get("/").await;
@@ -184,8 +173,8 @@ async fn failover_reject_answers_503() {
     let [a, b, c] = three_backends().await;
     let extra = format!("failover = \"reject\"\n{FAST_HEALTH}");
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], &extra)).await;
-    let mut pinned = client_pinned_to(&lb, "app1").await;
-    let mut other = client_pinned_to(&lb, "app2").await;
+    let mut pinned = lb.client_pinned_to("app1").await;
+    let mut other = lb.client_pinned_to("app2").await;
     a.stop().await;
     let r = pinned.get("/").await;
     assert_eq!(r.status, 503);
@@ -213,7 +202,7 @@ async fn failover_reject_answers_503() {
 async fn failover_rebalance_repins_by_balance() {
     let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "failover = \"rebalance\"")).await;
-    let mut pinned = client_pinned_to(&lb, "app1").await;
+    let mut pinned = lb.client_pinned_to("app1").await;
     a.stop().await;
     let r = pinned.get("/").await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -235,8 +224,8 @@ async fn a_post_with_a_body_to_a_dead_pinned_backend_is_retried() {
     let lb = TestLb::start(&toml).await;
     // Clients pinned through this instance (it has pooled connections to app1)...
     let mut clients = vec![
-        client_pinned_to(&lb, "app1").await,
-        client_pinned_to(&lb, "app1").await,
+        lb.client_pinned_to("app1").await,
+        lb.client_pinned_to("app1").await,
     ];
     for c in &mut clients {
         // Keep-alive connections to app1 in limpet's pool.
@@ -245,7 +234,7 @@ async fn a_post_with_a_body_to_a_dead_pinned_backend_is_retried() {
     // ... and one pinned through another instance, so that this one has never
     // connected for it: the connection is refused before anything is sent.
     let other = TestLb::start(&toml).await;
-    let mut stranger = client_pinned_to(&other, "app1").await;
+    let mut stranger = other.client_pinned_to("app1").await;
     stranger.base = lb.client().base;
     clients.insert(0, stranger);
 
@@ -311,7 +300,7 @@ async fn a_keep_alive_connection_the_backend_closed_is_not_a_failover() {
         app2.addr
     );
     let lb = TestLb::start(&toml).await;
-    let mut client = client_pinned_to(&lb, "app1").await;
+    let mut client = lb.client_pinned_to("app1").await;
     for i in 0..10 {
         let r = client.get("/").await;
         assert_eq!(r.status, 200, "request {i}");
@@ -340,7 +329,7 @@ async fn draining_keeps_pinned_clients_and_maintenance_fails_them_over() {
     use limpet::backend::Operator;
     let [a, b, c] = three_backends().await;
     let lb = TestLb::start(&ring_config(&[&a, &b, &c], "balance = \"round-robin\"")).await;
-    let mut on_app1 = client_pinned_to(&lb, "app1").await;
+    let mut on_app1 = lb.client_pinned_to("app1").await;
 
     set_operator(&lb, "app1", Operator::Draining);
     assert_eq!(lb.backend_state("shop", "app1"), "draining");
@@ -453,8 +442,8 @@ fn received(app1: &ScriptedBackend, method: &str) -> usize {
 async fn a_hung_backends_pinned_get_fails_over_to_the_replica_and_repins() {
     // passive_fall high enough that app1 stays up: every request below times out.
     let (lb, app1, app2, hung) = hung_app1("", 10).await;
-    let mut client = client_pinned_to(&lb, "app1").await;
-    let mut over_h2 = client_pinned_to(&lb, "app1").await;
+    let mut client = lb.client_pinned_to("app1").await;
+    let mut over_h2 = lb.client_pinned_to("app1").await;
     hung.store(true, Ordering::SeqCst);
     let gets_before = received(&app1, "GET");
 
@@ -497,7 +486,7 @@ async fn a_hung_backends_pinned_get_fails_over_to_the_replica_and_repins() {
 #[tokio::test]
 async fn a_request_with_a_body_to_a_hung_backend_gets_504_once_and_counts_as_a_failure() {
     let (lb, app1, app2, hung) = hung_app1("retries = 2", 2).await;
-    let mut client = client_pinned_to(&lb, "app1").await;
+    let mut client = lb.client_pinned_to("app1").await;
     hung.store(true, Ordering::SeqCst);
     let hits = app2.hits();
 
@@ -531,9 +520,9 @@ async fn a_request_with_a_body_to_a_hung_backend_gets_504_once_and_counts_as_a_f
 #[tokio::test]
 async fn two_timed_out_gets_mark_a_hung_backend_down_with_passive_fall_2() {
     let (lb, app1, _app2, hung) = hung_app1("", 2).await;
-    let mut first = client_pinned_to(&lb, "app1").await;
-    let mut second = client_pinned_to(&lb, "app1").await;
-    let mut third = client_pinned_to(&lb, "app1").await;
+    let mut first = lb.client_pinned_to("app1").await;
+    let mut second = lb.client_pinned_to("app1").await;
+    let mut third = lb.client_pinned_to("app1").await;
     hung.store(true, Ordering::SeqCst);
 
     for (i, client) in [&mut first, &mut second].into_iter().enumerate() {
@@ -562,7 +551,7 @@ async fn two_timed_out_gets_mark_a_hung_backend_down_with_passive_fall_2() {
 #[tokio::test]
 async fn with_no_retry_left_a_timed_out_get_gets_504_and_counts_as_a_failure() {
     let (lb, app1, app2, hung) = hung_app1("retries = 0", 1).await;
-    let mut client = client_pinned_to(&lb, "app1").await;
+    let mut client = lb.client_pinned_to("app1").await;
     hung.store(true, Ordering::SeqCst);
     let (hits, gets) = (app2.hits(), received(&app1, "GET"));
     let r = client.get("/").await;

@@ -33,22 +33,11 @@ fn admin(lb: &TestLb) -> AdminClient {
     AdminClient::new(lb.limpet.admin_addr.expect("an admin listener"))
 }
 
-/// A client pinned to `backend` (new clients are tried until one lands there).
-async fn client_pinned_to(lb: &TestLb, backend: &str) -> Client {
-    for _ in 0..100 {
-        let mut client = lb.client();
-        if client.get("/").await.backend() == backend {
-            return client;
-        }
-    }
-    panic!("no new client landed on {backend}");
-}
-
 #[tokio::test]
 async fn a_learned_replica_rides_in_the_cookie_and_takes_over_first() {
     let ([app1, _app2, _app3], lb) = ring().await;
     let admin = admin(&lb);
-    let mut client = client_pinned_to(&lb, "app1").await;
+    let mut client = lb.client_pinned_to("app1").await;
     let v1 = client.cookie.clone().unwrap();
 
     // app1 says the session's copy is on app3 (its static replica is app2).
@@ -96,7 +85,7 @@ async fn a_learned_replica_rides_in_the_cookie_and_takes_over_first() {
 #[tokio::test]
 async fn a_learned_replica_that_is_down_gives_way_to_the_chain() {
     let ([app1, _app2, app3], lb) = ring().await;
-    let mut client = client_pinned_to(&lb, "app1").await;
+    let mut client = lb.client_pinned_to("app1").await;
     assert!(client
         .get("/replica/app3")
         .await

@@ -244,6 +244,11 @@ impl TestLb {
         Client::new(self.addr)
     }
 
+    /// A client pinned to `backend` (see [`client_pinned_to`]).
+    pub async fn client_pinned_to(&self, backend: &str) -> Client {
+        client_pinned_to(self.addr, backend).await
+    }
+
     /// The state of `backend` in `upstream` as `/status` would show it
     /// (`up`, `down`, `draining`, `maintenance`); panics on unknown names.
     pub fn backend_state(&self, upstream: &str, backend: &str) -> &'static str {
@@ -403,6 +408,18 @@ impl Client {
         }
         Ok(reply)
     }
+}
+
+/// A client of limpet at `addr` pinned to `backend`: new clients are tried
+/// until one lands there.
+pub async fn client_pinned_to(addr: SocketAddr, backend: &str) -> Client {
+    for _ in 0..100 {
+        let mut client = Client::new(addr);
+        if client.get("/").await.backend() == backend {
+            return client;
+        }
+    }
+    panic!("no new client landed on {backend}");
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.

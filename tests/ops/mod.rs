@@ -304,6 +304,11 @@ impl FileLb {
     pub fn client(&self) -> crate::common::Client {
         crate::common::Client::new(self.addr)
     }
+
+    /// A client pinned to `backend` (see `common::client_pinned_to`).
+    pub async fn client_pinned_to(&self, backend: &str) -> crate::common::Client {
+        crate::common::client_pinned_to(self.addr, backend).await
+    }
 }
 
 /// Writes `toml` (which needs an `[admin]` table) to a temp dir and starts limpet from it.
