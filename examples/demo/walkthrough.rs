@@ -357,6 +357,47 @@ impl Tally {
     }
 }
 
+/// A user who logged in and put a book in the cart, and the server that did it.
+struct Shopper {
+    browser: Browser,
+    name: String,
+    home: String,
+}
+
+/// `users` new users log in through `demo` and each add a book.
+async fn shop(demo: &Demo, users: usize) -> Result<Vec<Shopper>, DemoError> {
+    let mut shoppers = Vec::with_capacity(users);
+    for i in 0..users {
+        let mut browser = demo.browser();
+        let name = format!("user{i}");
+        browser.login(&name).await?;
+        let (v, _) = browser.add("book").await?;
+        shoppers.push(Shopper {
+            browser,
+            name,
+            home: v.served_by,
+        });
+    }
+    Ok(shoppers)
+}
+
+/// The shoppers whose server was `victim` click again: how many they are, and
+/// how many are still logged in with their book.
+async fn still_shopping(
+    shoppers: &mut [Shopper],
+    victim: &str,
+) -> Result<(usize, usize), DemoError> {
+    let (mut affected, mut kept) = (0, 0);
+    for s in shoppers.iter_mut().filter(|s| s.home == victim) {
+        affected += 1;
+        let (v, _) = s.browser.cart().await?;
+        if v.user.as_deref() == Some(s.name.as_str()) && v.items == ["book"] {
+            kept += 1;
+        }
+    }
+    Ok((affected, kept))
+}
+
 /// `users` log in and add to their cart through a fresh demo with `failover`;
 /// `victim` dies; every user of the victim clicks again.
 pub async fn contrast(
@@ -374,33 +415,16 @@ pub async fn contrast(
         up.failover = failover;
     }
     let demo = Demo::start(config, Ports::Ephemeral).await?;
-    let mut logged_in = Vec::new();
-    for i in 0..users {
-        let mut browser = demo.browser();
-        let name = format!("user{i}");
-        browser.login(&name).await?;
-        let (v, _) = browser.add("book").await?;
-        logged_in.push((browser, name, v.served_by));
-    }
+    let mut shoppers = shop(&demo, users).await?;
     demo.cluster.kill(victim).await;
-    let mut tally = Tally {
+    let (affected, kept) = still_shopping(&mut shoppers, victim).await?;
+    demo.shutdown().await;
+    Ok(Tally {
         failover,
         users,
-        affected: 0,
-        kept: 0,
-    };
-    for (browser, name, home) in &mut logged_in {
-        if home != victim {
-            continue;
-        }
-        tally.affected += 1;
-        let (v, _) = browser.cart().await?;
-        if v.user.as_deref() == Some(name.as_str()) && v.items == ["book"] {
-            tally.kept += 1;
-        }
-    }
-    demo.shutdown().await;
-    Ok(tally)
+        affected,
+        kept,
+    })
 }
 
 /// What happened to the sessions of a server that chose each session's replica.
@@ -428,43 +452,22 @@ pub async fn per_session(
     demo.cluster
         .set_placement(victim, Placement::PerSession { tell: told });
     let static_replica = demo.cluster.replica_of(victim).map(str::to_owned);
-    let mut logged_in = Vec::new();
-    for i in 0..users {
-        let mut browser = demo.browser();
-        let name = format!("user{i}");
-        browser.login(&name).await?;
-        let (v, _) = browser.add("book").await?;
-        logged_in.push((browser, name, v.served_by));
-    }
-    let mut placed = Placed {
-        told,
-        affected: 0,
-        kept: 0,
-        elsewhere: 0,
-    };
-    for (browser, _, home) in &logged_in {
-        if home != victim {
-            continue;
-        }
-        let holder = browser
-            .jar
-            .get(SESSION_COOKIE)
-            .and_then(|id| demo.cluster.holder_of_copy(id));
-        placed.elsewhere += usize::from(holder != static_replica.as_deref());
-    }
+    let mut shoppers = shop(&demo, users).await?;
+    let elsewhere = shoppers
+        .iter()
+        .filter(|s| s.home == victim)
+        .map(|s| s.browser.jar.get(SESSION_COOKIE))
+        .filter(|id| id.and_then(|id| demo.cluster.holder_of_copy(id)) != static_replica.as_deref())
+        .count();
     demo.cluster.kill(victim).await;
-    for (browser, name, home) in &mut logged_in {
-        if home != victim {
-            continue;
-        }
-        placed.affected += 1;
-        let (v, _) = browser.cart().await?;
-        if v.user.as_deref() == Some(name.as_str()) && v.items == ["book"] {
-            placed.kept += 1;
-        }
-    }
+    let (affected, kept) = still_shopping(&mut shoppers, victim).await?;
     demo.shutdown().await;
-    Ok(placed)
+    Ok(Placed {
+        told,
+        affected,
+        kept,
+        elsewhere,
+    })
 }
 
 /// The whole narration: starts the demo, tells alice's story, then the contrast
