@@ -368,7 +368,7 @@ fn is_boundary(b: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn route(host: Option<&str>, prefix: Option<&str>, upstream: &str) -> Route {
+    pub(super) fn route(host: Option<&str>, prefix: Option<&str>, upstream: &str) -> Route {
         Route {
             host: host.map(str::to_string),
             path_prefix: prefix.map(str::to_string),

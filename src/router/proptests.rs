@@ -6,6 +6,7 @@
 
 use proptest::prelude::*;
 
+use super::tests::route;
 use super::*;
 
 /// The old router: every rule in order.
@@ -50,16 +51,6 @@ const NAMES: [&str; 3] = ["u0", "u1", "u2"];
 
 fn index(name: &str) -> Option<usize> {
     NAMES.iter().position(|n| *n == name)
-}
-
-fn route(host: Option<&str>, prefix: Option<&str>, upstream: &str) -> Route {
-    Route {
-        host: host.map(str::to_string),
-        path_prefix: prefix.map(str::to_string),
-        upstream: upstream.to_string(),
-        redirect_https: false,
-        hsts: None,
-    }
 }
 
 fn arb_route() -> impl Strategy<Value = Route> {
