@@ -29,6 +29,36 @@ fn config(backends: &[&TestBackend], admin_extra: &str) -> String {
     toml
 }
 
+/// A limpet in front of three backends, its dashboard open in a page.
+struct Dashboard {
+    backends: [TestBackend; 3],
+    lb: TestLb,
+    admin: AdminClient,
+    page: Page,
+}
+
+/// Starts three backends and limpet (`admin_extra` appended to `[admin]`),
+/// opens the dashboard and waits until it shows the three backend rows.
+async fn open_dashboard(chromium: &Chromium, admin_extra: &str) -> Dashboard {
+    let backends = three_backends().await;
+    let [a, b, c] = &backends;
+    let lb = TestLb::start(&config(&[a, b, c], admin_extra)).await;
+    let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
+    let mut page = chromium.page().await;
+    page.open(&format!("{}/", admin.base)).await;
+    page.wait_until(
+        "document.querySelectorAll('tr[data-backend]').length === 3",
+        "three backend rows",
+    )
+    .await;
+    Dashboard {
+        backends,
+        lb,
+        admin,
+        page,
+    }
+}
+
 fn row(backend: &str) -> String {
     format!("tr[data-backend=\"shop/{backend}\"]")
 }
@@ -52,16 +82,12 @@ async fn the_dashboard_shows_every_backend_and_its_buttons_act() {
     let Some(chromium) = Chromium::start() else {
         return;
     };
-    let [a, b, c] = three_backends().await;
-    let lb = TestLb::start(&config(&[&a, &b, &c], "")).await;
-    let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
-    let mut page = chromium.page().await;
-    page.open(&format!("{}/", admin.base)).await;
-    page.wait_until(
-        "document.querySelectorAll('tr[data-backend]').length === 3",
-        "three backend rows",
-    )
-    .await;
+    let Dashboard {
+        backends: [a, b, c],
+        lb,
+        admin,
+        mut page,
+    } = open_dashboard(&chromium, "").await;
     assert_eq!(page.text(&format!("{} td.state", row("app1"))).await, "up");
     assert_eq!(
         page.text(&format!("{} td:nth-child(10)", row("app1")))
@@ -164,16 +190,12 @@ async fn with_a_token_the_buttons_send_the_one_entered() {
     let Some(chromium) = Chromium::start() else {
         return;
     };
-    let [a, b, c] = three_backends().await;
-    let lb = TestLb::start(&config(&[&a, &b, &c], "token = \"s3cret-token\"\n")).await;
-    let admin = AdminClient::new(lb.limpet.admin_addr.unwrap());
-    let mut page = chromium.page().await;
-    page.open(&format!("{}/", admin.base)).await;
-    page.wait_until(
-        "document.querySelectorAll('tr[data-backend]').length === 3",
-        "three backend rows",
-    )
-    .await;
+    let Dashboard {
+        backends: _backends,
+        lb,
+        admin,
+        mut page,
+    } = open_dashboard(&chromium, "token = \"s3cret-token\"\n").await;
 
     // No token: a clear 401 message, nothing changes.
     page.click(&button("app2", "drain")).await;
