@@ -6,109 +6,20 @@
 mod common;
 mod ops;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::ws::*;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use futures_util::StreamExt;
 use ops::*;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-/// A backend answering plain requests with its name and echoing WebSocket
-/// messages prefixed with its name; its tasks end with the test's runtime.
-async fn ws_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc =
-                    service_fn(move |req| async move { Ok::<_, Infallible>(ws_answer(req, name)) });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-fn ws_answer(mut req: Request<Incoming>, name: &'static str) -> Response<Full<Bytes>> {
-    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        return Response::builder()
-            .header("x-backend", name)
-            .body(Full::new(Bytes::from(name)))
-            .unwrap();
-    };
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Text(t) = msg {
-                if ws
-                    .send(Message::text(format!("{name}: {t}")))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header(
-            "sec-websocket-accept",
-            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        )
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
-
-async fn ws_open(addr: SocketAddr, cookie: &str) -> WebSocketStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        format!("ws://{addr}/chat"),
-    )
-    .unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let (ws, resp) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::client_async(req, tcp),
-    )
-    .await
-    .expect("WebSocket handshake timed out")
-    .expect("WebSocket handshake");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-async fn echo(ws: &mut WebSocketStream<TcpStream>, text: &str) -> String {
-    ws.send(Message::text(text.to_string())).await.unwrap();
-    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
-        other => panic!("no echo: {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn open_websockets_count_as_tunnels_and_in_flight_for_least_requests() {
-    let (a1, a2) = (ws_backend("app1").await, ws_backend("app2").await);
+    let (b1, b2) = (
+        WsBackend::spawn("app1").await,
+        WsBackend::spawn("app2").await,
+    );
+    let (a1, a2) = (b1.addr, b2.addr);
     let toml = format!(
         "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n[upstream.shop]\nbalance = \"least-requests\"\n\
          [upstream.shop.cookie]\nsecret = \"test-secret\"\n\
@@ -129,9 +40,13 @@ async fn open_websockets_count_as_tunnels_and_in_flight_for_least_requests() {
 
     let mut sockets = Vec::new();
     for i in 0..3 {
-        let mut ws = ws_open(lb.addr, &cookie).await;
+        let mut ws = ws_connect(lb.addr, &cookie)
+            .await
+            .expect("WebSocket handshake");
         assert_eq!(
-            echo(&mut ws, &format!("hi {i}")).await,
+            ws_roundtrip(&mut ws, &format!("hi {i}"))
+                .await
+                .expect("an echo"),
             format!("app1: hi {i}")
         );
         sockets.push(ws);

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod scripted;
 pub mod tls;
 pub mod wire;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
