@@ -16,6 +16,8 @@
 #   IDLE_CONNS=10000  connections held open in the idle scenario (0 skips it)
 #   VARIANTS="..."    subset of: direct haproxy nginx limpet-cookie limpet-cookie-warn
 #                     limpet-cookie-nocolor limpet-iphash limpet-iphash-warn
+#                     (a limpet variant ending in -wN runs N worker threads,
+#                     e.g. limpet-cookie-warn-w2; 1 otherwise)
 #                     (and base-cookie, base-cookie-warn: the LIMPET_BASE binary;
 #                     bare: bench/bare-proxy, hyper with none of limpet's logic)
 #                     and the TLS variants haproxy-tls nginx-tls limpet-tls
@@ -44,6 +46,10 @@
 #                     HTTP/2 request (h2). h2load reports no percentiles: p50 is
 #                     its mean request time, p99 its maximum.
 #   H2_CONNS=20 H2_STREAMS=10
+#   CPUS=split        split: the proxy alone on CPU 0, the rest on CPU 1;
+#                     shared: everything on both CPUs, wrk with 2 threads (the
+#                     several-workers check: CPUS=shared VARIANTS="haproxy
+#                     limpet-cookie-warn-w1 limpet-cookie-warn-w2")
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
 #   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
 #                     the same rounds as base-cookie and base-cookie-warn
@@ -86,8 +92,18 @@ IDLE_VARIANTS=${IDLE_VARIANTS:-"haproxy nginx limpet-cookie${LIMPET_BASE:+ base-
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-PROXY_CPU=0
-LOAD_CPU=1
+# CPUS=split (default): the proxy on CPU 0, everything else on CPU 1.
+# CPUS=shared: every process may run on both CPUs and wrk runs 2 threads: the
+# several-workers sanity check (limpet-*-w2 variants against -w1 ones).
+CPUS=${CPUS:-split}
+case $CPUS in
+split) PROXY_CPU=0 LOAD_CPU=1 WRK_THREADS=1 ;;
+shared) PROXY_CPU=0,1 LOAD_CPU=0,1 WRK_THREADS=2 ;;
+*)
+    echo "CPUS must be split or shared, not $CPUS" >&2
+    exit 2
+    ;;
+esac
 
 BACKEND_PORTS=(18081 18082 18083)
 HAPROXY_PORT=18090
@@ -348,6 +364,18 @@ taskset -c $LOAD_CPU nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" &
 PIDS+=($!)
 for p in "${BACKEND_PORTS[@]}"; do wait_port "$p" http backend; done
 
+# The configuration file for limpet-$1 with worker_threads = $2.
+limpet_workers() {
+    local config=$1 workers=$2
+    if [ "$workers" = 1 ]; then
+        echo "$DIR/limpet-$config.toml"
+        return
+    fi
+    sed "s/^worker_threads = 1$/worker_threads = $workers/" "$DIR/limpet-$config.toml" \
+        >"$DIR/limpet-$config-w$workers.toml"
+    echo "$DIR/limpet-$config-w$workers.toml"
+}
+
 # Starts a variant's proxy on CPU 0; sets PROXY_PID, PORT and SCHEME (PROXY_PID
 # empty for direct).
 start_proxy() {
@@ -383,10 +411,11 @@ start_proxy() {
     limpet-* | base-*)
         # limpet-AFFINITY[-warn|-nocolor], base-AFFINITY[-warn] (the LIMPET_BASE binary);
         # AFFINITY tls is cookie affinity behind a TLS listener.
-        local bin=$LIMPET config=cookie log="" color=""
+        local bin=$LIMPET config=cookie log="" color="" workers=1
         case $name in base-*) bin=${LIMPET_BASE:?base-* variants need LIMPET_BASE} ;; esac
         case $name in *iphash*) config=iphash ;; *-tls | *-tls-*) config=tls ;; esac
-        case $name in *-warn) log=warn ;; *-nocolor) color=1 ;; esac
+        case $name in *-warn | *-warn-w?) log=warn ;; *-nocolor) color=1 ;; esac
+        case $name in *-w[0-9]) workers=${name##*-w} ;; esac
         case $config in
         cookie) PORT=$LIMPET_COOKIE_PORT ;;
         iphash) PORT=$LIMPET_IPHASH_PORT ;;
@@ -396,7 +425,7 @@ start_proxy() {
         # to a file as it would to journald or a container log. NO_COLOR=1 turns
         # off the ANSI colours tracing-subscriber writes even to a file.
         env -u RUST_LOG -u NO_COLOR ${log:+RUST_LOG=$log} ${color:+NO_COLOR=1} \
-            taskset -c $PROXY_CPU "$bin" run --config "$DIR/limpet-$config.toml" 2>"$DIR/limpet.log" &
+            taskset -c $PROXY_CPU "$bin" run --config "$(limpet_workers "$config" "$workers")" 2>"$DIR/limpet.log" &
         ;;
     *)
         echo "unknown variant $name" >&2
@@ -458,11 +487,11 @@ generate() {
     shift 2
     case $LOAD in
     keepalive)
-        taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"$duration" --latency \
+        taskset -c $LOAD_CPU wrk -t"$WRK_THREADS" -c"$CONNS" -d"$duration" --latency \
             -s "$HERE/wrk-summary.lua" "$@" "$url"
         ;;
     close)
-        taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"$duration" --latency \
+        taskset -c $LOAD_CPU wrk -t"$WRK_THREADS" -c"$CONNS" -d"$duration" --latency \
             -s "$HERE/wrk-summary.lua" -H "Connection: close" "$@" "$url"
         ;;
     h2)
