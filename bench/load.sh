@@ -38,11 +38,13 @@
 #                     equal load rather than at saturation
 #   LATENCY_VARIANTS="haproxy limpet-cookie limpet-cookie-warn"
 #   OUT=file          also copy the result lines (JSON) there
+#   PORT_BASE=18080   every port is PORT_BASE + n (backends +1..+3, proxies +10..+17)
 #
 # Each proxy runs alone on CPU 0 (taskset -c 0); wrk, the idle client and the
 # backends (one nginx worker serving three ports with a fixed 3-byte body) share
-# CPU 1. Everything listens on 127.0.0.1:18081-18097. Every process started here
-# is stopped by PID on exit; temporary files live in a mktemp -d directory.
+# CPU 1. Everything listens on 127.0.0.1:18081-18097 (PORT_BASE moves them).
+# Every process started here is stopped by PID on exit; temporary files live
+# in a mktemp -d directory.
 #
 # CPU per request: utime + stime of the proxy's process (all its threads) and of
 # any child processes (live ones summed, reaped ones through cutime/cstime),
@@ -66,15 +68,17 @@ ROOT=$(cd "$HERE/.." && pwd)
 PROXY_CPU=0
 LOAD_CPU=1
 
-BACKEND_PORTS=(18081 18082 18083)
-HAPROXY_PORT=18090
-NGINX_PORT=18091
-LIMPET_COOKIE_PORT=18092
-LIMPET_IPHASH_PORT=18093
-BARE_PORT=18094
-HAPROXY_TLS_PORT=18095
-NGINX_TLS_PORT=18096
-LIMPET_TLS_PORT=18097
+# PORT_BASE moves every port (two people benchmarking on one machine).
+PORT_BASE=${PORT_BASE:-18080}
+BACKEND_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
+HAPROXY_PORT=$((PORT_BASE + 10))
+NGINX_PORT=$((PORT_BASE + 11))
+LIMPET_COOKIE_PORT=$((PORT_BASE + 12))
+LIMPET_IPHASH_PORT=$((PORT_BASE + 13))
+BARE_PORT=$((PORT_BASE + 14))
+HAPROXY_TLS_PORT=$((PORT_BASE + 15))
+NGINX_TLS_PORT=$((PORT_BASE + 16))
+LIMPET_TLS_PORT=$((PORT_BASE + 17))
 
 need() {
     local missing=()

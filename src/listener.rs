@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,13 @@ pub async fn serve(
     // pointer, not the Proxy (whose Metrics alone hold a dozen reference counts).
     let proxy = Arc::new(proxy);
     let closing = Arc::new(Closing::new());
+    let gauge = ConnectionGauge::of(&proxy.metrics, &name);
+    // Accepted sockets inherit it on Linux: no setsockopt per connection.
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(&listener).set_tcp_nodelay(true);
+    // One wait on the shutdown channel for the listener's life, not a new
+    // waiter per accepted connection.
+    let mut stop = pin!(stopped(&mut shutdown));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -57,26 +64,34 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => break,
+            _ = &mut stop => break,
         };
         // Beyond max_connections this client waits, and the ones after it in
         // the kernel's accept queue, until a connection closes.
-        let permit = tokio::select! {
-            permit = room(&connections, &closing) => match permit {
-                Some(p) => p,
-                None => break,
+        let permit = match connections.try_acquire() {
+            Some(p) => p,
+            None => tokio::select! {
+                permit = room(&connections, &closing) => match permit {
+                    Some(p) => p,
+                    None => break,
+                },
+                _ = &mut stop => break,
             },
-            _ = stopped(&mut shutdown) => break,
         };
+        // Linux gives an accepted socket the listener's TCP_NODELAY (set below).
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         let guard = Guard {
-            _gauge: ConnectionGauge::open(&proxy.metrics, &name),
+            _gauge: gauge.open(),
             _permit: permit,
             watcher: graceful.watcher(),
         };
         let proxy = Arc::clone(&proxy);
-        let local = stream.local_addr().unwrap_or(peer);
-        let info = ConnInfo { peer, local, tls };
+        let info = ConnInfo {
+            peer,
+            local: None,
+            tls,
+        };
         let closing = Watch::new(closing.clone());
         let header_timeout = owes_proxy_header(&proxy, peer);
         match (header_timeout, tls) {
@@ -174,7 +189,7 @@ async fn serve_proxied(conn: Conn, listener: Arc<str>, timeout: Duration) {
             destination,
         })) => {
             info.peer = source;
-            info.local = destination;
+            info.local = Some(Box::new(destination));
         }
         Ok(Some(Header::Local)) => {}
         // Closed without a byte: an L4 balancer's TCP health check.
@@ -216,7 +231,10 @@ async fn serve_tls(
         return;
     };
     match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        true => serve_h2(proxy, tls, info, guard).await,
+        true => {
+            let info = with_local(info, tls.get_ref().0);
+            serve_h2(proxy, tls, info, guard).await
+        }
         false => crate::h1::serve(proxy, tls, info, closing, guard, None).await,
     }
 }
@@ -229,7 +247,17 @@ fn serve_h2c(
     info: ConnInfo,
     guard: Guard,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let info = with_local(info, io.get_ref());
     serve_h2(proxy, io, info, guard)
+}
+
+/// `info` with the address the client connected to, for HTTP/2, whose
+/// requests do not see the socket (`send_proxy` passes it on).
+fn with_local(mut info: ConnInfo, socket: &TcpStream) -> ConnInfo {
+    if info.local.is_none() {
+        info.local = Some(Box::new(socket.local_addr().unwrap_or(info.peer)));
+    }
+    info
 }
 
 /// Serves HTTP/2 on `io` until the connection closes. Boxed: HTTP/2's state

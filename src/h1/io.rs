@@ -41,6 +41,9 @@ pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// itself (the runtime learns of them only on its next turn): at shutdown,
     /// a request that has arrived is served rather than dropped.
     fn bytes_waiting(&self) -> bool;
+
+    /// The socket's local address: the address the client connected to.
+    fn local_addr(&self) -> stdio::Result<std::net::SocketAddr>;
 }
 
 impl Stream for TcpStream {
@@ -53,11 +56,19 @@ impl Stream for TcpStream {
         // Non-blocking: WouldBlock when nothing is there, 0 at the end.
         matches!(socket2::SockRef::from(self).peek(&mut byte), Ok(n) if n > 0)
     }
+
+    fn local_addr(&self) -> stdio::Result<std::net::SocketAddr> {
+        TcpStream::local_addr(self)
+    }
 }
 
 impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
     fn bytes_waiting(&self) -> bool {
         self.get_ref().0.bytes_waiting()
+    }
+
+    fn local_addr(&self) -> stdio::Result<std::net::SocketAddr> {
+        self.get_ref().0.local_addr()
     }
 }
 
@@ -271,6 +282,10 @@ impl<S> Prefixed<S> {
             pos: 0,
             inner,
         }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 
