@@ -3,7 +3,10 @@
 every connection has served a request and sits idle in keep-alive), holds them
 all open, and reports the proxy's RSS before and after as one JSON line.
 
-    idle_conns.py --port 18092 --pid 1234 [--n 10000] [--cookie 'limpet=...']
+    idle_conns.py --port 18092 --pid 1234 [--n 10000] [--cookie 'limpet=...'] [--tls]
+
+--tls: over TLS (certificate not checked; ALPN http/1.1), for a proxy's TLS
+listener.
 
 RSS is VmRSS from /proc/PID/status; the per-connection figure is
 (after - before) / connections actually open.
@@ -13,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import time
 
@@ -32,10 +36,13 @@ def fd_count(pid: int) -> int:
         return -1
 
 
-async def open_one(port: int, request: bytes, conns: list, failures: list):
+async def open_one(port: int, request: bytes, conns: list, failures: list, tls):
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port), timeout=10
+            asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None
+            ),
+            timeout=10,
         )
         writer.write(request)
         await writer.drain()
@@ -61,7 +68,14 @@ async def main() -> None:
     ap.add_argument("--cookie", default="")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--settle", type=float, default=2.0)
+    ap.add_argument("--tls", action="store_true")
     args = ap.parse_args()
+    tls = None
+    if args.tls:
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.set_alpn_protocols(["http/1.1"])
 
     cookie = f"Cookie: {args.cookie}\r\n" if args.cookie else ""
     request = (
@@ -81,7 +95,7 @@ async def main() -> None:
 
     async def bounded():
         async with sem:
-            await open_one(args.port, request, conns, failures)
+            await open_one(args.port, request, conns, failures, tls)
 
     await asyncio.gather(*(bounded() for _ in range(args.n)))
     opened = time.monotonic() - started

@@ -23,12 +23,13 @@
 #                     TLS 1.3 terminated by the proxy with one ECDSA P-256
 #                     certificate (made with openssl in the temporary directory),
 #                     HTTP/1.1 keep-alive from wrk over https, plain HTTP to the
-#                     backends; not in the default list, nor in the idle and
-#                     paced scenarios (their clients speak plain HTTP). The TLS
+#                     backends; not in the default lists, nor in the paced
+#                     scenario (its client speaks plain HTTP). The TLS
 #                     comparison, with the plain rows in the same rounds:
 #                       IDLE_CONNS=0 VARIANTS="haproxy-tls limpet-tls limpet-tls-warn
 #                         haproxy limpet-cookie-warn" bench/load.sh
-#   IDLE_VARIANTS="haproxy nginx limpet-cookie bare" (and base-cookie with LIMPET_BASE)
+#   IDLE_VARIANTS="haproxy nginx limpet-cookie bare" (and base-cookie with LIMPET_BASE;
+#                     the TLS variants too: idle connections over TLS 1.3)
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
 #   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
 #                     the same rounds as base-cookie and base-cookie-warn
@@ -467,17 +468,13 @@ print(line)' "$(tail -n1 "$RESULTS")" >&2
 
 run_idle() {
     local name=$1
-    case $name in *-tls | *-tls-*)
-        echo "  $name idle: skipped (idle_conns.py speaks plain HTTP only)" >&2
-        return 0
-        ;;
-    esac
     start_proxy "$name"
-    local cookie
+    local cookie tls=()
     cookie=$(fetch_cookie "$PORT")
+    if [ "$SCHEME" = https ]; then tls=(--tls); fi
     local line
     line=$(taskset -c $LOAD_CPU python3 "$HERE/idle_conns.py" --port "$PORT" --pid "$PROXY_PID" \
-        --n "$IDLE_CONNS" --cookie "$cookie" | sed -n 's/^IDLE_JSON //p')
+        --n "$IDLE_CONNS" --cookie "$cookie" "${tls[@]}" | sed -n 's/^IDLE_JSON //p')
     stop_proxy
     printf '{"kind":"idle","name":"%s",%s\n' "$name" "${line#\{}" >>"$RESULTS"
     echo "  $name idle: $line" >&2
