@@ -224,9 +224,11 @@ fn run<S: Stream, G: Send + 'static>(
                 Next::Close => break,
             }
         }
-        let deadline = Instant::now() + CLOSE_WAIT;
-        let goodbye = client.clock.within(deadline, client.stream.shutdown());
-        let _ = Box::pin(goodbye).await;
+        if S::SAYS_GOODBYE {
+            let deadline = Instant::now() + CLOSE_WAIT;
+            let goodbye = client.clock.within(deadline, client.stream.shutdown());
+            let _ = Box::pin(goodbye).await;
+        }
         drop(guard);
     }
 }

@@ -53,8 +53,10 @@ struct Inner<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
     /// When each parked connection's idle time ends, by token; entries of
-    /// connections gone since are skipped as they come up.
+    /// connections gone since are skipped as they come up, or swept when
+    /// they outnumber the parked ones.
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    parked: usize,
     closed: bool,
 }
 
@@ -75,6 +77,7 @@ impl<T> Inner<T> {
         let parked = slot.parked.take()?;
         let _ = registry.deregister(&mut SourceFd(&parked.stream.as_raw_fd()));
         self.free.push(index);
+        self.parked -= 1;
         Some(parked)
     }
 
@@ -90,9 +93,14 @@ impl<T> Inner<T> {
     }
 
     fn holds(&self, token: u64) -> bool {
-        let (index, generation) = ((token & 0xffff_ffff) as u32, (token >> 32) as u32);
-        matches!(self.slots.get(index as usize), Some(s) if s.generation == generation && s.parked.is_some())
+        holds(&self.slots, token)
     }
+}
+
+/// Whether `token` names a connection parked in `slots`.
+fn holds<T>(slots: &[Slot<T>], token: u64) -> bool {
+    let (index, generation) = ((token & 0xffff_ffff) as u32, (token >> 32) as u32);
+    matches!(slots.get(index as usize), Some(s) if s.generation == generation && s.parked.is_some())
 }
 
 impl<T: Send + 'static> Lot<T> {
@@ -105,6 +113,7 @@ impl<T: Send + 'static> Lot<T> {
                 slots: Vec::new(),
                 free: Vec::new(),
                 deadlines: BinaryHeap::new(),
+                parked: 0,
                 closed: false,
             }),
             changed: Notify::new(),
@@ -154,6 +163,15 @@ impl<T: Send + 'static> Lot<T> {
         let until = parked.until;
         let earliest = inner.next_deadline().is_none_or(|at| until < at);
         inner.slots[index as usize].parked = Some(parked);
+        inner.parked += 1;
+        // A connection that parks every few seconds leaves an entry each time
+        // until its first deadline comes up.
+        if inner.deadlines.len() > 2 * inner.parked + 1024 {
+            let Inner {
+                deadlines, slots, ..
+            } = &mut *inner;
+            deadlines.retain(|Reverse((_, token))| holds(slots, *token));
+        }
         inner.deadlines.push(Reverse((until, token)));
         drop(inner);
         if earliest {
