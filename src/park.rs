@@ -7,11 +7,17 @@
 //! waited [`PARK_AFTER`] for its next request leaves its task: its socket
 //! leaves tokio's epoll for the listener's [`Lot`] (its own epoll instance,
 //! one registration with the runtime for all of them) and what it needs to go
-//! on is kept in one slot of a vector. When its client sends (or closes), the
-//! lot gives the connection back to the engine in a new task; when its idle
-//! time runs out, the lot closes it. Short pauses between requests never park:
-//! a connection busy every second pays nothing for this, and one that parks
-//! pays a few system calls per second of idleness.
+//! on is kept in one slot of a vector (128 bytes, and 24 in a deadline heap).
+//! When its client sends (or closes), the lot gives the connection back to
+//! the engine in a new task; when its idle time runs out, the lot closes it.
+//!
+//! The price is paid per park, not per request: about seven system calls
+//! (the socket moved between the two epolls and back, the lot's wake-up) and
+//! a new task, a few microseconds, for a request that comes after a pause
+//! longer than [`PARK_AFTER`]; requests closer together never park. Until
+//! then a connection holds its task: a burst of new connections costs the
+//! full size for [`PARK_AFTER`], and the heap they leave free is reused,
+//! not returned (see bench/RESULTS.md, "Idle memory and new connections").
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,8 +33,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// How long a kept-alive connection waits in its task before it parks.
-pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
+/// How long a kept-alive connection waits in its task before it parks:
+/// short enough that a burst of new connections leaves little heap behind
+/// (bench/RESULTS.md: 10,000 connections opened in 3 s hold 476 B each with
+/// 500 ms, 706 B with 1 s), long enough that a client sending more often
+/// than twice a second never parks.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(500);
 
 /// A parked connection: its socket, when its idle time ends, and what the
 /// listener keeps to give it back to the engine.
