@@ -2,7 +2,9 @@
 //! task per client connection drives both the client stream and a pooled
 //! backend socket, heads are parsed in place and rewritten into one buffer,
 //! bodies are relayed as they come (chunked ones byte for byte), and an idle
-//! keep-alive connection holds no buffer at all.
+//! keep-alive connection holds no buffer at all; a plain one idle for
+//! `park::PARK_AFTER` leaves its task for its listener's lot (`crate::park`)
+//! and comes back through [`resume`].
 //!
 //! It exists for speed and memory (see bench/RESULTS.md): hyper's server and
 //! client cost two tasks, two dispatchers and a channel per request, and 16 KiB
