@@ -25,12 +25,13 @@
 #                     TLS 1.3 terminated by the proxy with one ECDSA P-256
 #                     certificate (made with openssl in the temporary directory),
 #                     HTTP/1.1 keep-alive from wrk over https, plain HTTP to the
-#                     backends; not in the default list, nor in the idle and
-#                     paced scenarios (their clients speak plain HTTP). The TLS
+#                     backends; not in the default lists, nor in the paced
+#                     scenario (its client speaks plain HTTP). The TLS
 #                     comparison, with the plain rows in the same rounds:
 #                       IDLE_CONNS=0 VARIANTS="haproxy-tls limpet-tls limpet-tls-warn
 #                         haproxy limpet-cookie-warn" bench/load.sh
-#   IDLE_VARIANTS="haproxy nginx limpet-cookie bare" (and base-cookie with LIMPET_BASE)
+#   IDLE_VARIANTS="haproxy nginx limpet-cookie bare" (and base-cookie with LIMPET_BASE;
+#                     the TLS variants too: idle connections over TLS 1.3)
 #   LOAD=keepalive    what the measured runs send:
 #                       keepalive  wrk, CONNS keep-alive HTTP/1.1 connections
 #                       close      wrk with `Connection: close`: a new connection
@@ -59,11 +60,13 @@
 #                     equal load rather than at saturation
 #   LATENCY_VARIANTS="haproxy limpet-cookie limpet-cookie-warn"
 #   OUT=file          also copy the result lines (JSON) there
+#   PORT_BASE=18080   every port is PORT_BASE + n (backends +1..+3, proxies +10..+17)
 #
 # Each proxy runs alone on CPU 0 (taskset -c 0); wrk, the idle client and the
 # backends (one nginx worker serving three ports with a fixed 3-byte body) share
-# CPU 1. Everything listens on 127.0.0.1:18081-18097. Every process started here
-# is stopped by PID on exit; temporary files live in a mktemp -d directory.
+# CPU 1. Everything listens on 127.0.0.1:18081-18097 (PORT_BASE moves them).
+# Every process started here is stopped by PID on exit; temporary files live
+# in a mktemp -d directory.
 #
 # CPU per request: utime + stime of the proxy's process (all its threads) and of
 # any child processes (live ones summed, reaped ones through cutime/cstime),
@@ -105,15 +108,17 @@ shared) PROXY_CPU=0,1 LOAD_CPU=0,1 WRK_THREADS=2 ;;
     ;;
 esac
 
-BACKEND_PORTS=(18081 18082 18083)
-HAPROXY_PORT=18090
-NGINX_PORT=18091
-LIMPET_COOKIE_PORT=18092
-LIMPET_IPHASH_PORT=18093
-BARE_PORT=18094
-HAPROXY_TLS_PORT=18095
-NGINX_TLS_PORT=18096
-LIMPET_TLS_PORT=18097
+# PORT_BASE moves every port (two people benchmarking on one machine).
+PORT_BASE=${PORT_BASE:-18080}
+BACKEND_PORTS=($((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)))
+HAPROXY_PORT=$((PORT_BASE + 10))
+NGINX_PORT=$((PORT_BASE + 11))
+LIMPET_COOKIE_PORT=$((PORT_BASE + 12))
+LIMPET_IPHASH_PORT=$((PORT_BASE + 13))
+BARE_PORT=$((PORT_BASE + 14))
+HAPROXY_TLS_PORT=$((PORT_BASE + 15))
+NGINX_TLS_PORT=$((PORT_BASE + 16))
+LIMPET_TLS_PORT=$((PORT_BASE + 17))
 
 need() {
     local missing=()
@@ -550,17 +555,13 @@ print(line)' "$(tail -n1 "$RESULTS")" >&2
 
 run_idle() {
     local name=$1
-    case $name in *-tls | *-tls-*)
-        echo "  $name idle: skipped (idle_conns.py speaks plain HTTP only)" >&2
-        return 0
-        ;;
-    esac
     start_proxy "$name"
-    local cookie
+    local cookie tls=()
     cookie=$(fetch_cookie "$PORT")
+    if [ "$SCHEME" = https ]; then tls=(--tls); fi
     local line
     line=$(taskset -c $LOAD_CPU python3 "$HERE/idle_conns.py" --port "$PORT" --pid "$PROXY_PID" \
-        --n "$IDLE_CONNS" --cookie "$cookie" | sed -n 's/^IDLE_JSON //p')
+        --n "$IDLE_CONNS" --cookie "$cookie" "${tls[@]}" | sed -n 's/^IDLE_JSON //p')
     stop_proxy
     printf '{"kind":"idle","name":"%s",%s\n' "$name" "${line#\{}" >>"$RESULTS"
     echo "  $name idle: $line" >&2

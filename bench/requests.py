@@ -4,7 +4,11 @@ in flight per connection) and checks every answer is a 200: a fixed amount of
 work for instruction counting (bench/callgrind.sh), where wrk's time-bounded
 runs would not do.
 
-    requests.py --port 18092 --n 5000 [--conns 4] [--cookie 'limpet=...']
+    requests.py --port 18092 --n 5000 [--conns 4] [--cookie 'limpet=...'] [--close]
+
+--close: one request per connection instead (`Connection: close`, the answer
+read to the end of the stream, the client closing after it): the cost of a new
+connection.
 """
 
 import argparse
@@ -34,14 +38,35 @@ def read_response(sock: socket.socket, buf: bytearray) -> int:
     return status
 
 
+def close_per_request(port: int, n: int, cookie: str) -> int:
+    request = (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{cookie}Connection: close\r\n\r\n"
+    ).encode()
+    bad = 0
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(request)
+            buf = bytearray()
+            if read_response(sock, buf) != 200:
+                bad += 1
+            # The proxy closes after its answer: read to the end of the stream.
+            while sock.recv(65536):
+                pass
+    print(f"{n} requests, one connection each (Connection: close), {bad} not 200")
+    return 1 if bad else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--cookie", default="")
+    ap.add_argument("--close", action="store_true")
     args = ap.parse_args()
     cookie = f"Cookie: {args.cookie}\r\n" if args.cookie else ""
+    if args.close:
+        sys.exit(close_per_request(args.port, args.n, cookie))
     request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n{cookie}\r\n".encode()
     socks = [socket.create_connection(("127.0.0.1", args.port)) for _ in range(args.conns)]
     bufs = [bytearray() for _ in socks]

@@ -2,7 +2,9 @@
 //! task per client connection drives both the client stream and a pooled
 //! backend socket, heads are parsed in place and rewritten into one buffer,
 //! bodies are relayed as they come (chunked ones byte for byte), and an idle
-//! keep-alive connection holds no buffer at all.
+//! keep-alive connection holds no buffer at all; a plain one idle for
+//! `park::PARK_AFTER` leaves its task for its listener's lot (`crate::park`)
+//! and comes back through [`resume`].
 //!
 //! It exists for speed and memory (see bench/RESULTS.md): hyper's server and
 //! client cost two tasks, two dispatchers and a channel per request, and 16 KiB
@@ -50,6 +52,7 @@ use tokio::time::Instant;
 use crate::config::Timeouts;
 use crate::error::ProxyError;
 use crate::flow::{ConnInfo, Proxy, Trace};
+use crate::park::PARK_AFTER;
 use crate::shutdown::Watch;
 use crate::state::Snapshot;
 use body::BodyReader;
@@ -75,43 +78,118 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub(crate) type H2cServer<S, G> =
     fn(Prefixed<S>, Arc<Proxy>, ConnInfo, G) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What parks a plain kept-alive connection that has waited
+/// [`PARK_AFTER`] for its next request (`crate::park`): `None` once parked,
+/// the connection given back when it cannot be (it then goes on here).
+pub(crate) type Parker<S, G> = fn(Idle<S, G>) -> Option<Idle<S, G>>;
+
+/// A kept-alive connection waiting for its next request: what it needs to go
+/// on, and when its idle time (`client_idle`) ends.
+pub(crate) struct Idle<S, G> {
+    pub(crate) stream: S,
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) info: ConnInfo,
+    pub(crate) guard: G,
+    pub(crate) until: Instant,
+}
+
 /// Serves an HTTP/1 connection until it closes; `guard` is held until then.
 /// `h2c`: on a plain listener, what serves the connection instead if its
-/// first bytes are the HTTP/2 preface.
-///
-/// An async block rather than an async fn, which would keep every argument twice
-/// in the future: this one is the task of every connection, idle ones included.
-#[allow(clippy::manual_async_fn)]
+/// first bytes are the HTTP/2 preface. `park`: what takes it out of its task
+/// while it is idle long (plain connections).
 pub(crate) fn serve<S: Stream, G: Send + 'static>(
     proxy: Arc<Proxy>,
     stream: S,
     info: ConnInfo,
-    mut closing: Watch,
+    closing: Watch,
     guard: G,
     h2c: Option<H2cServer<S, G>>,
+    park: Option<Parker<S, G>>,
+) -> impl Future<Output = ()> + Send + 'static {
+    run(proxy, stream, info, closing, guard, h2c, park, None)
+}
+
+/// Serves a kept-alive connection given back by the lot it was parked in
+/// (its client sent, or shutdown started).
+pub(crate) fn resume<S: Stream, G: Send + 'static>(
+    conn: Idle<S, G>,
+    closing: Watch,
+    park: Option<Parker<S, G>>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let Idle {
+        stream,
+        proxy,
+        info,
+        guard,
+        until,
+    } = conn;
+    run(proxy, stream, info, closing, guard, None, park, Some(until))
+}
+
+/// The connection's loop. `resumed_until`: a kept-alive connection given
+/// back by its lot, waiting for a request until then; `None`: a new one.
+///
+/// An async block rather than an async fn, which would keep every argument twice
+/// in the future: this one is the task of every connection, idle ones included.
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
+fn run<S: Stream, G: Send + 'static>(
+    mut proxy: Arc<Proxy>,
+    stream: S,
+    mut info: ConnInfo,
+    mut closing: Watch,
+    mut guard: G,
+    h2c: Option<H2cServer<S, G>>,
+    park: Option<Parker<S, G>>,
+    mut resumed_until: Option<Instant>,
 ) -> impl Future<Output = ()> + Send + 'static {
     // Set up outside the async block, which then holds each value once.
     let (mut header, mut idle) = client_timeouts(&proxy.state.load().config.timeouts);
     // A new connection owes its first head within client_header from the accept;
     // a later head is due client_header after its first byte.
-    let mut first_head = Some(Instant::now() + ms(header));
+    let mut first_head = match resumed_until {
+        None => Some(Instant::now() + ms(header)),
+        Some(_) => None,
+    };
     let mut client = Client {
         stream,
-        clock: Clock::new(Instant::now() + ms(header)),
+        clock: Clock::new(first_head.or(resumed_until).unwrap_or_else(Instant::now)),
         pending: Vec::new(),
     };
     let mut h2c = h2c;
     async move {
         loop {
             let head_deadline = if client.pending.is_empty() {
-                let until = first_head.unwrap_or_else(|| Instant::now() + ms(idle));
+                let (until, park_at) = match (first_head, resumed_until.take()) {
+                    (Some(at), _) => (at, None),
+                    (None, Some(at)) => (at, park.map(|_| Instant::now() + PARK_AFTER)),
+                    (None, None) => {
+                        let now = Instant::now();
+                        (now + ms(idle), park.map(|_| now + PARK_AFTER))
+                    }
+                };
                 // Only a kept-alive connection may be closed to make room.
                 closing.set_idle(first_head.is_none());
-                let waited = next_bytes(&mut client, until, &mut closing).await;
+                let waited = next_bytes(&mut client, until, &mut closing, park_at).await;
                 closing.set_idle(false);
                 match waited {
-                    Ok(true) => {}
-                    Ok(false) => break,
+                    Ok(Waited::Bytes) => {}
+                    Ok(Waited::Nothing) => break,
+                    Ok(Waited::Long) => {
+                        let Some(park) = park else { break };
+                        let conn = Idle {
+                            stream: client.stream,
+                            proxy,
+                            info,
+                            guard,
+                            until,
+                        };
+                        let Some(back) = park(conn) else { return };
+                        // Not parked (shutdown has started): it goes on here.
+                        (client.stream, proxy, info, guard) =
+                            (back.stream, back.proxy, back.info, back.guard);
+                        resumed_until = Some(until);
+                        continue;
+                    }
                     Err(e) => {
                         tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
                         break;
@@ -148,9 +226,11 @@ pub(crate) fn serve<S: Stream, G: Send + 'static>(
                 Next::Close => break,
             }
         }
-        let deadline = Instant::now() + CLOSE_WAIT;
-        let goodbye = client.clock.within(deadline, client.stream.shutdown());
-        let _ = Box::pin(goodbye).await;
+        if S::SAYS_GOODBYE {
+            let deadline = Instant::now() + CLOSE_WAIT;
+            let goodbye = client.clock.within(deadline, client.stream.shutdown());
+            let _ = Box::pin(goodbye).await;
+        }
         drop(guard);
     }
 }
@@ -166,14 +246,26 @@ fn ms(millis: u32) -> Duration {
     Duration::from_millis(u64::from(millis))
 }
 
+/// What the wait for a request's first bytes ended with.
+enum Waited {
+    /// Read into `client.pending`.
+    Bytes,
+    /// The client closed, the deadline passed, or shutdown started with
+    /// nothing received.
+    Nothing,
+    /// Nothing yet, after [`PARK_AFTER`]: time to park.
+    Long,
+}
+
 /// Waits, holding no buffer, for the first bytes of the next request and reads
-/// them into `client.pending`; false when the client closed, `deadline` passed
-/// or shutdown started with nothing received.
+/// them into `client.pending`. `park_at`: when it stops waiting in its task
+/// ([`Waited::Long`]).
 fn next_bytes<'a, S: Stream>(
     client: &'a mut Client<S>,
     deadline: Instant,
     closing: &'a mut Watch,
-) -> impl Future<Output = stdio::Result<bool>> + 'a {
+    park_at: Option<Instant>,
+) -> impl Future<Output = stdio::Result<Waited>> + 'a {
     // Polled by hand rather than an async fn: this future is in every idle
     // connection's task.
     let mut linger = None;
@@ -181,17 +273,17 @@ fn next_bytes<'a, S: Stream>(
         match client.stream.poll_read_hint(cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return idle(client, cx, deadline, closing, &mut linger),
+            Poll::Pending => return idle(client, cx, deadline, closing, &mut linger, park_at),
         }
         let mut buf = take_buffer();
         match io::poll_read_buf(&mut client.stream, cx, &mut buf) {
             Poll::Ready(Ok(0)) => {
                 give_buffer(buf);
-                Poll::Ready(Ok(false))
+                Poll::Ready(Ok(Waited::Nothing))
             }
             Poll::Ready(Ok(_)) => {
                 client.pending = buf;
-                Poll::Ready(Ok(true))
+                Poll::Ready(Ok(Waited::Bytes))
             }
             Poll::Ready(Err(e)) => {
                 give_buffer(buf);
@@ -199,7 +291,7 @@ fn next_bytes<'a, S: Stream>(
             }
             Poll::Pending => {
                 give_buffer(buf);
-                idle(client, cx, deadline, closing, &mut linger)
+                idle(client, cx, deadline, closing, &mut linger, park_at)
             }
         }
     })
@@ -212,28 +304,38 @@ fn next_bytes<'a, S: Stream>(
 /// that the connection ends from a response rather than by sending into a
 /// connection being closed. One chosen to make room closes at once unless a
 /// request is waiting (asked of the kernel: the runtime hears of it only on
-/// its next turn).
+/// its next turn). Once `park_at` passes, ready with [`Waited::Long`].
 fn idle<S: Stream>(
     client: &mut Client<S>,
     cx: &mut Context<'_>,
     deadline: Instant,
     closing: &mut Watch,
     linger: &mut Option<Instant>,
-) -> Poll<stdio::Result<bool>> {
+    park_at: Option<Instant>,
+) -> Poll<stdio::Result<Waited>> {
     if closing.poll_closing(cx).is_ready() && !client.stream.bytes_waiting() {
         if closing.is_evicted() {
-            return Poll::Ready(Ok(false));
+            return Poll::Ready(Ok(Waited::Nothing));
         }
         let until = *linger.get_or_insert_with(|| Instant::now() + LINGER);
         if Instant::now() >= until {
-            return Poll::Ready(Ok(false));
+            return Poll::Ready(Ok(Waited::Nothing));
         }
         return client
             .clock
             .poll_passed(cx, until.min(deadline))
-            .map(|()| Ok(false));
+            .map(|()| Ok(Waited::Nothing));
     }
-    client.clock.poll_passed(cx, deadline).map(|()| Ok(false))
+    let Some(park_at) = park_at.filter(|at| *at < deadline) else {
+        return client
+            .clock
+            .poll_passed(cx, deadline)
+            .map(|()| Ok(Waited::Nothing));
+    };
+    client
+        .clock
+        .poll_passed(cx, park_at)
+        .map(|()| Ok(Waited::Long))
 }
 
 /// Whether the connection's first bytes are the HTTP/2 preface, reading until

@@ -354,7 +354,9 @@ async fn send(
             None => {
                 let header = proxy_header.map(|info| {
                     let mut header = Vec::with_capacity(52);
-                    crate::proxy_protocol::write_v2(&mut header, info.peer, info.local);
+                    // The listener filled in `local` for HTTP/2.
+                    let local = info.local_addr(|| Err(std::io::ErrorKind::NotFound.into()));
+                    crate::proxy_protocol::write_v2(&mut header, info.peer, local);
                     header
                 });
                 state

@@ -19,6 +19,7 @@
 //! state      Snapshot: router, upstreams, backends; Upstream::choose
 //! router  balancer  hash_ring  affinity  backend  sessions  series  pool
 //! error  shutdown  limit
+//! park       long-idle plain connections, parked out of the runtime
 //! config     the TOML file's shape and validation (tls: certificates)
 //! upgrade    sockets handed over at a binary upgrade (or by systemd)
 //! proxy_protocol  the PROXY header read by the listener, written to backends
@@ -53,6 +54,7 @@ pub mod health;
 pub mod limit;
 pub mod listener;
 pub mod metrics;
+mod park;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod reload;

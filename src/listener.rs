@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +20,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::flow::{ConnInfo, Proxy};
-use crate::h1::Prefixed;
+use crate::h1::{Idle, Prefixed};
 use crate::limit::ConnectionLimit;
 use crate::metrics::ConnectionGauge;
+use crate::park::{Lot, Parked};
 use crate::proxy_protocol::Header;
 use crate::shutdown::{stopped, Closing, Watch};
 
@@ -46,6 +47,14 @@ pub async fn serve(
     // pointer, not the Proxy (whose Metrics alone hold a dozen reference counts).
     let proxy = Arc::new(proxy);
     let closing = Arc::new(Closing::new());
+    let gauge = ConnectionGauge::of(&proxy.metrics, &name);
+    let lot = (!tls).then(|| open_lot(&proxy, &closing)).flatten();
+    // Accepted sockets inherit it on Linux: no setsockopt per connection.
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(&listener).set_tcp_nodelay(true);
+    // One wait on the shutdown channel for the listener's life, not a new
+    // waiter per accepted connection.
+    let mut stop = pin!(stopped(&mut shutdown));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -57,26 +66,35 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => break,
+            _ = &mut stop => break,
         };
         // Beyond max_connections this client waits, and the ones after it in
         // the kernel's accept queue, until a connection closes.
-        let permit = tokio::select! {
-            permit = room(&connections, &closing) => match permit {
-                Some(p) => p,
-                None => break,
+        let permit = match connections.try_acquire() {
+            Some(p) => p,
+            None => tokio::select! {
+                permit = room(&connections, &closing, lot.as_deref()) => match permit {
+                    Some(p) => p,
+                    None => break,
+                },
+                _ = &mut stop => break,
             },
-            _ = stopped(&mut shutdown) => break,
         };
+        // Linux gives an accepted socket the listener's TCP_NODELAY (set below).
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         let guard = Guard {
-            _gauge: ConnectionGauge::open(&proxy.metrics, &name),
+            _gauge: gauge.open(),
             _permit: permit,
             watcher: graceful.watcher(),
+            lot: lot.clone(),
         };
         let proxy = Arc::clone(&proxy);
-        let local = stream.local_addr().unwrap_or(peer);
-        let info = ConnInfo { peer, local, tls };
+        let info = ConnInfo {
+            peer,
+            local: None,
+            tls,
+        };
         let closing = Watch::new(closing.clone());
         let header_timeout = owes_proxy_header(&proxy, peer);
         match (header_timeout, tls) {
@@ -97,6 +115,7 @@ pub async fn serve(
                 closing,
                 guard,
                 Some(serve_h2c),
+                Some(park),
             )),
             // Boxed: a TLS connection's state is larger, and unboxed it would
             // set the size of every connection's task, plain ones included.
@@ -105,6 +124,9 @@ pub async fn serve(
     }
     drop(listener);
     closing.close();
+    if let Some(lot) = &lot {
+        lot.close();
+    }
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -117,12 +139,18 @@ pub async fn serve(
 /// connection is closed to make room (nginx reuses idle connections the same
 /// way), one at a time until a permit comes; with none idle, the client waits
 /// for a connection to end.
-async fn room(connections: &ConnectionLimit, closing: &Closing) -> Option<OwnedSemaphorePermit> {
+async fn room(
+    connections: &ConnectionLimit,
+    closing: &Closing,
+    lot: Option<&Lot<Kept>>,
+) -> Option<OwnedSemaphorePermit> {
     loop {
         if let Some(permit) = connections.try_acquire() {
             return Some(permit);
         }
-        if !closing.evict_idlest() {
+        // Parked connections first: they have been idle longest.
+        let parked = lot.is_some_and(|lot| lot.evict_idlest());
+        if !parked && !closing.evict_idlest() {
             return connections.acquire().await;
         }
         // The evicted connection's permit comes back as its task ends.
@@ -174,7 +202,7 @@ async fn serve_proxied(conn: Conn, listener: Arc<str>, timeout: Duration) {
             destination,
         })) => {
             info.peer = source;
-            info.local = destination;
+            info.local = Some(Box::new(destination));
         }
         Ok(Some(Header::Local)) => {}
         // Closed without a byte: an L4 balancer's TCP health check.
@@ -190,7 +218,10 @@ async fn serve_proxied(conn: Conn, listener: Arc<str>, timeout: Duration) {
         }
     }
     match info.tls {
-        false => crate::h1::serve(proxy, stream, info, closing, guard, Some(serve_h2c)).await,
+        false => {
+            let (h2c, park) = (Some(serve_h2c as _), Some(park as _));
+            crate::h1::serve(proxy, stream, info, closing, guard, h2c, park).await
+        }
         true => serve_tls(proxy, stream, info, closing, guard).await,
     }
 }
@@ -201,6 +232,95 @@ struct Guard {
     _gauge: ConnectionGauge,
     _permit: OwnedSemaphorePermit,
     watcher: Watcher,
+    /// Where a plain connection parks while idle long; `None` on https
+    /// listeners, and while parked (the lot does not hold itself).
+    lot: Option<Arc<Lot<Kept>>>,
+}
+
+/// What a parked connection keeps besides its socket.
+type Kept = (ConnInfo, Guard);
+
+/// The lot of a plain listener's long-idle connections, and the task that
+/// watches it; `None` (connections then wait in their tasks) if it cannot be
+/// made.
+fn open_lot(proxy: &Arc<Proxy>, closing: &Arc<Closing>) -> Option<Arc<Lot<Kept>>> {
+    let lot = match Lot::new() {
+        Ok(lot) => Arc::new(lot),
+        Err(e) => {
+            tracing::warn!(error = %e, "idle connections will not be parked");
+            return None;
+        }
+    };
+    let (watched, proxy, closing) = (lot.clone(), proxy.clone(), closing.clone());
+    tokio::spawn(async move {
+        let resume = |parked| unpark(parked, &watched, &proxy, &closing);
+        watched.run(resume).await
+    });
+    Some(lot)
+}
+
+/// Parks a plain connection that has been idle long in its listener's lot;
+/// gives it back when it cannot (shutdown has started).
+fn park(conn: Idle<TcpStream, Guard>) -> Option<Idle<TcpStream, Guard>> {
+    let Idle {
+        stream,
+        proxy,
+        info,
+        mut guard,
+        until,
+    } = conn;
+    let lot = match guard.lot.take() {
+        Some(lot) if !lot.is_closed() => lot,
+        lot => {
+            guard.lot = lot;
+            let conn = Idle {
+                stream,
+                proxy,
+                info,
+                guard,
+                until,
+            };
+            return Some(conn);
+        }
+    };
+    // Out of the runtime's epoll (closed if that fails).
+    let stream = stream.into_std().ok()?;
+    let parked = Parked {
+        stream,
+        until,
+        rest: (info, guard),
+    };
+    let back = lot.park(parked).err()?;
+    // Closed meanwhile: back to the runtime.
+    let (info, mut guard) = back.rest;
+    guard.lot = Some(lot);
+    let stream = TcpStream::from_std(back.stream).ok()?;
+    Some(Idle {
+        stream,
+        proxy,
+        info,
+        guard,
+        until,
+    })
+}
+
+/// Gives a parked connection back to the engine, in a new task.
+fn unpark(parked: Parked<Kept>, lot: &Arc<Lot<Kept>>, proxy: &Arc<Proxy>, closing: &Arc<Closing>) {
+    let (info, mut guard) = parked.rest;
+    // Back in the runtime's epoll (closed if that fails).
+    let Ok(stream) = TcpStream::from_std(parked.stream) else {
+        return;
+    };
+    guard.lot = Some(lot.clone());
+    let conn = Idle {
+        stream,
+        proxy: proxy.clone(),
+        info,
+        guard,
+        until: parked.until,
+    };
+    let closing = Watch::new(closing.clone());
+    tokio::spawn(crate::h1::resume(conn, closing, Some(park)));
 }
 
 /// A TLS connection: the handshake, then HTTP/2 for ALPN `h2`, the HTTP/1
@@ -222,8 +342,13 @@ async fn serve_tls(
             return;
         };
         match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            true => serve_h2(proxy, tls, info, guard),
-            false => Box::pin(crate::h1::serve(proxy, tls, info, closing, guard, None)),
+            true => {
+                let info = with_local(info, tls.get_ref().0);
+                serve_h2(proxy, tls, info, guard)
+            }
+            false => Box::pin(crate::h1::serve(
+                proxy, tls, info, closing, guard, None, None,
+            )),
         }
     };
     engine.await
@@ -237,7 +362,17 @@ fn serve_h2c(
     info: ConnInfo,
     guard: Guard,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let info = with_local(info, io.get_ref());
     serve_h2(proxy, io, info, guard)
+}
+
+/// `info` with the address the client connected to, for HTTP/2, whose
+/// requests do not see the socket (`send_proxy` passes it on).
+fn with_local(mut info: ConnInfo, socket: &TcpStream) -> ConnInfo {
+    if info.local.is_none() {
+        info.local = Some(Box::new(socket.local_addr().unwrap_or(info.peer)));
+    }
+    info
 }
 
 /// Serves HTTP/2 on `io` until the connection closes. Boxed: HTTP/2's state
@@ -257,6 +392,7 @@ where
             _gauge,
             _permit,
             watcher,
+            ..
         } = guard;
         if let Err(e) = crate::h2::serve(&proxy, io, info, watcher).await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -150,6 +150,10 @@ fn run(config: Config) -> anyhow::Result<()> {
     };
     let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
+        // Listened for before the listeners serve: a signal sent as soon as a
+        // first request was answered must not meet its default action
+        // (SIGHUP's ends the process).
+        let mut signals = Signals::listen()?;
         let limpet = Limpet::start(config).await?;
         for addr in &limpet.http_addrs {
             tracing::info!("listening on http://{addr}");
@@ -162,7 +166,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
         limpet::upgrade::announce_ready();
         let limpet = std::sync::Arc::new(limpet);
-        wait_for_stop(&limpet).await?;
+        wait_for_stop(&limpet, &mut signals).await?;
         let Ok(limpet) = std::sync::Arc::try_unwrap(limpet) else {
             anyhow::bail!("still in use at shutdown");
         };
@@ -178,16 +182,42 @@ fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
+/// The signals limpet answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 /// Reloads on SIGHUP; reopens the access-log file on SIGUSR1; returns on
 /// SIGTERM or SIGINT, and on SIGUSR2 once a
 /// new process started from this one's command line serves (a binary upgrade).
-async fn wait_for_stop(limpet: &std::sync::Arc<Limpet>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
+async fn wait_for_stop(
+    limpet: &std::sync::Arc<Limpet>,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
+    let Signals {
+        term,
+        int,
+        hup,
+        usr1,
+        usr2,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),

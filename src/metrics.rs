@@ -305,12 +305,25 @@ impl ConnectionGauge {
             .set(0);
     }
 
-    pub fn open(metrics: &Metrics, listener: &str) -> Self {
-        let g = metrics
-            .downstream_connections
-            .with_label_values(&[listener]);
-        g.inc();
-        ConnectionGauge(g)
+    /// The listener's series, looked up once: [`ListenerGauge::open`] then
+    /// counts a connection without a label lookup.
+    pub fn of(metrics: &Metrics, listener: &str) -> ListenerGauge {
+        ListenerGauge(
+            metrics
+                .downstream_connections
+                .with_label_values(&[listener]),
+        )
+    }
+}
+
+/// One listener's `limpet_downstream_connections` series.
+#[derive(Debug)]
+pub struct ListenerGauge(IntGauge);
+
+impl ListenerGauge {
+    pub fn open(&self) -> ConnectionGauge {
+        self.0.inc();
+        ConnectionGauge(self.0.clone())
     }
 }
 

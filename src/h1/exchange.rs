@@ -234,7 +234,8 @@ impl<'a> Exchange<'a> {
                     // (TLS included) on a new connection.
                     out.clear();
                     if backend.send_proxy {
-                        crate::proxy_protocol::write_v2(&mut out, self.info.peer, self.info.local);
+                        let local = self.info.local_addr(|| client.stream.local_addr());
+                        crate::proxy_protocol::write_v2(&mut out, self.info.peer, local);
                     }
                     let header = backend.send_proxy.then_some(&out[..]);
                     let tls = backend.tls.as_ref();
