@@ -9,10 +9,11 @@ mod common;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::scripted::{ok, write, ScriptedBackend, Step};
-use common::wire::{bounded, lb_for, Side};
+use common::wire::{bounded, config, lb_for, Side, WireLb};
 use futures_util::stream;
 use http::{HeaderMap, Request, StatusCode};
 use http_body::Frame;
@@ -211,6 +212,34 @@ async fn bodiless_answers_and_a_bad_response_head() {
             "bodiless answers keep the socket"
         );
         assert_eq!(get(&mut client, "/garbage").await.status, 502);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_backend_times_out_before_and_within_its_response() {
+    bounded(async {
+        let backend = ScriptedBackend::spawn(|req| match req.target.as_str() {
+            "/silent" => vec![Step::Pause(Duration::from_secs(5))],
+            // The head and half the body, then nothing.
+            _ => vec![
+                write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf."),
+                Step::Pause(Duration::from_secs(5)),
+            ],
+        })
+        .await;
+        let timeouts = "[upstream.wire.timeouts]\nresponse = \"300ms\"";
+        let lb = WireLb::start(Side::Plain, &config(backend.addr, "", timeouts)).await;
+        let mut client = h2c(lb.addr()).await;
+        let req = Request::get("http://localhost/stalls")
+            .body(empty())
+            .unwrap();
+        let resp = client.send_request(req).await.expect("response head");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await;
+        assert!(body.is_err(), "the stream is reset, not ended as if whole");
+        // The connection serves on; a backend silent before its head: 504.
+        assert_eq!(get(&mut client, "/silent").await.status, 504);
     })
     .await;
 }
