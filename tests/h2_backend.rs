@@ -1,6 +1,6 @@
 //! HTTP/2 requests on their way to HTTP/1.1 backends (issue 14 item 4): the
 //! h2 engine writes and reads HTTP/1.1 on pooled sockets itself. Framing both
-//! ways (chunked responses decoded into DATA frames, request bodies with and
+//! ways (chunked responses decoded into DATA frames and trailers, request bodies with and
 //! without Content-Length), which sockets go back to the pool, and a pooled
 //! socket the backend closed, over h2c against scripted backends.
 
@@ -39,6 +39,7 @@ struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    trailers: Option<HeaderMap>,
 }
 
 async fn send(
@@ -54,11 +55,13 @@ async fn send(
         .unwrap();
     let resp = sender.send_request(req).await.expect("h2 response");
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("response body").to_bytes();
+    let collected = body.collect().await.expect("response body");
+    let trailers = collected.trailers().cloned();
     Answer {
         status: parts.status,
         headers: parts.headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     }
 }
 
@@ -76,7 +79,7 @@ async fn a_chunked_response_reaches_an_h2_client_decoded_and_its_socket_is_reuse
         let backend = ScriptedBackend::spawn(|_| {
             vec![write(
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n\
-                 5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+                 5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\nConnection: x\r\n\r\n",
             )]
         })
         .await;
@@ -88,6 +91,10 @@ async fn a_chunked_response_reaches_an_h2_client_decoded_and_its_socket_is_reuse
             assert_eq!(answer.body, "hello world");
             assert_eq!(answer.headers["x-app"], "1");
             assert!(answer.headers.get("transfer-encoding").is_none());
+            // The trailer section, but what would be hop-by-hop.
+            let trailers = answer.trailers.expect("trailers");
+            assert_eq!(trailers["x-trailer"], "t");
+            assert_eq!(trailers.len(), 1);
         }
         assert_eq!(backend.received().len(), 3);
         assert_eq!(

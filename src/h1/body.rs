@@ -175,6 +175,21 @@ impl Body {
         Ok((take, take == bytes.len()))
     }
 
+    /// Appends the data of a chunked body's part of `bytes` to `data` and its
+    /// trailer field lines to `trailers`; whether none were left over.
+    pub(crate) fn decode(
+        &mut self,
+        bytes: &[u8],
+        data: &mut Vec<u8>,
+        trailers: &mut Vec<u8>,
+    ) -> stdio::Result<bool> {
+        let take = self
+            .chunks
+            .feed_decoded_with_trailers(bytes, data, trailers)
+            .map_err(|_| malformed_chunks())?;
+        Ok(take == bytes.len())
+    }
+
     /// Appends the body's part of `bytes` to `out`, decoded from its chunks
     /// when `dechunk`; whether none were left over.
     pub(crate) fn relay(

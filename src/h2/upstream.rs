@@ -5,8 +5,9 @@
 //! DATA frames (`crate::h1::exchange::Upload`, which also hears an early
 //! answer), the strict response-head parser (`crate::h1::head`), and a
 //! response [`Relay`] that hyper's HTTP/2 server polls for DATA frames, read
-//! straight from the socket and framed by `crate::h1::body`, and that puts
-//! the socket back in the pool where the body ends.
+//! straight from the socket and framed by `crate::h1::body` (a chunked body's
+//! trailer section becomes the stream's trailers), and that puts the socket
+//! back in the pool where the body ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,10 +23,11 @@ use tokio::time::Instant;
 use super::Counted;
 use crate::backend::InFlight;
 use crate::error::BoxError;
+use crate::flow::policy::Field;
 use crate::flow::policy::{self, Forwarding};
 use crate::flow::Failure;
 use crate::h1::body::Body as Framed;
-use crate::h1::exchange::{read_response_head, sending, Upload};
+use crate::h1::exchange::{read_response_head, sending, Upload, RESPONSE_HEAD_MAX};
 use crate::h1::head::{Framing, ResponseHead};
 use crate::h1::io::{self, give_buffer, take_buffer, write_all, Clock, Wait, Waits};
 use crate::pool::Conn;
@@ -229,6 +231,8 @@ pub(super) struct Relay {
     buf: BytesMut,
     framing: Framed,
     chunked: bool,
+    /// A chunked body's trailer field lines, sent as the last frame.
+    trailers: Vec<u8>,
     /// Nothing came past the body so far.
     clean: bool,
     /// How long the pool may keep the socket once the body has ended (zero:
@@ -259,6 +263,7 @@ impl Relay {
             buf: BytesMut::new(),
             framing: Framed::new(head.framing),
             chunked: head.framing == Framing::Chunked,
+            trailers: Vec::new(),
             clean: true,
             keep_for,
             clock,
@@ -287,7 +292,12 @@ impl Relay {
         let pending = std::mem::take(&mut self.pending);
         if self.chunked {
             let mut data = Vec::new();
-            self.clean &= self.framing.relay(&pending, &mut data, true)?;
+            self.clean &= self
+                .framing
+                .decode(&pending, &mut data, &mut self.trailers)?;
+            if self.trailers.len() > RESPONSE_HEAD_MAX {
+                return Err("trailer section too large".into());
+            }
             return Ok((!data.is_empty()).then(|| Bytes::from(data)));
         }
         let (take, whole) = self.framing.take(&pending)?;
@@ -337,6 +347,35 @@ impl Relay {
         self.in_flight = None;
     }
 
+    /// The trailer section, once the body has ended, as the fields an HTTP/2
+    /// client may get (none of the hop-by-hop ones or the framing).
+    fn take_trailers(&mut self) -> Option<HeaderMap> {
+        if self.trailers.is_empty() {
+            return None;
+        }
+        let mut lines = std::mem::take(&mut self.trailers);
+        lines.extend_from_slice(b"\r\n");
+        let mut slots = [httparse::EMPTY_HEADER; 32];
+        let Ok(httparse::Status::Complete((_, fields))) =
+            httparse::parse_headers(&lines, &mut slots)
+        else {
+            tracing::debug!("unparsable trailer section dropped");
+            return None;
+        };
+        let mut trailers = HeaderMap::with_capacity(fields.len());
+        for f in fields {
+            if policy::response_field(f.name.as_bytes()) != Field::Pass {
+                continue;
+            }
+            let name = HeaderName::from_bytes(f.name.as_bytes());
+            let value = HeaderValue::from_bytes(f.value);
+            if let (Ok(name), Ok(value)) = (name, value) {
+                trailers.append(name, value);
+            }
+        }
+        (!trailers.is_empty()).then_some(trailers)
+    }
+
     /// The body broke off: the socket is closed.
     fn abandon(&mut self) {
         self.socket = None;
@@ -378,7 +417,7 @@ impl Body for Relay {
             }
             if this.ended() || this.framing.done() {
                 this.finish();
-                return Poll::Ready(None);
+                return Poll::Ready(this.take_trailers().map(|t| Ok(Frame::trailers(t))));
             }
             match this.poll_read(cx) {
                 Poll::Ready(Ok(true)) => {}
@@ -402,6 +441,6 @@ impl Body for Relay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended()
+        self.ended() && self.trailers.is_empty()
     }
 }
