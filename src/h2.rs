@@ -274,9 +274,9 @@ async fn handle(
         inner: body,
         count: bytes_in,
     };
-    let framing = upstream::Upstream::of(&parts.headers, &body);
+    let framing = upstream::RequestFraming::of(&parts.headers, &body);
     let replayable = flow::is_idempotent(parts.method.as_str().as_bytes())
-        && framing == upstream::Upstream::None;
+        && framing == upstream::RequestFraming::None;
     let head_request = parts.method == Method::HEAD;
     let mut attempts = Attempts::new(upstream, &proxy.metrics, replayable);
     let waits = Waits::of(snap, upstream);
@@ -326,23 +326,9 @@ async fn handle(
                     true => Duration::ZERO,
                     false => keep_for(&answer.head, waits),
                 };
-                let head_len = answer.head.len;
-                let bytes = Bytes::from(answer.buf);
-                let (status, headers) =
-                    upstream::response_head(&bytes, &answer.head, set_cookie, hsts);
-                let relay = Relay::new(
-                    socket,
-                    bytes.slice(head_len..),
-                    &answer.head,
-                    keep_for,
-                    clock,
-                    waits.backend.response,
-                    in_flight,
-                );
-                let mut resp =
-                    Response::new(ProxyBody::Streamed(StreamedBody { relay, line: None }));
-                *resp.status_mut() = status;
-                *resp.headers_mut() = headers;
+                let fields = (set_cookie, hsts);
+                let silence = waits.backend.response;
+                let resp = relayed(socket, answer, fields, keep_for, clock, silence, in_flight);
                 return Ok(resp);
             }
             Err(failed) => failed,
@@ -350,6 +336,37 @@ async fn handle(
         drop(in_flight);
         attempts.retry(&mut decision, &mut fresh, failure, reused)?;
     }
+}
+
+/// The response for the client: the backend's head as HTTP/2 fields (with
+/// `fields`: the pin's Set-Cookie and the route's HSTS), and its body relayed
+/// from `socket` (see [`Relay`]).
+fn relayed(
+    socket: Conn,
+    answer: upstream::Answer,
+    (set_cookie, hsts): (Option<String>, Option<&str>),
+    keep_for: Duration,
+    clock: Clock,
+    silence: Duration,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    let head_len = answer.head.len;
+    let bytes = Bytes::from(answer.buf);
+    let (status, headers) = upstream::response_head(&bytes, &answer.head, set_cookie, hsts);
+    let after_head = bytes.slice(head_len..);
+    let relay = Relay::new(
+        socket,
+        after_head,
+        &answer.head,
+        keep_for,
+        clock,
+        silence,
+        in_flight,
+    );
+    let mut resp = Response::new(ProxyBody::Streamed(StreamedBody { relay, line: None }));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// One attempt at sending the request to a backend.
@@ -374,7 +391,7 @@ impl Attempt<'_> {
     async fn send(
         &self,
         body: &mut Counted,
-        framing: upstream::Upstream,
+        framing: upstream::RequestFraming,
         head_request: bool,
         clock: &mut Clock,
         waits: Waits,

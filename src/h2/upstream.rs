@@ -34,7 +34,7 @@ use crate::pool::Conn;
 
 /// How the request's body goes to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Upstream {
+pub(super) enum RequestFraming {
     /// None (the client ended the stream with its HEADERS).
     None,
     /// As it comes: the client said its Content-Length (which h2 holds the
@@ -44,14 +44,14 @@ pub(super) enum Upstream {
     Chunked,
 }
 
-impl Upstream {
+impl RequestFraming {
     pub(super) fn of(headers: &HeaderMap, body: &Counted) -> Self {
         if body.is_end_stream() {
-            Upstream::None
+            RequestFraming::None
         } else if headers.contains_key(header::CONTENT_LENGTH) {
-            Upstream::Length
+            RequestFraming::Length
         } else {
-            Upstream::Chunked
+            RequestFraming::Chunked
         }
     }
 }
@@ -63,7 +63,7 @@ pub(super) fn write_head(
     origin: &str,
     headers: &HeaderMap,
     fwd: &Forwarding<'_>,
-    body: Upstream,
+    body: RequestFraming,
 ) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -71,7 +71,7 @@ pub(super) fn write_head(
     out.extend_from_slice(origin.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     policy::write_request_fields(out, headers, fwd);
-    if body == Upstream::Chunked {
+    if body == RequestFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -92,14 +92,14 @@ pub(super) struct Answer {
 pub(super) async fn exchange(
     socket: &mut Conn,
     body: Option<&mut Counted>,
-    framing: Upstream,
+    framing: RequestFraming,
     head_request: bool,
     clock: &mut Clock,
     timeouts: Waits,
 ) -> Result<Answer, Failure> {
     let mut buf = take_buffer();
     let mut body_sent = true;
-    if let (Some(body), true) = (body, framing != Upstream::None) {
+    if let (Some(body), true) = (body, framing != RequestFraming::None) {
         let request = (head_request, false);
         let mut upload = Upload::new(socket, &mut buf, request, timeouts);
         body_sent = upload_body(&mut upload, body, framing, clock, timeouts).await?;
@@ -123,17 +123,17 @@ pub(super) async fn exchange(
 }
 
 /// Writes the client's DATA frames to the backend (as chunks for
-/// `Upstream::Chunked`); false when the backend answered before taking all of
-/// them. Trailers are not forwarded. A client silent for `client_idle` breaks
-/// its request, as on HTTP/1.
+/// `RequestFraming::Chunked`); false when the backend answered before taking
+/// all of them. Request trailers are not forwarded. A client silent for
+/// `client_idle` breaks its request, as on HTTP/1.
 async fn upload_body(
     upload: &mut Upload<'_>,
     body: &mut Counted,
-    framing: Upstream,
+    framing: RequestFraming,
     clock: &mut Clock,
     timeouts: Waits,
 ) -> Result<bool, Failure> {
-    let chunked = framing == Upstream::Chunked;
+    let chunked = framing == RequestFraming::Chunked;
     loop {
         let deadline = Instant::now() + timeouts.client_idle;
         let frame = match clock.within(deadline, body.frame()).await {
