@@ -247,7 +247,7 @@ async fn handle(
     trace: &mut Trace,
     bytes_in: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // `:authority` wins over a `host` field (RFC 9113, section 8.3.1).
     let host: Option<&[u8]> = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
         (Some(a), _) => Some(a.as_str().as_bytes()),
@@ -327,6 +327,8 @@ async fn handle(
                     false => keep_for(&answer.head, waits),
                 };
                 let fields = (set_cookie, hsts);
+                let headers = std::mem::take(&mut parts.headers);
+                let answer = (answer, headers);
                 let silence = waits.backend.response;
                 let resp = relayed(socket, answer, fields, keep_for, clock, silence, in_flight);
                 return Ok(resp);
@@ -339,11 +341,12 @@ async fn handle(
 }
 
 /// The response for the client: the backend's head as HTTP/2 fields (with
-/// `fields`: the pin's Set-Cookie and the route's HSTS), and its body relayed
-/// from `socket` (see [`Relay`]).
+/// `fields`: the pin's Set-Cookie and the route's HSTS; in the request's
+/// `HeaderMap`, emptied, whose room is reused), and its body relayed from
+/// `socket` (see [`Relay`]).
 fn relayed(
     socket: Conn,
-    answer: upstream::Answer,
+    (answer, headers): (upstream::Answer, http::HeaderMap),
     (set_cookie, hsts): (Option<String>, Option<&str>),
     keep_for: Duration,
     clock: Clock,
@@ -352,7 +355,8 @@ fn relayed(
 ) -> Response<ProxyBody> {
     let head_len = answer.head.len;
     let bytes = Bytes::from(answer.buf);
-    let (status, headers) = upstream::response_head(&bytes, &answer.head, set_cookie, hsts);
+    let fields = (set_cookie, hsts);
+    let (status, headers) = upstream::response_head(&bytes, &answer.head, fields, headers);
     let after_head = bytes.slice(head_len..);
     let relay = Relay::new(
         socket,

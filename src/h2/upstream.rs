@@ -186,15 +186,16 @@ pub(super) async fn write_request_head(
 /// backend's head (`head_bytes`: its bytes, whose slices become the values
 /// without a copy): the fields `ResponseHead::passes` lets through, the
 /// route's Strict-Transport-Security, the pin's Set-Cookie. None of the
-/// HTTP/1 connection's fields: HTTP/2 has none.
+/// HTTP/1 connection's fields: HTTP/2 has none. They go into `headers`
+/// (emptied first): the request's map, whose room is reused.
 pub(super) fn response_head(
     head_bytes: &Bytes,
     head: &ResponseHead,
-    set_cookie: Option<String>,
-    hsts: Option<&str>,
+    (set_cookie, hsts): (Option<String>, Option<&str>),
+    mut headers: HeaderMap,
 ) -> (StatusCode, HeaderMap) {
     let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut headers = HeaderMap::with_capacity(head.fields.len() + 2);
+    headers.clear();
     for f in &head.fields {
         if !head.passes(f, head_bytes, hsts.is_some(), true) {
             continue;
