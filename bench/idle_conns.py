@@ -3,7 +3,10 @@
 every connection has served a request and sits idle in keep-alive), holds them
 all open, and reports the proxy's RSS before and after as one JSON line.
 
-    idle_conns.py --port 18092 --pid 1234 [--n 10000] [--cookie 'limpet=...']
+    idle_conns.py --port 18092 --pid 1234 [--n 10000] [--cookie 'limpet=...'] [--tls]
+
+--tls: over TLS 1.3 (no certificate check), for the memory a TLS connection
+keeps while idle.
 
 RSS is VmRSS from /proc/PID/status; the per-connection figure is
 (after - before) / connections actually open.
@@ -13,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import time
 
@@ -32,10 +36,20 @@ def fd_count(pid: int) -> int:
         return -1
 
 
-async def open_one(port: int, request: bytes, conns: list, failures: list):
+def tls_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def open_one(port: int, request: bytes, conns: list, failures: list, tls=None):
     try:
+        tls_args = {"ssl": tls, "server_hostname": "localhost"} if tls else {}
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port), timeout=10
+            asyncio.open_connection("127.0.0.1", port, **tls_args), timeout=10
         )
         writer.write(request)
         await writer.drain()
@@ -61,7 +75,9 @@ async def main() -> None:
     ap.add_argument("--cookie", default="")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--settle", type=float, default=2.0)
+    ap.add_argument("--tls", action="store_true")
     args = ap.parse_args()
+    tls = tls_context() if args.tls else None
 
     cookie = f"Cookie: {args.cookie}\r\n" if args.cookie else ""
     request = (
@@ -81,7 +97,7 @@ async def main() -> None:
 
     async def bounded():
         async with sem:
-            await open_one(args.port, request, conns, failures)
+            await open_one(args.port, request, conns, failures, tls)
 
     await asyncio.gather(*(bounded() for _ in range(args.n)))
     opened = time.monotonic() - started

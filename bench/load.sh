@@ -16,6 +16,8 @@
 #   IDLE_CONNS=10000  connections held open in the idle scenario (0 skips it)
 #   VARIANTS="..."    subset of: direct haproxy nginx limpet-cookie limpet-cookie-warn
 #                     limpet-cookie-nocolor limpet-iphash limpet-iphash-warn
+#                     (a limpet variant ending in -wN runs N worker threads,
+#                     e.g. limpet-cookie-warn-w2; 1 otherwise)
 #                     (and base-cookie, base-cookie-warn: the LIMPET_BASE binary;
 #                     bare: bench/bare-proxy, hyper with none of limpet's logic)
 #                     and the TLS variants haproxy-tls nginx-tls limpet-tls
@@ -29,6 +31,25 @@
 #                       IDLE_CONNS=0 VARIANTS="haproxy-tls limpet-tls limpet-tls-warn
 #                         haproxy limpet-cookie-warn" bench/load.sh
 #   IDLE_VARIANTS="haproxy nginx limpet-cookie bare" (and base-cookie with LIMPET_BASE)
+#   LOAD=keepalive    what the measured runs send:
+#                       keepalive  wrk, CONNS keep-alive HTTP/1.1 connections
+#                       close      wrk with `Connection: close`: a new connection
+#                                  per request (for the TLS variants a handshake
+#                                  per request, resumed when the server offers
+#                                  it: wrk's OpenSSL keeps the session, as
+#                                  `openssl s_server -www` counts cache hits)
+#                       h2         h2load -c H2_CONNS -m H2_STREAMS: HTTP/2 over
+#                                  TLS (ALPN) for the TLS variants, h2c (prior
+#                                  knowledge) for the plain ones; HAProxy's TLS
+#                                  bind offers h2, nginx listens with `http2`
+#                     CPU per request is then CPU per connection (close) or per
+#                     HTTP/2 request (h2). h2load reports no percentiles: p50 is
+#                     its mean request time, p99 its maximum.
+#   H2_CONNS=20 H2_STREAMS=10
+#   CPUS=split        split: the proxy alone on CPU 0, the rest on CPU 1;
+#                     shared: everything on both CPUs, wrk with 2 threads (the
+#                     several-workers check: CPUS=shared VARIANTS="haproxy
+#                     limpet-cookie-warn-w1 limpet-cookie-warn-w2")
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
 #   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
 #                     the same rounds as base-cookie and base-cookie-warn
@@ -58,13 +79,31 @@ ROUNDS_PACED=$ROUNDS
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+LOAD=${LOAD:-keepalive}
+H2_CONNS=${H2_CONNS:-20}
+H2_STREAMS=${H2_STREAMS:-10}
+case $LOAD in keepalive | close | h2) ;; *)
+    echo "LOAD must be keepalive, close or h2, not $LOAD" >&2
+    exit 2
+    ;;
+esac
 VARIANTS=${VARIANTS:-"direct haproxy nginx limpet-cookie limpet-cookie-warn limpet-cookie-nocolor limpet-iphash limpet-iphash-warn${LIMPET_BASE:+ base-cookie base-cookie-warn} bare"}
 IDLE_VARIANTS=${IDLE_VARIANTS:-"haproxy nginx limpet-cookie${LIMPET_BASE:+ base-cookie} bare"}
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-PROXY_CPU=0
-LOAD_CPU=1
+# CPUS=split (default): the proxy on CPU 0, everything else on CPU 1.
+# CPUS=shared: every process may run on both CPUs and wrk runs 2 threads: the
+# several-workers sanity check (limpet-*-w2 variants against -w1 ones).
+CPUS=${CPUS:-split}
+case $CPUS in
+split) PROXY_CPU=0 LOAD_CPU=1 WRK_THREADS=1 ;;
+shared) PROXY_CPU=0,1 LOAD_CPU=0,1 WRK_THREADS=2 ;;
+*)
+    echo "CPUS must be split or shared, not $CPUS" >&2
+    exit 2
+    ;;
+esac
 
 BACKEND_PORTS=(18081 18082 18083)
 HAPROXY_PORT=18090
@@ -78,12 +117,14 @@ LIMPET_TLS_PORT=18097
 
 need() {
     local missing=()
-    for tool in haproxy nginx wrk; do
+    local tools=(haproxy nginx wrk)
+    if [ "$LOAD" = h2 ]; then tools+=(h2load); fi
+    for tool in "${tools[@]}"; do
         command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
     done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]}" >&2
-        apt-get update && apt-get install -y haproxy nginx wrk
+        apt-get update && apt-get install -y haproxy nginx wrk nghttp2-client
     fi
     for tool in taskset curl python3 openssl ps; do
         command -v "$tool" >/dev/null 2>&1 || { echo "load.sh needs $tool" >&2; exit 1; }
@@ -128,10 +169,19 @@ esac
 # http, or https for the TLS variants (set by start_proxy).
 SCHEME=http
 
+# curl's flag for HTTP/2 prior knowledge on plain ports when LOAD=h2 (nginx's
+# `listen ... http2` port speaks nothing else).
+h2c_flag() {
+    if [ "$LOAD" = h2 ] && [ "$1" = http ]; then echo --http2-prior-knowledge; fi
+}
+
+# Waits for an answer on $1 ($2: http or https; $3: proxy, or backend: HTTP/1.1
+# whatever LOAD is).
 wait_port() {
-    local port=$1 scheme=${2:-http}
+    local port=$1 scheme=${2:-http} role=${3:-proxy} h2c=""
+    if [ "$role" = proxy ]; then h2c=$(h2c_flag "$scheme"); fi
     for _ in $(seq 100); do
-        if curl -sk -o /dev/null "$scheme://127.0.0.1:$port/"; then
+        if curl -sk $h2c -o /dev/null "$scheme://127.0.0.1:$port/"; then
             return 0
         fi
         sleep 0.05
@@ -209,12 +259,14 @@ backend be
 EOF
 }
 haproxy_config "127.0.0.1:$HAPROXY_PORT" >"$DIR/haproxy.cfg"
-haproxy_config "127.0.0.1:$HAPROXY_TLS_PORT ssl crt $DIR/tls/haproxy.pem ssl-min-ver TLSv1.3" \
+haproxy_config "127.0.0.1:$HAPROXY_TLS_PORT ssl crt $DIR/tls/haproxy.pem ssl-min-ver TLSv1.3 alpn h2,http/1.1" \
     >"$DIR/haproxy-tls.cfg"
 
 nginx_lb_config() {
     local dir=$1 listen=$2 ssl=""
-    case $listen in *" ssl")
+    # nginx speaks HTTP/2 on a port only when told, and then h2c only.
+    if [ "$LOAD" = h2 ]; then listen="$listen http2"; fi
+    case $listen in *" ssl"*)
         ssl="ssl_certificate $DIR/tls/cert.pem; ssl_certificate_key $DIR/tls/key.pem; ssl_protocols TLSv1.3;"
         ;;
     esac
@@ -310,7 +362,19 @@ done
 
 taskset -c $LOAD_CPU nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" &
 PIDS+=($!)
-for p in "${BACKEND_PORTS[@]}"; do wait_port "$p"; done
+for p in "${BACKEND_PORTS[@]}"; do wait_port "$p" http backend; done
+
+# The configuration file for limpet-$1 with worker_threads = $2.
+limpet_workers() {
+    local config=$1 workers=$2
+    if [ "$workers" = 1 ]; then
+        echo "$DIR/limpet-$config.toml"
+        return
+    fi
+    sed "s/^worker_threads = 1$/worker_threads = $workers/" "$DIR/limpet-$config.toml" \
+        >"$DIR/limpet-$config-w$workers.toml"
+    echo "$DIR/limpet-$config-w$workers.toml"
+}
 
 # Starts a variant's proxy on CPU 0; sets PROXY_PID, PORT and SCHEME (PROXY_PID
 # empty for direct).
@@ -347,10 +411,11 @@ start_proxy() {
     limpet-* | base-*)
         # limpet-AFFINITY[-warn|-nocolor], base-AFFINITY[-warn] (the LIMPET_BASE binary);
         # AFFINITY tls is cookie affinity behind a TLS listener.
-        local bin=$LIMPET config=cookie log="" color=""
+        local bin=$LIMPET config=cookie log="" color="" workers=1
         case $name in base-*) bin=${LIMPET_BASE:?base-* variants need LIMPET_BASE} ;; esac
         case $name in *iphash*) config=iphash ;; *-tls | *-tls-*) config=tls ;; esac
-        case $name in *-warn) log=warn ;; *-nocolor) color=1 ;; esac
+        case $name in *-warn | *-warn-w?) log=warn ;; *-nocolor) color=1 ;; esac
+        case $name in *-w[0-9]) workers=${name##*-w} ;; esac
         case $config in
         cookie) PORT=$LIMPET_COOKIE_PORT ;;
         iphash) PORT=$LIMPET_IPHASH_PORT ;;
@@ -360,7 +425,7 @@ start_proxy() {
         # to a file as it would to journald or a container log. NO_COLOR=1 turns
         # off the ANSI colours tracing-subscriber writes even to a file.
         env -u RUST_LOG -u NO_COLOR ${log:+RUST_LOG=$log} ${color:+NO_COLOR=1} \
-            taskset -c $PROXY_CPU "$bin" run --config "$DIR/limpet-$config.toml" 2>"$DIR/limpet.log" &
+            taskset -c $PROXY_CPU "$bin" run --config "$(limpet_workers "$config" "$workers")" 2>"$DIR/limpet.log" &
         ;;
     *)
         echo "unknown variant $name" >&2
@@ -374,7 +439,7 @@ start_proxy() {
 
 # The affinity cookie a first request gets (empty for ip-hash and direct).
 fetch_cookie() {
-    curl -sk -D - -o /dev/null "$SCHEME://127.0.0.1:$1/" |
+    curl -sk $(h2c_flag "$SCHEME") -D - -o /dev/null "$SCHEME://127.0.0.1:$1/" |
         awk 'tolower($1) == "set-cookie:" { sub(/\r$/, ""); split($2, a, ";"); print a[1]; exit }'
 }
 
@@ -414,6 +479,29 @@ tls_session() {
             END { print proto, cipher, group }'
 }
 
+# Load on $2 for $1 (a duration such as 5s) as LOAD says, on the load CPU; the
+# rest of the arguments are extra request header options (-H ...). Prints a
+# WRK_JSON line with what bench/report.py reads.
+generate() {
+    local duration=$1 url=$2
+    shift 2
+    case $LOAD in
+    keepalive)
+        taskset -c $LOAD_CPU wrk -t"$WRK_THREADS" -c"$CONNS" -d"$duration" --latency \
+            -s "$HERE/wrk-summary.lua" "$@" "$url"
+        ;;
+    close)
+        taskset -c $LOAD_CPU wrk -t"$WRK_THREADS" -c"$CONNS" -d"$duration" --latency \
+            -s "$HERE/wrk-summary.lua" -H "Connection: close" "$@" "$url"
+        ;;
+    h2)
+        local out
+        out=$(taskset -c $LOAD_CPU h2load -c"$H2_CONNS" -m"$H2_STREAMS" -D"${duration%s}" "$@" "$url")
+        python3 "$HERE/h2load_json.py" <<<"$out"
+        ;;
+    esac
+}
+
 run_load() {
     local name=$1 round=$2
     start_proxy "$name"
@@ -423,13 +511,12 @@ run_load() {
     if [ -n "$cookie" ]; then header=(-H "Cookie: $cookie"); fi
     local url="$SCHEME://127.0.0.1:$PORT/" tls=""
     if [ "$SCHEME" = https ]; then tls=$(tls_session "$PORT"); fi
-    taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "${header[@]}" "$url" >/dev/null
+    generate 2s "$url" "${header[@]}" >/dev/null
     # CPU is read just around the measured run: the warm-up and start-up are not in it.
     local out cpu0="" cpu1="" t0 t1
     if [ -n "$PROXY_PID" ]; then cpu0=$(proc_cpu "$PROXY_PID"); fi
     t0=$(date +%s%N)
-    out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"$DURATION" --latency \
-        -s "$HERE/wrk-summary.lua" "${header[@]}" "$url")
+    out=$(generate "$DURATION" "$url" "${header[@]}")
     t1=$(date +%s%N)
     if [ -n "$PROXY_PID" ]; then cpu1=$(proc_cpu "$PROXY_PID"); fi
     local json hwm=null cpu=null

@@ -274,7 +274,11 @@ impl BackendState {
     /// (0: none): counts the request and the session, and clears the count of
     /// passive failures.
     pub fn answered(&self, session: u64) {
-        self.passive_failures.store(0, Relaxed);
+        // Read first: a store on every request would bounce the cache line
+        // between the cores serving this backend even when nothing failed.
+        if self.passive_failures.load(Relaxed) != 0 {
+            self.passive_failures.store(0, Relaxed);
+        }
         self.requests.fetch_add(1, Relaxed);
         if session != 0 {
             self.sessions.note(session, millis_since_epoch());

@@ -30,6 +30,10 @@ pub const DEFAULT_UPSTREAM_RESPONSE: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 65_536;
+/// HAProxy's `tune.ssl.cachesize` default (rustls's own is 256).
+pub const DEFAULT_SESSION_CACHE: usize = 20_000;
+/// A cached session is a few hundred bytes: this bounds the cache near 300 MB.
+pub const MAX_SESSION_CACHE: usize = 1_000_000;
 /// hyper refuses a read buffer smaller than this, so it is the smallest head limit.
 pub const MIN_MAX_HEADER_BYTES: usize = 8192;
 pub const DEFAULT_COOKIE_NAME: &str = "limpet";
@@ -114,6 +118,12 @@ pub struct TlsConfig {
     pub certs: Vec<CertPair>,
     /// The certificates and keys, read and checked at load (and at every reload).
     pub keys: Vec<std::sync::Arc<rustls::sign::CertifiedKey>>,
+    /// `session_tickets`: resumption by stateless tickets (TLS 1.3 and 1.2),
+    /// sealed with a key of this process.
+    pub session_tickets: bool,
+    /// `session_cache`: how many sessions the server-side cache holds
+    /// (resumption by session id, and TLS 1.3 without tickets); 0: none.
+    pub session_cache: usize,
 }
 
 #[derive(Debug, Clone)]

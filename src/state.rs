@@ -20,11 +20,12 @@ use crate::affinity::{self, CookieCodec};
 pub use crate::affinity::{Outcome, Session};
 use crate::backend::{Backend, BackendState};
 use crate::balancer::{self, Balancer};
-use crate::config::{Affinity, BackendTls, Config, Failover, Timeouts, UpstreamConfig};
+use crate::config::{Affinity, BackendTls, Config, Failover, Timeouts, TlsConfig, UpstreamConfig};
 use crate::hash_ring::Ring;
 use crate::pool::TlsTarget;
 use crate::router::Router;
 use crate::series::UpstreamSeries;
+use crate::tls::Resumption;
 
 /// The live configuration, swapped atomically on reload.
 pub type SharedState = Arc<ArcSwap<Snapshot>>;
@@ -37,6 +38,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// The TLS server configuration of the https listeners (certificates of this config).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The ticket key and session cache in `tls`, handed to the next snapshot.
+    pub resumption: Option<Resumption>,
 }
 
 impl Snapshot {
@@ -53,28 +56,38 @@ impl Snapshot {
         let router = Router::new(&config.routes, |name| {
             upstreams.iter().position(|u| &*u.name == name)
         });
-        let tls = config
-            .tls
-            .as_ref()
-            .and_then(|t| match crate::tls::server_config(&t.keys) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::error!("TLS configuration unusable: {e}");
-                    None
-                }
-            });
+        let previous_resumption = previous.and_then(|p| p.resumption.as_ref());
+        let (tls, resumption) = match config.tls.as_ref().map(|t| tls(t, previous_resumption)) {
+            Some(Ok((tls, resumption))) => (Some(tls), Some(resumption)),
+            Some(Err(e)) => {
+                tracing::error!("TLS configuration unusable: {e}");
+                (None, None)
+            }
+            None => (None, None),
+        };
         Snapshot {
             config: Arc::new(config),
             router,
             upstreams,
             loaded_at: SystemTime::now(),
             tls,
+            resumption,
         }
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| &*u.name == name)
     }
+}
+
+/// The https listeners' TLS configuration, resuming the sessions `previous`
+/// resumed where the resumption settings are unchanged.
+fn tls(
+    t: &TlsConfig,
+    previous: Option<&Resumption>,
+) -> Result<(Arc<rustls::ServerConfig>, Resumption), rustls::Error> {
+    let resumption = Resumption::carried(t.session_tickets, t.session_cache, previous)?;
+    Ok((crate::tls::server_config(&t.keys, &resumption)?, resumption))
 }
 
 /// How to speak TLS to the backend at `addr` (as written in the file).

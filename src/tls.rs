@@ -2,7 +2,8 @@
 //!
 //! - termination: certificate loading, the SNI resolver (the certificate whose
 //!   names match the client's server name, else the first), ALPN `h2` and
-//!   `http/1.1`;
+//!   `http/1.1`, and session resumption ([`Resumption`]: a ticket key and a
+//!   session cache that a reload keeps);
 //! - to backends (`[upstream.NAME.tls]`): the client configuration (the CA
 //!   file's roots or the compiled-in webpki roots, or no verification; an
 //!   optional client certificate), ALPN `http/1.1`, and the server name each
@@ -14,7 +15,10 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert,
+    ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
@@ -42,8 +46,12 @@ pub fn load_cert_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Stri
         })
 }
 
-/// The rustls server configuration for a set of certificates (the first is the default).
-pub fn server_config(certs: &[Arc<CertifiedKey>]) -> Result<Arc<ServerConfig>, rustls::Error> {
+/// The rustls server configuration for a set of certificates (the first is
+/// the default), resuming sessions with `resumption`.
+pub fn server_config(
+    certs: &[Arc<CertifiedKey>],
+    resumption: &Resumption,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -52,7 +60,75 @@ pub fn server_config(certs: &[Arc<CertifiedKey>]) -> Result<Arc<ServerConfig>, r
             certs: certs.to_vec(),
         }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = resumption.cache.clone();
+    config.ticketer = resumption.ticketer.clone();
     Ok(Arc::new(config))
+}
+
+/// What lets a returning client resume its session instead of a full
+/// handshake: stateless tickets sealed with a key of this process (rustls's
+/// ring ticketer: a new key every 6 hours, the previous one still accepted)
+/// and an in-memory session cache. Both are kept across reloads while their
+/// setting is unchanged, so clients go on resuming; neither survives a
+/// restart nor is shared between limpet processes.
+#[derive(Clone, Debug)]
+pub struct Resumption {
+    /// `[tls] session_tickets`.
+    tickets: bool,
+    /// `[tls] session_cache`.
+    cache_size: usize,
+    ticketer: Arc<dyn ProducesTickets>,
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+impl Resumption {
+    /// Resumption as configured, reusing `previous`'s ticket key and cache
+    /// where their setting is the same.
+    pub fn carried(
+        tickets: bool,
+        cache_size: usize,
+        previous: Option<&Resumption>,
+    ) -> Result<Resumption, rustls::Error> {
+        let ticketer = match previous.filter(|p| p.tickets == tickets) {
+            Some(p) => p.ticketer.clone(),
+            None if tickets => rustls::crypto::ring::Ticketer::new()?,
+            None => Arc::new(NoTickets),
+        };
+        let cache: Arc<dyn StoresServerSessions> =
+            match previous.filter(|p| p.cache_size == cache_size) {
+                Some(p) => p.cache.clone(),
+                None if cache_size == 0 => Arc::new(NoServerSessionStorage {}),
+                None => ServerSessionMemoryCache::new(cache_size),
+            };
+        Ok(Resumption {
+            tickets,
+            cache_size,
+            ticketer,
+            cache,
+        })
+    }
+}
+
+/// `session_tickets = false`: no tickets (rustls's own stand-in is not public).
+#[derive(Debug)]
+struct NoTickets;
+
+impl ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Picks the certificate whose names cover the SNI name, else the first.

@@ -230,6 +230,33 @@ fn unreadable_cert_or_key() {
 }
 
 #[test]
+fn bad_tls_resumption_values() {
+    let readable = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let tls = |extra: &str| {
+        format!(
+            "{LISTEN}https = [\"127.0.0.1:8443\"]\n\n[tls]\n\
+             certs = [ {{ cert = \"{readable}\", key = \"{readable}\" }} ]\n{extra}\n\
+             [upstream.shop]\n{}",
+            backend("shop", "app1", 9001, "")
+        )
+    };
+    assert_error(
+        "huge-session-cache",
+        &tls("session_cache = 5000000"),
+        "session_cache = ",
+        "tls.session_cache",
+        "at most 1000000 sessions",
+    );
+    assert_error(
+        "bad-session-tickets",
+        &tls("session_tickets = \"yes\""),
+        "\"yes\"",
+        "tls.session_tickets",
+        "expected a boolean",
+    );
+}
+
+#[test]
 fn a_secret_variable_that_is_unset() {
     let text = format!(
         "{}\n[upstream.shop.cookie]\nname = \"sid\"\nsecret = \"env:{UNSET}\"\n",

@@ -53,6 +53,8 @@ pub struct ProxyProtocol {
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     pub certs: Vec<CertPair>,
+    pub session_tickets: Option<bool>,
+    pub session_cache: Option<usize>,
 }
 
 #[derive(Deserialize)]

@@ -202,9 +202,16 @@ fn validate_tls(tls: raw::Tls) -> Result<TlsConfig, Invalid> {
     if tls.certs.is_empty() {
         return Err(invalid("tls.certs", "give at least one { cert, key } pair"));
     }
+    let session_cache = tls.session_cache.unwrap_or(DEFAULT_SESSION_CACHE);
+    if session_cache > MAX_SESSION_CACHE {
+        return Err(invalid(
+            "tls.session_cache",
+            format!("at most {MAX_SESSION_CACHE} sessions (0 turns the cache off)"),
+        ));
+    }
     let mut certs = Vec::new();
     let mut keys = Vec::new();
-    for (i, pair) in tls.certs.into_iter().enumerate() {
+    for (i, pair) in tls.certs.iter().enumerate() {
         for (what, path) in [("cert", &pair.cert), ("key", &pair.key)] {
             std::fs::File::open(path).map_err(|e| {
                 invalid(
@@ -217,11 +224,16 @@ fn validate_tls(tls: raw::Tls) -> Result<TlsConfig, Invalid> {
             .map_err(|m| invalid(format!("tls.certs[{i}]"), m))?;
         keys.push(key);
         certs.push(CertPair {
-            cert: pair.cert,
-            key: pair.key,
+            cert: pair.cert.clone(),
+            key: pair.key.clone(),
         });
     }
-    Ok(TlsConfig { certs, keys })
+    Ok(TlsConfig {
+        certs,
+        keys,
+        session_tickets: tls.session_tickets.unwrap_or(true),
+        session_cache,
+    })
 }
 
 fn validate_routes(
