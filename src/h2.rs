@@ -324,7 +324,7 @@ async fn handle(
                 let set_cookie = flow::pin_cookie(upstream, &decision, said, info.tls, trace);
                 let keep_for = match backend.send_proxy || !answer.body_sent {
                     true => Duration::ZERO,
-                    false => keep_for(&answer.head, waits),
+                    false => reuse_for(&answer.head, waits),
                 };
                 let fields = (set_cookie, hsts);
                 let headers = std::mem::take(&mut parts.headers);
@@ -419,7 +419,6 @@ impl Attempt<'_> {
                 Err(failure) => return Err((failure, reused)),
                 Ok(()) => {}
             }
-            let body = Some(body);
             return match upstream::exchange(&mut socket, body, framing, head_request, clock, waits)
                 .await
             {
@@ -450,7 +449,7 @@ impl Attempt<'_> {
 /// How long the connection may be reused after a response with `head`: not
 /// at all when the backend closes it, else as long as it says (`Keep-Alive:
 /// timeout=N`) and the upstream's `keepalive` allow.
-fn keep_for(head: &ResponseHead, waits: Waits) -> Duration {
+fn reuse_for(head: &ResponseHead, waits: Waits) -> Duration {
     match head.keep_alive {
         true => crate::pool::keep_for(waits.backend.keepalive, head.keep_alive_timeout),
         false => Duration::ZERO,

@@ -91,7 +91,7 @@ pub(super) struct Answer {
 /// been written, and reads the backend's final response head.
 pub(super) async fn exchange(
     socket: &mut Conn,
-    body: Option<&mut Counted>,
+    body: &mut Counted,
     framing: RequestFraming,
     head_request: bool,
     clock: &mut Clock,
@@ -99,7 +99,7 @@ pub(super) async fn exchange(
 ) -> Result<Answer, Failure> {
     let mut buf = take_buffer();
     let mut body_sent = true;
-    if let (Some(body), true) = (body, framing != RequestFraming::None) {
+    if framing != RequestFraming::None {
         let request = (head_request, false);
         let mut upload = Upload::new(socket, &mut buf, request, timeouts);
         body_sent = upload_body(&mut upload, body, framing, clock, timeouts).await?;
