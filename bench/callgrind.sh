@@ -4,27 +4,33 @@
 # 2-core machine are not. Hardware counters are not available in this VM
 # (`perf stat -e instructions` says <not supported>).
 #
-#   bench/callgrind.sh [N]          N requests after a warm-up (default 5000)
+#   bench/callgrind.sh [N]          N requests after a warm-up (default 5000;
+#                                   20000 for MODE h2 and h2c)
 #
 # Environment: RUST_LOG (default warn), LIMPET (binary; default target/release/limpet),
 # AFFINITY (cookie | ip-hash, default cookie), KEEP=dir (keep callgrind.out there),
-# MODE (keepalive: N requests over 4 keep-alive connections, the default; close:
-# one connection per request, `Connection: close`, so the figure is the cost of
-# a new connection with its one request), PORT_BASE (default 18280: nginx on
-# +1..+3, limpet on +10).
+# PORT_BASE (default 18280: nginx on +1..+3, limpet on +10),
+# MODE: h1 (default: HTTP/1.1 keep-alive, N requests over 4 connections,
+# bench/requests.py; `keepalive` is another name for it), close (one
+# connection per request, `Connection: close`: the cost of a new connection
+# with its one request), h2 (TLS listener,
+# ALPN h2) or h2c (prior knowledge on the plain listener); the h2 modes load
+# limpet with `h2load -c 20 -m 10 -n N` and the affinity cookie (fetched first)
+# on every request. The 20 connections (and, for h2, their TLS handshakes)
+# count in the figure: spread over N requests.
 # Prints Ir per request and the top functions by inclusive cost.
 set -euo pipefail
 
-N=${1:-5000}
-AFFINITY=${AFFINITY:-cookie}
-MODE=${MODE:-keepalive}
+MODE=${MODE:-h1}
 case $MODE in
-keepalive) CLIENT_MODE=() ;;
-close) CLIENT_MODE=(--close) ;;
-*) echo "MODE is keepalive or close" >&2; exit 2 ;;
+h1 | keepalive) N=${1:-5000} CLIENT_MODE=() ;;
+close) N=${1:-5000} CLIENT_MODE=(--close) ;;
+h2 | h2c) N=${1:-20000} ;;
+*) echo "MODE is h1, close, h2 or h2c" >&2 && exit 2 ;;
 esac
-PORT_BASE=${PORT_BASE:-18280}
-P1=$((PORT_BASE + 1)) P2=$((PORT_BASE + 2)) P3=$((PORT_BASE + 3)) LP=$((PORT_BASE + 10))
+AFFINITY=${AFFINITY:-cookie}
+BASE=${PORT_BASE:-18280}
+B1=$((BASE + 1)) B2=$((BASE + 2)) B3=$((BASE + 3)) PORT=$((BASE + 10))
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 export PATH="$PATH:/usr/sbin"
@@ -54,16 +60,32 @@ http {
     keepalive_timeout 300s;
     keepalive_requests 100000000;
     server {
-        listen 127.0.0.1:$P1;
-        listen 127.0.0.1:$P2;
-        listen 127.0.0.1:$P3;
+        listen 127.0.0.1:$B1;
+        listen 127.0.0.1:$B2;
+        listen 127.0.0.1:$B3;
         location / { return 200 "ok\n"; }
     }
 }
 EOF
-cat >"$DIR/limpet.toml" <<EOF
+if [ "$MODE" = h2 ]; then
+    SCHEME=https
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        -keyout "$DIR/key.pem" -out "$DIR/cert.pem" 2>/dev/null
+    cat >"$DIR/limpet.toml" <<EOF
 [listen]
-http = ["127.0.0.1:$LP"]
+https = ["127.0.0.1:$PORT"]
+[tls]
+certs = [ { cert = "$DIR/cert.pem", key = "$DIR/key.pem" } ]
+EOF
+else
+    SCHEME=http
+    cat >"$DIR/limpet.toml" <<EOF
+[listen]
+http = ["127.0.0.1:$PORT"]
+EOF
+fi
+cat >>"$DIR/limpet.toml" <<EOF
 [runtime]
 worker_threads = 1
 [upstream.app]
@@ -72,15 +94,15 @@ affinity = "$AFFINITY"
 secret = "bench-secret-bench-secret-bench-secret"
 [[upstream.app.backend]]
 name = "app1"
-addr = "127.0.0.1:$P1"
+addr = "127.0.0.1:$B1"
 replica = "app2"
 [[upstream.app.backend]]
 name = "app2"
-addr = "127.0.0.1:$P2"
+addr = "127.0.0.1:$B2"
 replica = "app3"
 [[upstream.app.backend]]
 name = "app3"
-addr = "127.0.0.1:$P3"
+addr = "127.0.0.1:$B3"
 replica = "app1"
 EOF
 
@@ -90,15 +112,35 @@ RUST_LOG=${RUST_LOG:-warn} valgrind --tool=callgrind --callgrind-out-file="$DIR/
     "$LIMPET" run --config "$DIR/limpet.toml" 2>"$DIR/limpet.log" &
 LPID=$!
 PIDS+=("$LPID")
+URL="$SCHEME://127.0.0.1:$PORT/"
+CURL=(curl -s -k)
+case $MODE in h2) CURL+=(--http2) ;; h2c) CURL+=(--http2-prior-knowledge) ;; esac
 for _ in $(seq 200); do
-    curl -s -o /dev/null http://127.0.0.1:$LP/ && break
+    "${CURL[@]}" -o /dev/null "$URL" && break
     sleep 0.1
 done
-cookie=$(curl -s -D - -o /dev/null http://127.0.0.1:$LP/ |
+cookie=$("${CURL[@]}" -D - -o /dev/null "$URL" |
     awk 'tolower($1) == "set-cookie:" { sub(/\r$/, ""); split($2, a, ";"); print a[1]; exit }')
-python3 "$HERE/requests.py" --port $LP --n 500 --cookie "$cookie" "${CLIENT_MODE[@]}" >/dev/null
+# One run of `n` requests; for h2, h2load's summary lines, failing unless
+# every request got a 2xx.
+load() {
+    local n=$1
+    if [ "$MODE" != h2 ] && [ "$MODE" != h2c ]; then
+        python3 "$HERE/requests.py" --port "$PORT" --n "$n" --cookie "$cookie" "${CLIENT_MODE[@]}"
+        return
+    fi
+    local out
+    out=$(h2load -c 20 -m 10 -n "$n" ${cookie:+-H "cookie: $cookie"} "$URL")
+    echo "$out" | grep -E '^(requests|status codes):'
+    echo "$out" | grep -q "status codes: $n 2xx" || {
+        echo "h2load: not every request got a 2xx" >&2
+        echo "$out" >&2
+        return 1
+    }
+}
+load 500 >/dev/null
 callgrind_control -z "$LPID" >/dev/null
-python3 "$HERE/requests.py" --port $LP --n "$N" --cookie "$cookie" "${CLIENT_MODE[@]}"
+load "$N"
 callgrind_control -d "$LPID" >/dev/null
 sleep 0.5
 kill "$LPID"
@@ -106,6 +148,6 @@ wait "$LPID" 2>/dev/null || true
 out=$(ls -t "$DIR"/callgrind.out* | grep -v '\.out$' | head -1 || true)
 [ -n "$out" ] || out="$DIR/callgrind.out"
 total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
-echo "RUST_LOG=${RUST_LOG:-warn} affinity=$AFFINITY mode=$MODE: $total instructions for $N requests: $((total / N)) per request"
+echo "MODE=$MODE RUST_LOG=${RUST_LOG:-warn} affinity=$AFFINITY: $total instructions for $N requests: $((total / N)) per request"
 if [ -n "${KEEP:-}" ]; then cp "$out" "$KEEP/callgrind.out"; fi
 callgrind_annotate --inclusive=yes "$out" 2>/dev/null | sed -n '/^Ir/,$p' | head -60 | cut -c1-200 || true

@@ -33,11 +33,11 @@
 //! and `upstream_response` of silence within a body (HAProxy's `timeout server`),
 //! or the upstream's own `[upstream.NAME.timeouts]` `connect` and `response`.
 
-mod body;
+pub(crate) mod body;
 mod chunked;
-mod exchange;
-mod head;
-mod io;
+pub(crate) mod exchange;
+pub(crate) mod head;
+pub(crate) mod io;
 
 use std::future::{poll_fn, Future};
 use std::io as stdio;

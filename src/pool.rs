@@ -1,8 +1,8 @@
 //! The connections to one backend: a keep-alive pool of idle sockets and the
 //! one function that opens a new one, plain or TLS ([`Conn`]). Both engines
-//! send their requests on these sockets (`crate::h1` writes HTTP/1.1 itself,
-//! `crate::h2` through hyper's HTTP/1.1 client, and gives the socket back when
-//! the exchange ends), and the health checker opens its connections with
+//! send their requests on these sockets (both write HTTP/1.1 with the HTTP/1
+//! engine's pieces, and give the socket back when the response body ends),
+//! and the health checker opens its connections with
 //! [`connect`].
 //!
 //! A backend named by DNS may move ([`Pool::move_to`]): its idle connections

@@ -1,12 +1,14 @@
 //! The header policy of SPEC section 4, in one place for both engines: which
 //! fields of a request or response pass, which are hop-by-hop or limpet's own,
 //! and what limpet adds (X-Forwarded-*, `x-limpet-failover-from`, its cookie
-//! stripped). Two writers apply it: raw HTTP/1 bytes (`crate::h1::head`) and
-//! an `http::HeaderMap` ([`rewrite_request`], [`rewrite_response`], for HTTP/2).
+//! stripped). Both engines send HTTP/1.1 to backends: `crate::h1::head` writes
+//! a request from the client's HTTP/1 bytes, [`write_request_fields`] from an
+//! HTTP/2 request's `HeaderMap`; `crate::h1::head::ResponseHead::passes`
+//! says which response fields reach the client, whatever its protocol.
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 
 pub use crate::access_log::push_ip;
 use crate::affinity;
@@ -204,127 +206,104 @@ pub fn forwarded_proto(tls: bool) -> &'static str {
     }
 }
 
-/// Removes what [`request_field`] or [`response_field`] (`field`) does not
-/// pass, and every field a Connection field names.
-fn remove_hop_by_hop(headers: &mut HeaderMap, field: fn(&[u8]) -> Field, keep: &[Field]) {
-    let mut named: Vec<Vec<u8>> = Vec::new();
+/// Writes the fields of an HTTP/2 request's `HeaderMap` for the backend as
+/// HTTP/1.1 field lines, under the same policy as `crate::h1::head::write_request`:
+/// Host first (the host the request was routed by), the fields that pass,
+/// one Content-Length, one Cookie without limpet's cookie (split `cookie`
+/// fields joined, RFC 9113 section 8.2.3), and the fields limpet adds. How the
+/// body is framed (Transfer-Encoding) and the empty line that ends the head
+/// are the caller's.
+pub fn write_request_fields(out: &mut Vec<u8>, headers: &HeaderMap, fwd: &Forwarding<'_>) {
+    write_line(out, b"host", fwd.host.unwrap_or_default());
+    // HTTP/2 has no Connection field (h2 refuses a request with one), but
+    // what one would name is dropped all the same.
+    let named = connection_named(headers);
+    let mut length_written = false;
+    let mut cookie_written = false;
+    for (name, value) in headers {
+        let name = name.as_str().as_bytes();
+        match request_field(name) {
+            Field::Pass if !named.iter().any(|n| n == name) => {
+                write_line(out, name, value.as_bytes())
+            }
+            Field::RequestId if fwd.request_id.is_none() => write_line(out, name, value.as_bytes()),
+            Field::ContentLength if !length_written => {
+                length_written = true;
+                write_line(out, name, value.as_bytes());
+            }
+            Field::Cookie if !cookie_written => {
+                cookie_written = true;
+                write_cookie_field(out, headers, fwd.strip_cookie);
+            }
+            _ => {}
+        }
+    }
+    if let Some(host) = fwd.host {
+        write_line(out, b"x-forwarded-host", host);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    let xff = headers.get_all(X_FORWARDED_FOR).into_iter();
+    write_forwarded_for(out, xff.map(|v| v.as_bytes()), fwd.client);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(forwarded_proto(fwd.tls).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(from) = fwd.failover_from {
+        write_line(out, FAILOVER_FROM.as_bytes(), from.as_bytes());
+    }
+    if let Some(id) = fwd.request_id {
+        write_line(out, REQUEST_ID.as_bytes(), id.as_bytes());
+    }
+}
+
+/// The field names a Connection field names (lower case, as a `HeaderMap`
+/// holds them); none, without an allocation, when there is no Connection.
+fn connection_named(headers: &HeaderMap) -> Vec<Vec<u8>> {
+    let mut named = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         for token in tokens(value.as_bytes()).filter(|t| names_a_field(t)) {
             named.push(token.to_ascii_lowercase());
         }
     }
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let kind = field(name.as_str().as_bytes());
-            let passes = kind == Field::Pass || keep.contains(&kind);
-            !passes || named.iter().any(|n| n == name.as_str().as_bytes())
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+    named
 }
 
-/// The request's fields for the backend, on a `HeaderMap`: the header policy,
-/// the same as `crate::h1::head::write_request` writes.
-pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
-    let xff: Vec<u8> = {
-        let mut v = Vec::with_capacity(24);
-        write_forwarded_for(
-            &mut v,
-            headers
-                .get_all(X_FORWARDED_FOR)
-                .iter()
-                .map(|v| v.as_bytes()),
-            fwd.client,
-        );
-        v
+/// One Cookie line for every `cookie` field: limpet's cookie removed, the
+/// application's pairs byte for byte; a lone field without limpet's cookie
+/// passes exactly as it came.
+fn write_cookie_field(out: &mut Vec<u8>, headers: &HeaderMap, strip: Option<&str>) {
+    let values = || {
+        headers
+            .get_all(header::COOKIE)
+            .into_iter()
+            .map(|v| v.as_bytes())
     };
-    let cookies = headers.get_all(header::COOKIE).iter().count();
-    let rewrite_cookie = cookies > 1
-        || headers
-            .get(header::COOKIE)
-            .is_some_and(|v| mentions_cookie(v.as_bytes(), fwd.strip_cookie));
-    let cookie = rewrite_cookie.then(|| {
-        let mut v = Vec::new();
-        let values = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
-        write_cookie(&mut v, values, fwd.strip_cookie)
-            .0
-            .then_some(v)
-    });
-    remove_hop_by_hop(
-        headers,
-        request_field,
-        &[
-            Field::Cookie,
-            Field::Host,
-            Field::ContentLength,
-            Field::XForwardedFor,
-            Field::RequestId,
-        ],
-    );
-    if let Some(id) = fwd.request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        headers.insert(HeaderName::from_static(REQUEST_ID), id);
-    }
-    if let Some(cookie) = cookie {
-        headers.remove(header::COOKIE);
-        if let Some(v) = cookie.and_then(|v| HeaderValue::from_maybe_shared(v).ok()) {
-            headers.insert(header::COOKIE, v);
-        }
-    }
-    let host = fwd
-        .host
-        .and_then(|h| HeaderValue::from_bytes(h).ok())
-        .unwrap_or(HeaderValue::from_static(""));
-    headers.insert(header::HOST, host.clone());
-    match fwd.host {
-        Some(_) => {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-        }
-        None => {
-            headers.remove("x-forwarded-host");
-        }
-    }
-    if let Ok(v) = HeaderValue::from_maybe_shared(xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(forwarded_proto(fwd.tls)),
-    );
-    set_failover_from(headers, fwd.failover_from);
-}
-
-/// Sets `x-limpet-failover-from` to the backend failed over from, or removes it.
-pub fn set_failover_from(headers: &mut HeaderMap, from: Option<&str>) {
-    match from.and_then(|from| HeaderValue::from_str(from).ok()) {
-        Some(v) => {
-            headers.insert(HeaderName::from_static(FAILOVER_FROM), v);
-        }
-        None => {
-            headers.remove(FAILOVER_FROM);
-        }
+    let start = out.len();
+    out.extend_from_slice(b"cookie: ");
+    let (wrote, stripped) = write_cookie(out, values(), strip);
+    let mut all = values();
+    let first = all.next().unwrap_or_default();
+    if all.next().is_none() && !stripped {
+        out.truncate(start);
+        write_line(out, b"cookie", first);
+    } else if wrote {
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.truncate(start);
     }
 }
 
-/// The response's fields for an HTTP/2 client: no hop-by-hop fields (HTTP/2
-/// has no connection-specific fields at all), the pin's Set-Cookie added, and
-/// the route's Strict-Transport-Security in place of the backend's.
-pub fn rewrite_response(headers: &mut HeaderMap, set_cookie: Option<String>, hsts: Option<&str>) {
-    remove_hop_by_hop(headers, response_field, &[Field::ContentLength]);
-    if let Some(v) = hsts.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(header::STRICT_TRANSPORT_SECURITY, v);
-    }
-    if let Some(v) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        headers.append(header::SET_COOKIE, v);
-    }
+/// One HTTP/1.1 field line.
+pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     #[test]
     fn push_ip_writes_what_display_writes() {
@@ -363,6 +342,54 @@ mod tests {
         assert_eq!(request_field(b"Content-Length"), Field::ContentLength);
     }
 
+    /// The field lines [`write_request_fields`] writes, as (name, value).
+    fn written(headers: &HeaderMap, fwd: &Forwarding<'_>) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        write_request_fields(&mut out, headers, fwd);
+        assert!(out.ends_with(b"\r\n"));
+        out[..out.len() - 1]
+            .split(|&b| b == b'\n')
+            .map(|line| {
+                let line = line.strip_suffix(b"\r").expect("CRLF");
+                let colon = line.iter().position(|&b| b == b':').expect("a colon");
+                let name = String::from_utf8(line[..colon].to_vec()).unwrap();
+                (name, line[colon + 2..].to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn split_cookie_fields_are_joined_without_limpets() {
+        let mut headers = HeaderMap::new();
+        headers.append("cookie", HeaderValue::from_static("a=1"));
+        headers.append("cookie", HeaderValue::from_static("limpet=x"));
+        headers.append("cookie", HeaderValue::from_static("b=2"));
+        let mut fwd = Forwarding {
+            host: None,
+            strip_cookie: Some("limpet"),
+            client: "10.0.0.9".parse().unwrap(),
+            tls: false,
+            failover_from: Some("app1"),
+            request_id: None,
+        };
+        let cookies = |fwd: &Forwarding<'_>, headers: &HeaderMap| -> Vec<Vec<u8>> {
+            let lines = written(headers, fwd).into_iter();
+            lines
+                .filter(|(n, _)| n == "cookie")
+                .map(|(_, v)| v)
+                .collect()
+        };
+        assert_eq!(cookies(&fwd, &headers), [b"a=1; b=2"]);
+        let lines = written(&headers, &fwd);
+        assert!(lines.contains(&(FAILOVER_FROM.to_string(), b"app1".to_vec())));
+        assert!(lines.contains(&("host".to_string(), Vec::new())));
+        // A lone field without limpet's cookie passes as it came.
+        let mut lone = HeaderMap::new();
+        lone.append("cookie", HeaderValue::from_static("a=1;b=2 ;"));
+        fwd.strip_cookie = None;
+        assert_eq!(cookies(&fwd, &lone), [b"a=1;b=2 ;"]);
+    }
+
     #[test]
     fn the_header_map_writer_sets_or_passes_x_request_id() {
         let client = || {
@@ -380,10 +407,9 @@ mod tests {
             request_id: Some("0123abcd"),
         };
         let forwarded_ids = |fwd: &Forwarding<'_>| -> Vec<Vec<u8>> {
-            let mut headers = client();
-            rewrite_request(&mut headers, fwd);
-            let ids = headers.get_all(REQUEST_ID).iter();
-            ids.map(|v| v.as_bytes().to_vec()).collect()
+            let lines = written(&client(), fwd);
+            let ids = lines.into_iter().filter(|(name, _)| name == REQUEST_ID);
+            ids.map(|(_, value)| value).collect()
         };
         assert_eq!(forwarded_ids(&fwd), [b"0123abcd"]);
         fwd.request_id = None;
@@ -412,11 +438,7 @@ mod tests {
             failover_from: None,
             request_id: None,
         };
-        rewrite_request(&mut headers, &fwd);
-        let mut seen: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect();
+        let mut seen = written(&headers, &fwd);
         seen.sort();
         let expect: Vec<(String, Vec<u8>)> = [
             ("accept", &b"*/*"[..]),

@@ -127,14 +127,14 @@ pub(super) async fn relay_body<S: Stream>(
 }
 
 /// Where a response body ends.
-pub(super) struct Body {
+pub(crate) struct Body {
     framing: Framing,
     left: u64,
     chunks: chunked::Scanner,
 }
 
 impl Body {
-    pub(super) fn new(framing: Framing) -> Self {
+    pub(crate) fn new(framing: Framing) -> Self {
         Body {
             framing,
             left: match framing {
@@ -145,7 +145,12 @@ impl Body {
         }
     }
 
-    pub(super) fn done(&self) -> bool {
+    /// Delimited by the close of the connection.
+    pub(crate) fn until_close(&self) -> bool {
+        self.framing == Framing::UntilClose
+    }
+
+    pub(crate) fn done(&self) -> bool {
         match self.framing {
             Framing::Empty => true,
             Framing::Length(_) => self.left == 0,
@@ -156,7 +161,7 @@ impl Body {
 
     /// How many of `bytes` belong to the body, and whether none were left over
     /// (a backend that sends more than its body cannot be trusted with another).
-    pub(super) fn take(&mut self, bytes: &[u8]) -> stdio::Result<(usize, bool)> {
+    pub(crate) fn take(&mut self, bytes: &[u8]) -> stdio::Result<(usize, bool)> {
         let take = match self.framing {
             Framing::Empty => 0,
             Framing::Length(_) => {
@@ -170,9 +175,24 @@ impl Body {
         Ok((take, take == bytes.len()))
     }
 
+    /// Appends the data of a chunked body's part of `bytes` to `data` and its
+    /// trailer field lines to `trailers`; whether none were left over.
+    pub(crate) fn decode(
+        &mut self,
+        bytes: &[u8],
+        data: &mut Vec<u8>,
+        trailers: &mut Vec<u8>,
+    ) -> stdio::Result<bool> {
+        let take = self
+            .chunks
+            .feed_decoded_with_trailers(bytes, data, trailers)
+            .map_err(|_| malformed_chunks())?;
+        Ok(take == bytes.len())
+    }
+
     /// Appends the body's part of `bytes` to `out`, decoded from its chunks
     /// when `dechunk`; whether none were left over.
-    pub(super) fn relay(
+    pub(crate) fn relay(
         &mut self,
         bytes: &[u8],
         out: &mut Vec<u8>,
@@ -191,6 +211,6 @@ impl Body {
     }
 }
 
-pub(super) fn malformed_chunks() -> stdio::Error {
+pub(crate) fn malformed_chunks() -> stdio::Error {
     stdio::Error::new(stdio::ErrorKind::InvalidData, "malformed chunked body")
 }

@@ -60,18 +60,47 @@ impl Scanner {
     /// Scans the next bytes of the body; returns how many of them belong to it
     /// (fewer than `bytes.len()` only when the body ended inside `bytes`).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
-        self.scan(bytes, None)
+        self.scan(bytes, None, None)
     }
 
     /// As [`Scanner::feed`], and appends the chunks' data to `data`.
     pub fn feed_decoded(&mut self, bytes: &[u8], data: &mut Vec<u8>) -> Result<usize, Malformed> {
-        self.scan(bytes, Some(data))
+        self.scan(bytes, Some(data), None)
     }
 
-    fn scan(&mut self, bytes: &[u8], mut data: Option<&mut Vec<u8>>) -> Result<usize, Malformed> {
+    /// As [`Scanner::feed_decoded`], and appends the trailer section's field
+    /// lines (each with its CRLF) to `trailers` (for an HTTP/2 client, which
+    /// gets them as a HEADERS frame).
+    pub fn feed_decoded_with_trailers(
+        &mut self,
+        bytes: &[u8],
+        data: &mut Vec<u8>,
+        trailers: &mut Vec<u8>,
+    ) -> Result<usize, Malformed> {
+        self.scan(bytes, Some(data), Some(trailers))
+    }
+
+    fn scan(
+        &mut self,
+        bytes: &[u8],
+        mut data: Option<&mut Vec<u8>>,
+        mut trailers: Option<&mut Vec<u8>>,
+    ) -> Result<usize, Malformed> {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
+            if let Some(trailers) = trailers.as_deref_mut() {
+                // A trailer field line's bytes, CRLF included (not the CR
+                // of the empty line that ends the section).
+                let in_line = match self.state {
+                    State::TrailerStart => b != b'\r',
+                    State::Trailer | State::TrailerLf => true,
+                    _ => false,
+                };
+                if in_line {
+                    trailers.push(b);
+                }
+            }
             self.state = match self.state {
                 State::Size { size, any } => match hex(b) {
                     Some(d) => {
@@ -201,6 +230,27 @@ mod tests {
             assert!(s.is_done());
             assert_eq!(data, b"hello, w", "step {step}");
         }
+    }
+
+    #[test]
+    fn collects_the_trailer_lines_in_any_split() {
+        let body = b"2\r\nhi\r\n0\r\nT: 1\r\nU:  x y\r\n\r\n";
+        for step in 1..=body.len() {
+            let mut s = Scanner::new();
+            let (mut data, mut trailers) = (Vec::new(), Vec::new());
+            for piece in body.chunks(step) {
+                s.feed_decoded_with_trailers(piece, &mut data, &mut trailers)
+                    .unwrap();
+            }
+            assert!(s.is_done());
+            assert_eq!(data, b"hi", "step {step}");
+            assert_eq!(trailers, b"T: 1\r\nU:  x y\r\n", "step {step}");
+        }
+        let mut s = Scanner::new();
+        let (mut data, mut trailers) = (Vec::new(), Vec::new());
+        s.feed_decoded_with_trailers(b"0\r\n\r\n", &mut data, &mut trailers)
+            .unwrap();
+        assert!(s.is_done() && trailers.is_empty());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::shutdown::Watch;
 use crate::state::{Decision, Snapshot, Upstream};
 
 /// A longer response head from a backend is a bad gateway.
-pub(super) const RESPONSE_HEAD_MAX: usize = 64 * 1024;
+pub(crate) const RESPONSE_HEAD_MAX: usize = 64 * 1024;
 
 /// How a request ended.
 pub(super) enum Answered {
@@ -323,41 +323,15 @@ impl<'a> Exchange<'a> {
             // failure shows when the response is read).
             let _ = write_all(&mut socket, &[], &mut client.clock, backend_wait).await;
         }
-        let deadline = Wait::Until(Instant::now() + timeouts.backend.response);
-        // Bytes of a response arrived (an interim one included): a failure
-        // now is the backend's answer going wrong, not a closed connection.
-        let mut answered = !buf.is_empty();
-        loop {
-            match head::parse_response(&buf, head_request, upgrade) {
-                // 1xx: not for the client (limpet answered its Expect itself);
-                // the final one follows.
-                Ok(Some(head)) if head.status < 200 && head.status != 101 => {
-                    buf.drain(..head.len);
-                    continue;
-                }
-                Ok(Some(head)) => return Ok((socket, buf, head)),
-                Ok(None) if buf.len() < RESPONSE_HEAD_MAX => {}
-                Ok(None) => return Err(bad_response("response head too large")),
-                Err(e) => return Err(Failure::BadResponse(e.into())),
-            }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(io::BUFFER);
-            }
-            match read_some(&mut socket, &mut buf, &mut client.clock, deadline).await {
-                Ok(0) if !answered => {
-                    return Err(Failure::Closed(
-                        "connection closed before a response".into(),
-                    ))
-                }
-                Ok(0) => return Err(bad_response("connection closed within the response head")),
-                Ok(_) => answered = true,
-                Err(e) if e.kind() == stdio::ErrorKind::TimedOut => {
-                    return Err(Failure::Timeout(timeouts.backend.response))
-                }
-                Err(e) if !answered => return Err(Failure::Closed(e.into())),
-                Err(e) => return Err(Failure::BadResponse(e.into())),
-            }
-        }
+        let head = read_response_head(
+            &mut socket,
+            &mut buf,
+            &mut client.clock,
+            timeouts,
+            (head_request, upgrade),
+        )
+        .await?;
+        Ok((socket, buf, head))
     }
 
     /// After a 101: writes the response head and what followed it to the
@@ -404,13 +378,60 @@ pub(super) struct Response {
     in_flight: InFlight,
 }
 
-pub(super) fn bad_response(why: &'static str) -> Failure {
+/// Reads the backend's final response head into `buf` (which may hold the
+/// start of it already), dropping interim 1xx heads (limpet answered the
+/// client's Expect itself), within the backend's response timeout.
+/// `request`: whether it was HEAD (no body follows) and asked to upgrade (a
+/// 101 may come).
+pub(crate) async fn read_response_head(
+    socket: &mut Conn,
+    buf: &mut Vec<u8>,
+    clock: &mut Clock,
+    timeouts: Waits,
+    (head_request, upgrade): (bool, bool),
+) -> Result<ResponseHead, Failure> {
+    let deadline = Wait::Until(Instant::now() + timeouts.backend.response);
+    // Bytes of a response arrived (an interim one included): a failure
+    // now is the backend's answer going wrong, not a closed connection.
+    let mut answered = !buf.is_empty();
+    loop {
+        match head::parse_response(buf, head_request, upgrade) {
+            Ok(Some(head)) if head.status < 200 && head.status != 101 => {
+                buf.drain(..head.len);
+                continue;
+            }
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) if buf.len() < RESPONSE_HEAD_MAX => {}
+            Ok(None) => return Err(bad_response("response head too large")),
+            Err(e) => return Err(Failure::BadResponse(e.into())),
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(io::BUFFER);
+        }
+        match read_some(socket, buf, clock, deadline).await {
+            Ok(0) if !answered => {
+                return Err(Failure::Closed(
+                    "connection closed before a response".into(),
+                ))
+            }
+            Ok(0) => return Err(bad_response("connection closed within the response head")),
+            Ok(_) => answered = true,
+            Err(e) if e.kind() == stdio::ErrorKind::TimedOut => {
+                return Err(Failure::Timeout(timeouts.backend.response))
+            }
+            Err(e) if !answered => return Err(Failure::Closed(e.into())),
+            Err(e) => return Err(Failure::BadResponse(e.into())),
+        }
+    }
+}
+
+pub(crate) fn bad_response(why: &'static str) -> Failure {
     Failure::BadResponse(why.into())
 }
 
 /// Writing to the backend failed: it closed before answering; one that stops
 /// reading for its response timeout is a timeout (see `Attempts` for what follows).
-pub(super) fn sending(cause: stdio::Error, timeouts: Waits) -> Failure {
+pub(crate) fn sending(cause: stdio::Error, timeouts: Waits) -> Failure {
     match cause.kind() {
         stdio::ErrorKind::TimedOut => Failure::Timeout(timeouts.backend.response),
         _ => Failure::Closed(cause.into()),
@@ -418,7 +439,7 @@ pub(super) fn sending(cause: stdio::Error, timeouts: Waits) -> Failure {
 }
 
 /// A request body on its way from the client to the backend.
-pub(super) struct Upload<'s> {
+pub(crate) struct Upload<'s> {
     socket: &'s mut Conn,
     /// What the backend answers while the body is on its way.
     answer: &'s mut Vec<u8>,
@@ -427,7 +448,24 @@ pub(super) struct Upload<'s> {
     timeouts: Waits,
 }
 
-impl Upload<'_> {
+impl<'s> Upload<'s> {
+    /// An upload on `socket`; what the backend answers meanwhile goes to
+    /// `answer`. `request`: whether it was HEAD and asked to upgrade.
+    pub(crate) fn new(
+        socket: &'s mut Conn,
+        answer: &'s mut Vec<u8>,
+        (head_request, upgrade): (bool, bool),
+        timeouts: Waits,
+    ) -> Self {
+        Upload {
+            socket,
+            answer,
+            head_request,
+            upgrade,
+            timeouts,
+        }
+    }
+
     /// Streams the rest of the body from the client to the backend; stops
     /// early when the backend answers before taking all of it (a 413 to a
     /// large upload): the answer's head is then in `answer`. Bytes read past
@@ -484,7 +522,7 @@ impl Upload<'_> {
     /// Writes `bytes` to the backend. While the backend takes none, what it
     /// sends is read into `answer`: a final response head there ends the
     /// upload (false), interim 1xx heads are dropped.
-    pub(super) async fn send(
+    pub(crate) async fn send(
         &mut self,
         mut bytes: &[u8],
         clock: &mut Clock,

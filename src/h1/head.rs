@@ -447,6 +447,30 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// Whether field `f` reaches the client: not the hop-by-hop ones nor
+    /// limpet's `x-session-replica`; Upgrade only with a 101; Transfer-Encoding
+    /// only when the chunked body is relayed as it is (not `dechunk`ed: for
+    /// an HTTP/1.0 client, or as HTTP/2 DATA frames); Content-Length only when
+    /// it frames the body; the backend's Strict-Transport-Security only when
+    /// the route sets none (`hsts`).
+    pub fn passes(&self, f: &FieldAt, buf: &[u8], hsts: bool, dechunk: bool) -> bool {
+        match f.kind {
+            Field::Drop | Field::Connection | Field::SessionReplica => false,
+            Field::Upgrade => self.status == 101,
+            // An empty Transfer-Encoding field says nothing, and a client
+            // that reads only the last field would miss the chunking.
+            Field::TransferEncoding => {
+                self.framing == Framing::Chunked
+                    && !dechunk
+                    && tokens(&buf[f.value.clone()]).next().is_some()
+            }
+            // Transfer-Encoding frames the body when there is one: a
+            // Content-Length beside it goes (RFC 9112, section 6.3).
+            Field::ContentLength => matches!(self.framing, Framing::Empty | Framing::Length(_)),
+            _ => !hsts || !buf[f.name.clone()].eq_ignore_ascii_case(b"strict-transport-security"),
+        }
+    }
+
     /// The value of the response's `x-session-replica`, if it has one.
     pub fn session_replica<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
         self.fields
@@ -590,27 +614,8 @@ pub fn write_response(
     out.push(b' ');
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
-    let switching = head.status == 101;
     for f in &head.fields {
-        let keep = match f.kind {
-            Field::Drop | Field::Connection | Field::SessionReplica => false,
-            Field::Upgrade => switching,
-            // An empty Transfer-Encoding field says nothing, and a client
-            // that reads only the last field would miss the chunking.
-            Field::TransferEncoding => {
-                head.framing == Framing::Chunked
-                    && !delivery.dechunk
-                    && tokens(&buf[f.value.clone()]).next().is_some()
-            }
-            // Transfer-Encoding frames the body when there is one: a
-            // Content-Length beside it goes (RFC 9112, section 6.3).
-            Field::ContentLength => matches!(head.framing, Framing::Empty | Framing::Length(_)),
-            _ => {
-                hsts.is_none()
-                    || !buf[f.name.clone()].eq_ignore_ascii_case(b"strict-transport-security")
-            }
-        };
-        if keep {
+        if head.passes(f, buf, hsts.is_some(), delivery.dechunk) {
             write_field(out, &buf[f.name.clone()], &buf[f.value.clone()]);
         }
     }
@@ -620,7 +625,7 @@ pub fn write_response(
     if let Some(hsts) = hsts {
         write_field(out, b"Strict-Transport-Security", hsts.as_bytes());
     }
-    if switching {
+    if head.status == 101 {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if delivery.close {
         out.extend_from_slice(b"Connection: close\r\n");

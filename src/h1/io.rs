@@ -91,13 +91,13 @@ pub(super) struct Client<S> {
 /// The timeouts of one exchange: the client's (from the global `[timeouts]`) and
 /// the backend's (its upstream's own, else the global ones).
 #[derive(Clone, Copy)]
-pub(super) struct Waits {
-    pub(super) client_idle: Duration,
-    pub(super) backend: BackendTimeouts,
+pub(crate) struct Waits {
+    pub(crate) client_idle: Duration,
+    pub(crate) backend: BackendTimeouts,
 }
 
 impl Waits {
-    pub(super) fn of(snap: &Snapshot, upstream: &Upstream) -> Self {
+    pub(crate) fn of(snap: &Snapshot, upstream: &Upstream) -> Self {
         Waits {
             client_idle: snap.config.timeouts.client_idle,
             backend: upstream.timeouts(),
