@@ -35,10 +35,12 @@ use tokio::time::Instant;
 
 /// How long a kept-alive connection waits in its task before it parks:
 /// short enough that a burst of new connections leaves little heap behind
-/// (bench/RESULTS.md: 10,000 connections opened in 3 s hold 476 B each with
-/// 500 ms, 706 B with 1 s), long enough that a client sending more often
-/// than twice a second never parks.
-pub(crate) const PARK_AFTER: Duration = Duration::from_millis(500);
+/// (bench/RESULTS.md: 10,000 connections opened in 1.5 s hold 319 B each
+/// with 100 ms, 676 B with 500 ms; nginx 573 B), long enough that a busy
+/// client (a request every few milliseconds) never parks. A client pausing
+/// between 100 ms and `client_idle` pays the park's few system calls per
+/// request, small beside the pause.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// A parked connection: its socket, when its idle time ends, and what the
 /// listener keeps to give it back to the engine.

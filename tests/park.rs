@@ -1,5 +1,5 @@
 //! Long-idle plain keep-alive connections leave their task for the
-//! listener's lot (src/park.rs) after half a second without a request: they go on
+//! listener's lot (src/park.rs) after a tenth of a second without a request: they go on
 //! serving when their client sends again, close when their idle time ends,
 //! make room at `max_connections`, and take part in graceful shutdown as any
 //! idle connection does.
@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::scripted::{ok, ScriptedBackend};
 use common::wire::*;
 
-/// Longer than a connection waits in its task before it parks (500 ms).
+/// Longer than a connection waits in its task before it parks (100 ms).
 const PARKED: Duration = Duration::from_millis(1600);
 
 async fn lb(backend: &ScriptedBackend, top: &str) -> WireLb {
