@@ -12,6 +12,7 @@
 //! connection is set up per request (hyper's client cost two spawns, a
 //! dispatcher and a channel per request: bench/RESULTS.md, "HTTP/2 path").
 
+mod in_task;
 mod timeouts;
 mod upstream;
 
@@ -29,7 +30,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -41,6 +42,7 @@ use crate::h1::head::ResponseHead;
 use crate::h1::io::{Clock, Waits};
 use crate::pool::Conn;
 use crate::state::Snapshot;
+use in_task::{InTask, Streams};
 use timeouts::{Activity, TimedIo};
 use upstream::Relay;
 
@@ -66,7 +68,8 @@ where
         timeouts.client_header,
         timeouts.client_idle,
     );
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let streams = Streams::default();
+    let mut builder = hyper::server::conn::http2::Builder::new(streams.clone());
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(max_header_bytes.min(u32::MAX as usize) as u32);
@@ -75,16 +78,19 @@ where
         let proxy = Arc::clone(&proxy);
         let info = info.clone();
         let activity = activity.clone();
-        // Boxed: hyper spawns each stream's future as a task and moves it
-        // on its way there; a box is moved rather than the whole exchange's
-        // state (bench/RESULTS.md, "HTTP/2 path").
+        // Boxed: hyper moves each stream's future on its way to the
+        // executor; a box is moved rather than the whole exchange's state
+        // (bench/RESULTS.md, "HTTP/2 path").
         Box::pin(async move {
             let _busy = activity.request_started();
             Ok::<_, Infallible>(call(&proxy, req, &info).await)
         })
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
-    watcher.watch(conn).await.map_err(Into::into)
+    // The streams run in this task, beside the connection (`in_task`).
+    InTask::new(watcher.watch(conn), streams)
+        .await
+        .map_err(Into::into)
 }
 
 /// Answers one request; never fails.

@@ -250,3 +250,54 @@ async fn a_silent_backend_times_out_before_and_within_its_response() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn streams_of_one_connection_do_not_wait_for_each_other() {
+    bounded(async {
+        // /slow answers its head after 1.5 s, /half sends half its body and
+        // stalls for 1.5 s; /fast answers at once. limpet runs a connection's
+        // streams in the connection's own task (src/h2/in_task.rs): a stream
+        // waiting on its backend must not hold up the others.
+        let backend = ScriptedBackend::spawn(|req| match req.target.as_str() {
+            "/slow" => [vec![Step::Pause(Duration::from_millis(1500))], ok("slow")].concat(),
+            "/half" => vec![
+                write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf."),
+                Step::Pause(Duration::from_millis(1500)),
+                write("done."),
+            ],
+            _ => ok("fast"),
+        })
+        .await;
+        let lb = lb_for(Side::Plain, &backend).await;
+        let client = h2c(lb.addr()).await;
+        let started = std::time::Instant::now();
+        let (mut slow_client, mut half_client) = (client.clone(), client.clone());
+        let slow = tokio::spawn(async move { get(&mut slow_client, "/slow").await });
+        let half = tokio::spawn(async move { get(&mut half_client, "/half").await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let fast: Vec<_> = (0..10)
+            .map(|_| {
+                let mut client = client.clone();
+                tokio::spawn(async move { get(&mut client, "/fast").await })
+            })
+            .collect();
+        for answer in fast {
+            let answer = answer.await.expect("fast request");
+            assert_eq!(
+                (answer.status.as_u16(), &answer.body[..]),
+                (200, &b"fast"[..])
+            );
+        }
+        let fast_done = started.elapsed();
+        assert!(
+            fast_done < Duration::from_millis(1200),
+            "the fast requests took {fast_done:?}: they waited for the slow streams"
+        );
+        let slow = slow.await.expect("slow request");
+        assert_eq!(&slow.body[..], b"slow");
+        let half = half.await.expect("half request");
+        assert_eq!(&half.body[..], b"half.done.");
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+    })
+    .await;
+}
