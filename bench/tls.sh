@@ -43,7 +43,9 @@ export PATH="$PATH:/usr/sbin"
 LIMPET=${LIMPET:-$ROOT/target/release/limpet}
 [ -x "$LIMPET" ] || (cd "$ROOT" && cargo build --release --quiet --bin limpet)
 ROUNDS=${ROUNDS:-3}
+# Whole seconds (s_time -time); load.sh's wrk form ("5s") is taken too.
 DURATION=${DURATION:-5}
+DURATION=${DURATION%s}
 CLIENTS=${CLIENTS:-2}
 VARIANTS=${VARIANTS:-"haproxy nginx limpet"}
 CERTS=${CERTS:-"ecdsa rsa"}
