@@ -301,3 +301,35 @@ async fn streams_of_one_connection_do_not_wait_for_each_other() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stream_in_flight_at_shutdown_is_answered_before_limpet_stops() {
+    bounded(async {
+        let backend = ScriptedBackend::spawn(|req| match req.target.as_str() {
+            "/slow" => [vec![Step::Pause(Duration::from_millis(800))], ok("slow")].concat(),
+            _ => ok("fast"),
+        })
+        .await;
+        let lb = lb_for(Side::Plain, &backend).await;
+        let mut client = h2c(lb.addr()).await;
+        assert_eq!(get(&mut client, "/fast").await.status, 200);
+        let mut slow_client = client.clone();
+        let slow = tokio::spawn(async move { get(&mut slow_client, "/slow").await });
+        let reached = common::eventually(Duration::from_secs(5), || async {
+            backend.received().iter().any(|r| r.target == "/slow")
+        });
+        assert!(reached.await, "the slow request reached the backend");
+        // The connection's streams run in its task: shutdown waits for them.
+        let stopped = tokio::spawn(lb.lb.limpet.shutdown());
+        let answer = slow.await.expect("slow request");
+        assert_eq!(
+            (answer.status.as_u16(), &answer.body[..]),
+            (200, &b"slow"[..])
+        );
+        tokio::time::timeout(Duration::from_secs(5), stopped)
+            .await
+            .expect("limpet stops once the stream is answered")
+            .expect("shutdown task");
+    })
+    .await;
+}
