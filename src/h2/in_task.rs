@@ -10,26 +10,21 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// hyper's executor for one connection: it keeps the streams hyper starts
-/// for [`InTask`] to poll.
+/// for [`InTask`] to poll. hyper starts streams only while the connection is
+/// being polled, and [`InTask`] takes them right after each poll of the
+/// connection, so nothing needs waking.
 #[derive(Clone, Default)]
-pub(super) struct Streams(Arc<Mutex<Started>>);
-
-#[derive(Default)]
-struct Started {
-    futures: Vec<StreamFuture>,
-    /// The connection's task, when it is waiting and nothing is queued.
-    waiting: Option<Waker>,
-}
+pub(super) struct Streams(Arc<Mutex<Vec<StreamFuture>>>);
 
 impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Started> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<StreamFuture>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -39,11 +34,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, stream: F) {
-        let mut started = self.lock();
-        started.futures.push(Box::pin(stream));
-        if let Some(waker) = started.waiting.take() {
-            waker.wake();
-        }
+        self.lock().push(Box::pin(stream));
     }
 }
 
@@ -72,16 +63,12 @@ impl<C: Future> InTask<C> {
 
     /// Moves the streams hyper started since the last call into `running`;
     /// false when there were none.
-    fn take_started(&mut self, cx: &Context<'_>) -> bool {
+    fn take_started(&mut self) -> bool {
         let mut started = self.streams.lock();
-        if started.futures.is_empty() {
-            match &started.waiting {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                _ => started.waiting = Some(cx.waker().clone()),
-            }
+        if started.is_empty() {
             return false;
         }
-        self.running.extend(started.futures.drain(..));
+        self.running.extend(started.drain(..));
         true
     }
 }
@@ -100,7 +87,7 @@ where
                     this.ended = Some(output);
                 }
             }
-            let started = this.take_started(cx);
+            let started = this.take_started();
             // A stream that finishes has queued its response's last frames:
             // the connection goes round again to write them now rather than
             // after a wake-up through the scheduler.
