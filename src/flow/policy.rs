@@ -145,7 +145,7 @@ pub struct Forwarding<'a> {
 /// `values` but limpet's cookie, joined with `; `, the application's pairs byte
 /// for byte (text or not). Returns whether anything was written, and whether
 /// limpet's cookie was there (taken out).
-pub fn write_cookie<'v>(
+fn write_cookie<'v>(
     out: &mut Vec<u8>,
     values: impl Iterator<Item = &'v [u8]>,
     strip: Option<&str>,
@@ -233,7 +233,8 @@ pub fn write_request_fields(out: &mut Vec<u8>, headers: &HeaderMap, fwd: &Forwar
             }
             Field::Cookie if !cookie_written => {
                 cookie_written = true;
-                write_cookie_field(out, headers, fwd.strip_cookie);
+                let values = || headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes());
+                write_cookie_field(out, b"cookie", values, fwd.strip_cookie);
             }
             _ => {}
         }
@@ -267,24 +268,27 @@ fn connection_named(headers: &HeaderMap) -> Vec<Vec<u8>> {
     named
 }
 
-/// One Cookie line for every `cookie` field: limpet's cookie removed, the
-/// application's pairs byte for byte; a lone field without limpet's cookie
-/// passes exactly as it came.
-fn write_cookie_field(out: &mut Vec<u8>, headers: &HeaderMap, strip: Option<&str>) {
-    let values = || {
-        headers
-            .get_all(header::COOKIE)
-            .into_iter()
-            .map(|v| v.as_bytes())
-    };
+/// One Cookie field line, named `name`, for every Cookie field of a request
+/// (`values` gives their values): limpet's cookie removed, the application's
+/// pairs byte for byte, several fields joined. A lone field without limpet's
+/// cookie passes exactly as it came, separators and all.
+pub fn write_cookie_field<'v, I>(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    values: impl Fn() -> I,
+    strip: Option<&str>,
+) where
+    I: Iterator<Item = &'v [u8]>,
+{
     let start = out.len();
-    out.extend_from_slice(b"cookie: ");
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
     let (wrote, stripped) = write_cookie(out, values(), strip);
     let mut all = values();
     let first = all.next().unwrap_or_default();
     if all.next().is_none() && !stripped {
         out.truncate(start);
-        write_line(out, b"cookie", first);
+        write_line(out, name, first);
     } else if wrote {
         out.extend_from_slice(b"\r\n");
     } else {

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use crate::affinity::HeaderLookup;
 use crate::error::ProxyError;
-use crate::flow::policy::{self, tokens, Field, Forwarding};
+use crate::flow::policy::{self, tokens, write_line, Field, Forwarding};
 
 /// As many header fields as hyper accepts.
 pub const MAX_FIELDS: usize = 100;
@@ -343,34 +343,39 @@ pub fn write_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &Fo
     for f in &head.fields {
         let name = &buf[f.name.clone()];
         match f.kind {
-            Field::Pass => write_field(out, name, &buf[f.value.clone()]),
+            Field::Pass => write_line(out, name, &buf[f.value.clone()]),
             Field::RequestId if fwd.request_id.is_none() => {
-                write_field(out, name, &buf[f.value.clone()])
+                write_line(out, name, &buf[f.value.clone()])
             }
-            Field::Host => write_field(out, name, host),
+            Field::Host => write_line(out, name, host),
             Field::ContentLength if !length_written => {
                 length_written = true;
-                write_field(out, name, &buf[f.value.clone()]);
+                write_line(out, name, &buf[f.value.clone()]);
             }
             Field::Cookie if !cookie_written => {
                 cookie_written = true;
-                write_cookie(out, buf, &head.fields, fwd.strip_cookie);
+                let values = || {
+                    (head.fields.iter())
+                        .filter(|f| f.kind == Field::Cookie)
+                        .map(|f| &buf[f.value.clone()])
+                };
+                policy::write_cookie_field(out, b"Cookie", values, fwd.strip_cookie);
             }
             _ => {}
         }
     }
     if head.host_field.is_none() {
-        write_field(out, b"Host", host);
+        write_line(out, b"Host", host);
     }
     if head.body == RequestBody::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     if let Some(protocol) = &head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
-        write_field(out, b"Upgrade", &buf[protocol.clone()]);
+        write_line(out, b"Upgrade", &buf[protocol.clone()]);
     }
     if let Some(host) = fwd.host {
-        write_field(out, b"X-Forwarded-Host", host);
+        write_line(out, b"X-Forwarded-Host", host);
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
     let xff = head
@@ -383,42 +388,12 @@ pub fn write_request(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &Fo
     out.extend_from_slice(policy::forwarded_proto(fwd.tls).as_bytes());
     out.extend_from_slice(b"\r\n");
     if let Some(from) = fwd.failover_from {
-        write_field(out, policy::FAILOVER_FROM.as_bytes(), from.as_bytes());
+        write_line(out, policy::FAILOVER_FROM.as_bytes(), from.as_bytes());
     }
     if let Some(id) = fwd.request_id {
-        write_field(out, b"X-Request-Id", id.as_bytes());
+        write_line(out, b"X-Request-Id", id.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-}
-
-fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// One Cookie field for every Cookie field of the request: limpet's cookie
-/// removed, the application's pairs byte for byte, several fields joined. A
-/// lone field without limpet's cookie passes exactly as it came.
-fn write_cookie(out: &mut Vec<u8>, buf: &[u8], fields: &[FieldAt], strip: Option<&str>) {
-    let mut values = fields
-        .iter()
-        .filter(|f| f.kind == Field::Cookie)
-        .map(|f| &buf[f.value.clone()]);
-    let start = out.len();
-    out.extend_from_slice(b"Cookie: ");
-    let (wrote, stripped) = policy::write_cookie(out, values.clone(), strip);
-    let first = values.next().unwrap_or_default();
-    if values.next().is_none() && !stripped {
-        // A lone field passes untouched: separators and all.
-        out.truncate(start);
-        write_field(out, b"Cookie", first);
-    } else if wrote {
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.truncate(start);
-    }
 }
 
 /// How a response's body is delimited.
@@ -616,14 +591,14 @@ pub fn write_response(
     out.extend_from_slice(b"\r\n");
     for f in &head.fields {
         if head.passes(f, buf, hsts.is_some(), delivery.dechunk) {
-            write_field(out, &buf[f.name.clone()], &buf[f.value.clone()]);
+            write_line(out, &buf[f.name.clone()], &buf[f.value.clone()]);
         }
     }
     if let Some(cookie) = set_cookie {
-        write_field(out, b"Set-Cookie", cookie.as_bytes());
+        write_line(out, b"Set-Cookie", cookie.as_bytes());
     }
     if let Some(hsts) = hsts {
-        write_field(out, b"Strict-Transport-Security", hsts.as_bytes());
+        write_line(out, b"Strict-Transport-Security", hsts.as_bytes());
     }
     if head.status == 101 {
         out.extend_from_slice(b"Connection: upgrade\r\n");
