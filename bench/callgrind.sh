@@ -33,6 +33,8 @@ BASE=${PORT_BASE:-18280}
 B1=$((BASE + 1)) B2=$((BASE + 2)) B3=$((BASE + 3)) PORT=$((BASE + 10))
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 export PATH="$PATH:/usr/sbin"
 LIMPET=${LIMPET:-$ROOT/target/release/limpet}
 [ -x "$LIMPET" ] || (cd "$ROOT" && cargo build --release --quiet --bin limpet)
@@ -47,64 +49,17 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$DIR/logs"
-cat >"$DIR/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $DIR/nginx.pid;
-error_log $DIR/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    default_type text/plain;
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:$B1;
-        listen 127.0.0.1:$B2;
-        listen 127.0.0.1:$B3;
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
+backends_nginx_conf "$DIR" 1024 "$B1" "$B2" "$B3" >"$DIR/nginx.conf"
 if [ "$MODE" = h2 ]; then
     SCHEME=https
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
-        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-        -keyout "$DIR/key.pem" -out "$DIR/cert.pem" 2>/dev/null
-    cat >"$DIR/limpet.toml" <<EOF
-[listen]
-https = ["127.0.0.1:$PORT"]
-[tls]
-certs = [ { cert = "$DIR/cert.pem", key = "$DIR/key.pem" } ]
-EOF
+    make_cert "$DIR" cert ecdsa
+    printf '[listen]\nhttps = ["127.0.0.1:%s"]\n[tls]\ncerts = [ { cert = "%s", key = "%s" } ]\n' \
+        "$PORT" "$DIR/cert.pem" "$DIR/cert.key" >"$DIR/limpet.toml"
 else
     SCHEME=http
-    cat >"$DIR/limpet.toml" <<EOF
-[listen]
-http = ["127.0.0.1:$PORT"]
-EOF
+    printf '[listen]\nhttp = ["127.0.0.1:%s"]\n' "$PORT" >"$DIR/limpet.toml"
 fi
-cat >>"$DIR/limpet.toml" <<EOF
-[runtime]
-worker_threads = 1
-[upstream.app]
-affinity = "$AFFINITY"
-[upstream.app.cookie]
-secret = "bench-secret-bench-secret-bench-secret"
-[[upstream.app.backend]]
-name = "app1"
-addr = "127.0.0.1:$B1"
-replica = "app2"
-[[upstream.app.backend]]
-name = "app2"
-addr = "127.0.0.1:$B2"
-replica = "app3"
-[[upstream.app.backend]]
-name = "app3"
-addr = "127.0.0.1:$B3"
-replica = "app1"
-EOF
+limpet_upstream_toml "$AFFINITY" "$B1" "$B2" "$B3" >>"$DIR/limpet.toml"
 
 nginx -p "$DIR" -c "$DIR/nginx.conf" &
 PIDS+=($!)
@@ -119,8 +74,7 @@ for _ in $(seq 200); do
     "${CURL[@]}" -o /dev/null "$URL" && break
     sleep 0.1
 done
-cookie=$("${CURL[@]}" -D - -o /dev/null "$URL" |
-    awk 'tolower($1) == "set-cookie:" { sub(/\r$/, ""); split($2, a, ";"); print a[1]; exit }')
+cookie=$("${CURL[@]}" -D - -o /dev/null "$URL" | cookie_pair)
 # One run of `n` requests; for h2, h2load's summary lines, failing unless
 # every request got a 2xx.
 load() {

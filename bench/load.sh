@@ -95,6 +95,8 @@ IDLE_VARIANTS=${IDLE_VARIANTS:-"haproxy nginx limpet-cookie${LIMPET_BASE:+ base-
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 # CPUS=split (default): the proxy on CPU 0, everything else on CPU 1.
 # CPUS=shared: every process may run on both CPUs and wrk runs 2 threads: the
 # several-workers sanity check (limpet-*-w2 variants against -w1 ones).
@@ -209,106 +211,21 @@ stop() {
 # --- configurations -----------------------------------------------------------
 
 mkdir -p "$DIR/backends/logs" "$DIR/nginx-lb/logs" "$DIR/nginx-lb-tls/logs" "$DIR/tls"
-# One ECDSA P-256 certificate for every TLS variant; HAProxy wants it and its key
-# in one file.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
-    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-    -keyout "$DIR/tls/key.pem" -out "$DIR/tls/cert.pem" 2>/dev/null
-cat "$DIR/tls/cert.pem" "$DIR/tls/key.pem" >"$DIR/tls/haproxy.pem"
-cat >"$DIR/backends/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $DIR/backends/nginx.pid;
-error_log $DIR/backends/error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 16000; }
-http {
-    access_log off;
-    default_type text/plain;
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:${BACKEND_PORTS[0]} reuseport;
-        listen 127.0.0.1:${BACKEND_PORTS[1]} reuseport;
-        listen 127.0.0.1:${BACKEND_PORTS[2]} reuseport;
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
+# One ECDSA P-256 certificate for every TLS variant.
+make_cert "$DIR/tls" cert ecdsa
+backends_nginx_conf "$DIR/backends" 16000 "${BACKEND_PORTS[@]}" >"$DIR/backends/nginx.conf"
 
-haproxy_config() {
-    local bind=$1
-    cat <<EOF
-global
-    nbthread 1
-    maxconn 12000
-    # The hard descriptor limit here is 20000, below the 2 x maxconn HAProxy asks for;
-    # the idle scenario needs 10,000 client connections and a few upstream ones.
-    no strict-limits
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 30s
-    timeout http-keep-alive 60s
-frontend fe
-    bind $bind
-    default_backend be
-backend be
-    balance roundrobin
-    cookie SERVERID insert indirect nocache
-    server app1 127.0.0.1:${BACKEND_PORTS[0]} cookie app1 check inter 2s
-    server app2 127.0.0.1:${BACKEND_PORTS[1]} cookie app2 check inter 2s
-    server app3 127.0.0.1:${BACKEND_PORTS[2]} cookie app3 check inter 2s
-EOF
-}
-haproxy_config "127.0.0.1:$HAPROXY_PORT" >"$DIR/haproxy.cfg"
-haproxy_config "127.0.0.1:$HAPROXY_TLS_PORT ssl crt $DIR/tls/haproxy.pem ssl-min-ver TLSv1.3 alpn h2,http/1.1" \
-    >"$DIR/haproxy-tls.cfg"
+haproxy_conf "127.0.0.1:$HAPROXY_PORT" 12000 "${BACKEND_PORTS[@]}" >"$DIR/haproxy.cfg"
+haproxy_conf "127.0.0.1:$HAPROXY_TLS_PORT ssl crt $DIR/tls/cert.haproxy.pem ssl-min-ver TLSv1.3 alpn h2,http/1.1" \
+    12000 "${BACKEND_PORTS[@]}" >"$DIR/haproxy-tls.cfg"
 
-nginx_lb_config() {
-    local dir=$1 listen=$2 ssl=""
-    # nginx speaks HTTP/2 on a port only when told, and then h2c only.
-    if [ "$LOAD" = h2 ]; then listen="$listen http2"; fi
-    case $listen in *" ssl"*)
-        ssl="ssl_certificate $DIR/tls/cert.pem; ssl_certificate_key $DIR/tls/key.pem; ssl_protocols TLSv1.3;"
-        ;;
-    esac
-    cat <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 16000; }
-http {
-    access_log off;
-    keepalive_timeout 60s;
-    keepalive_requests 100000000;
-    upstream be {
-        ip_hash;
-        server 127.0.0.1:${BACKEND_PORTS[0]};
-        server 127.0.0.1:${BACKEND_PORTS[1]};
-        server 127.0.0.1:${BACKEND_PORTS[2]};
-        keepalive 64;
-        keepalive_requests 100000000;
-    }
-    server {
-        listen $listen;
-        $ssl
-        location / {
-            proxy_pass http://be;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-}
-nginx_lb_config "$DIR/nginx-lb" "127.0.0.1:$NGINX_PORT" >"$DIR/nginx-lb/nginx.conf"
-nginx_lb_config "$DIR/nginx-lb-tls" "127.0.0.1:$NGINX_TLS_PORT ssl" >"$DIR/nginx-lb-tls/nginx.conf"
+# nginx speaks HTTP/2 on a port only when told, and then h2c only.
+H2_LISTEN=""
+if [ "$LOAD" = h2 ]; then H2_LISTEN=" http2"; fi
+nginx_lb_conf "$DIR/nginx-lb" "127.0.0.1:$NGINX_PORT$H2_LISTEN" 16000 "" "" \
+    "${BACKEND_PORTS[@]}" >"$DIR/nginx-lb/nginx.conf"
+nginx_lb_conf "$DIR/nginx-lb-tls" "127.0.0.1:$NGINX_TLS_PORT ssl$H2_LISTEN" 16000 \
+    "$DIR/tls/cert.pem" "$DIR/tls/cert.key" "${BACKEND_PORTS[@]}" >"$DIR/nginx-lb-tls/nginx.conf"
 
 limpet_config() {
     local port=$1 affinity=$2 tls=${3:-}
@@ -318,7 +235,7 @@ limpet_config() {
 https = ["127.0.0.1:$port"]
 
 [tls]
-certs = [ { cert = "$DIR/tls/cert.pem", key = "$DIR/tls/key.pem" } ]
+certs = [ { cert = "$DIR/tls/cert.pem", key = "$DIR/tls/cert.key" } ]
 EOF
     else
         cat <<EOF
@@ -326,35 +243,8 @@ EOF
 http = ["127.0.0.1:$port"]
 EOF
     fi
-    cat <<EOF
-
-[limits]
-max_connections = 15000
-
-[runtime]
-worker_threads = 1
-
-[upstream.app]
-affinity = "$affinity"
-
-[upstream.app.cookie]
-secret = "bench-secret-bench-secret-bench-secret"
-
-[[upstream.app.backend]]
-name = "app1"
-addr = "127.0.0.1:${BACKEND_PORTS[0]}"
-replica = "app2"
-
-[[upstream.app.backend]]
-name = "app2"
-addr = "127.0.0.1:${BACKEND_PORTS[1]}"
-replica = "app3"
-
-[[upstream.app.backend]]
-name = "app3"
-addr = "127.0.0.1:${BACKEND_PORTS[2]}"
-replica = "app1"
-EOF
+    printf '\n[limits]\nmax_connections = 15000\n'
+    limpet_upstream_toml "$affinity" "${BACKEND_PORTS[@]}"
 }
 limpet_config $LIMPET_COOKIE_PORT cookie >"$DIR/limpet-cookie.toml"
 limpet_config $LIMPET_IPHASH_PORT ip-hash >"$DIR/limpet-iphash.toml"
@@ -444,8 +334,7 @@ start_proxy() {
 
 # The affinity cookie a first request gets (empty for ip-hash and direct).
 fetch_cookie() {
-    curl -sk $(h2c_flag "$SCHEME") -D - -o /dev/null "$SCHEME://127.0.0.1:$1/" |
-        awk 'tolower($1) == "set-cookie:" { sub(/\r$/, ""); split($2, a, ";"); print a[1]; exit }'
+    curl -sk $(h2c_flag "$SCHEME") -D - -o /dev/null "$SCHEME://127.0.0.1:$1/" | cookie_pair
 }
 
 stop_proxy() {

@@ -39,6 +39,8 @@ set -euo pipefail
 WHAT=${1:-load}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 export PATH="$PATH:/usr/sbin"
 LIMPET=${LIMPET:-$ROOT/target/release/limpet}
 [ -x "$LIMPET" ] || (cd "$ROOT" && cargo build --release --quiet --bin limpet)
@@ -89,140 +91,23 @@ stop() {
 # --- certificates and configurations --------------------------------------------
 
 mkdir -p "$DIR/backends/logs" "$DIR/nginx-lb/logs"
+backends_nginx_conf "$DIR/backends" 4096 "${BACKEND_PORTS[@]}" >"$DIR/backends/nginx.conf"
+
+# Each proxy as bench/load.sh configures it (bench/lib.sh), with an https
+# listener for each certificate (and, for HAProxy and limpet, a plain one).
 for cert in ecdsa rsa; do
-    case $cert in
-    ecdsa) key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
-    rsa) key=(-newkey rsa:2048) ;;
-    esac
-    openssl req -x509 "${key[@]}" -nodes -days 7 -subj "/CN=localhost" \
-        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-        -keyout "$DIR/$cert.key" -out "$DIR/$cert.pem" 2>/dev/null
-    cat "$DIR/$cert.pem" "$DIR/$cert.key" >"$DIR/$cert.haproxy.pem"
-done
-
-cat >"$DIR/backends/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $DIR/backends/nginx.pid;
-error_log $DIR/backends/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    default_type text/plain;
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:${BACKEND_PORTS[0]} reuseport;
-        listen 127.0.0.1:${BACKEND_PORTS[1]} reuseport;
-        listen 127.0.0.1:${BACKEND_PORTS[2]} reuseport;
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
-
-# As bench/load.sh configures each proxy: cookie stickiness (nginx: ip_hash),
-# keep-alive to the backends.
-haproxy_config() {
-    local bind=$1
-    cat <<EOF
-global
-    nbthread 1
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 30s
-    timeout http-keep-alive 60s
-frontend fe
-    bind $bind
-    default_backend be
-backend be
-    balance roundrobin
-    cookie SERVERID insert indirect nocache
-    server app1 127.0.0.1:${BACKEND_PORTS[0]} cookie app1
-    server app2 127.0.0.1:${BACKEND_PORTS[1]} cookie app2
-    server app3 127.0.0.1:${BACKEND_PORTS[2]} cookie app3
-EOF
-}
-
-nginx_config() {
-    local cert=$1
-    cat <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $DIR/nginx-lb/nginx.pid;
-error_log $DIR/nginx-lb/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 60s;
-    upstream be {
-        ip_hash;
-        server 127.0.0.1:${BACKEND_PORTS[0]};
-        server 127.0.0.1:${BACKEND_PORTS[1]};
-        server 127.0.0.1:${BACKEND_PORTS[2]};
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT ssl;
-        ssl_certificate $DIR/$cert.pem;
-        ssl_certificate_key $DIR/$cert.key;
-        ssl_protocols TLSv1.3;
-        location / {
-            proxy_pass http://be;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-}
-
-# limpet with an https listener for certificate $1 (and a plain one).
-limpet_config() {
-    local cert=$1
-    cat <<EOF
-[listen]
-http = ["127.0.0.1:$LIMPET_PLAIN_PORT"]
-https = ["127.0.0.1:$LIMPET_PORT"]
-
-[tls]
-certs = [ { cert = "$DIR/$cert.pem", key = "$DIR/$cert.key" } ]
-
-[runtime]
-worker_threads = 1
-
-[upstream.app]
-affinity = "cookie"
-
-[upstream.app.cookie]
-secret = "bench-secret-bench-secret-bench-secret"
-
-[[upstream.app.backend]]
-name = "app1"
-addr = "127.0.0.1:${BACKEND_PORTS[0]}"
-replica = "app2"
-
-[[upstream.app.backend]]
-name = "app2"
-addr = "127.0.0.1:${BACKEND_PORTS[1]}"
-replica = "app3"
-
-[[upstream.app.backend]]
-name = "app3"
-addr = "127.0.0.1:${BACKEND_PORTS[2]}"
-replica = "app1"
-EOF
-}
-
-for cert in ecdsa rsa; do
-    limpet_config "$cert" >"$DIR/limpet-$cert.toml"
+    make_cert "$DIR" "$cert" "$cert"
+    {
+        printf '[listen]\nhttp = ["127.0.0.1:%s"]\nhttps = ["127.0.0.1:%s"]\n\n' \
+            "$LIMPET_PLAIN_PORT" "$LIMPET_PORT"
+        printf '[tls]\ncerts = [ { cert = "%s", key = "%s" } ]\n' "$DIR/$cert.pem" "$DIR/$cert.key"
+        limpet_upstream_toml cookie "${BACKEND_PORTS[@]}"
+    } >"$DIR/limpet-$cert.toml"
     "$LIMPET" check --config "$DIR/limpet-$cert.toml" >/dev/null
-    haproxy_config "127.0.0.1:$HAPROXY_PORT ssl crt $DIR/$cert.haproxy.pem ssl-min-ver TLSv1.3
-    bind 127.0.0.1:$HAPROXY_PLAIN_PORT" >"$DIR/haproxy-$cert.cfg"
+    haproxy_conf "127.0.0.1:$HAPROXY_PORT ssl crt $DIR/$cert.haproxy.pem ssl-min-ver TLSv1.3
+    bind 127.0.0.1:$HAPROXY_PLAIN_PORT" 4000 "${BACKEND_PORTS[@]}" >"$DIR/haproxy-$cert.cfg"
+    nginx_lb_conf "$DIR/nginx-lb" "127.0.0.1:$NGINX_PORT ssl" 4096 "$DIR/$cert.pem" "$DIR/$cert.key" \
+        "${BACKEND_PORTS[@]}" >"$DIR/nginx-$cert.conf"
 done
 
 taskset -c $LOAD_CPU nginx -p "$DIR/backends" -c "$DIR/backends/nginx.conf" &
@@ -241,8 +126,7 @@ start_proxy() {
         ;;
     nginx)
         PORT=$NGINX_PORT
-        nginx_config "$cert" >"$DIR/nginx-lb/nginx.conf"
-        taskset -c $PROXY_CPU "${WRAP[@]}" nginx -p "$DIR/nginx-lb" -c "$DIR/nginx-lb/nginx.conf" 2>"$DIR/nginx.log" &
+        taskset -c $PROXY_CPU "${WRAP[@]}" nginx -p "$DIR/nginx-lb" -c "$DIR/nginx-$cert.conf" 2>"$DIR/nginx.log" &
         ;;
     limpet | base)
         PORT=$LIMPET_PORT
@@ -265,8 +149,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # The affinity cookie the proxy on $1 ($2: http or https) sets, sent back by
 # the fixed-work clients as a returning client would (nginx: none, ip_hash).
 fetch_cookie() {
-    curl -sk -D - -o /dev/null "${2:-https}://127.0.0.1:$1/" |
-        awk 'tolower($1) == "set-cookie:" { sub(/\r$/, ""); split($2, a, ";"); print a[1]; exit }'
+    curl -sk -D - -o /dev/null "${2:-https}://127.0.0.1:$1/" | cookie_pair
 }
 
 # "USER SYS": CPU clock ticks used so far by process $1 (all its threads) and its
