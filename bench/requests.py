@@ -16,7 +16,10 @@ import socket
 import sys
 
 
-def read_response(sock: socket.socket, buf: bytearray) -> int:
+def read_response(sock, buf: bytearray) -> int:
+    """Reads one response (Content-Length bodies) from `sock`, plain or TLS
+    (bench/tls_requests.py uses it too), keeping what follows in `buf`; returns
+    its status."""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:

@@ -20,27 +20,8 @@ import ssl
 import subprocess
 import sys
 
-
-def read_response(sock, buf: bytearray) -> int:
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before a response head")
-        buf += chunk
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed inside a body")
-        rest += chunk
-    buf[:] = rest[length:]
-    return status
+# bench/requests.py (this script's directory comes first on sys.path).
+from requests import read_response
 
 
 def context(tls12: bool) -> ssl.SSLContext:
