@@ -74,9 +74,11 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(max_header_bytes.min(u32::MAX as usize) as u32);
     let proxy = Arc::clone(proxy);
+    // Shared by the streams: cloning a ConnInfo copies its boxed address.
+    let info = Arc::new(info);
     let service = service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
-        let info = info.clone();
+        let info = Arc::clone(&info);
         let activity = activity.clone();
         // Boxed: hyper moves each stream's future on its way to the
         // executor; a box is moved rather than the whole exchange's state
