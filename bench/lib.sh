@@ -2,8 +2,8 @@
 # callgrind.sh): the nginx that plays the three backends, HAProxy and nginx
 # configured as load balancers the way every comparison here configures them
 # (cookie stickiness, nginx ip_hash, keep-alive to the backends), limpet's
-# upstream of the three backends, certificates, and reading the affinity
-# cookie out of a response head. Each function prints what it makes or writes
+# upstream of the three backends, certificates, reading the affinity cookie
+# out of a response head, and a process's CPU time from /proc. Each function prints what it makes or writes
 # it under the directory it is given; ports come as arguments.
 
 # A self-signed certificate for localhost and 127.0.0.1 in $1: $2.pem, $2.key
@@ -21,11 +21,10 @@ make_cert() {
     cat "$dir/$name.pem" "$dir/$name.key" >"$dir/$name.haproxy.pem"
 }
 
-# nginx.conf for the backends: one worker in $1 (its pid and error log there),
-# $2 worker connections, answering "ok\n" on every port after that.
-backends_nginx_conf() {
-    local dir=$1 conns=$2 port
-    shift 2
+# The top of an nginx.conf: one worker in the foreground, its pid and error
+# log in $1, $2 worker connections.
+nginx_main_conf() {
+    local dir=$1 conns=$2
     cat <<EOF
 worker_processes 1;
 daemon off;
@@ -34,6 +33,16 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 worker_rlimit_nofile $((conns + 4000));
 events { worker_connections $conns; }
+EOF
+}
+
+# nginx.conf for the backends: one worker in $1 (its pid and error log there),
+# $2 worker connections, answering "ok\n" on every port after that.
+backends_nginx_conf() {
+    local dir=$1 conns=$2 port
+    shift 2
+    nginx_main_conf "$dir" "$conns"
+    cat <<EOF
 http {
     access_log off;
     default_type text/plain;
@@ -86,14 +95,8 @@ nginx_lb_conf() {
     if [ -n "$4" ]; then
         ssl="ssl_certificate $4; ssl_certificate_key $5; ssl_protocols TLSv1.3;"
     fi
+    nginx_main_conf "$dir" "$conns"
     cat <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-worker_rlimit_nofile $((conns + 4000));
-events { worker_connections $conns; }
 http {
     access_log off;
     keepalive_timeout 60s;
@@ -155,4 +158,21 @@ EOF
 # (`curl -D -`); nothing when there is none.
 cookie_pair() {
     awk 'tolower($1) == "set-cookie:" { sub(/\r$/, ""); split($2, a, ";"); print a[1]; exit }'
+}
+
+# "USER SYS": CPU clock ticks used so far by process $1 (all its threads) and its
+# descendants: live children summed, reaped ones counted in cutime/cstime.
+proc_cpu() {
+    local pid=$1 stat child cu cs
+    local -a f
+    stat=$(<"/proc/$pid/stat")
+    # Fields after "pid (comm) ": state is [0], utime [11], stime [12], cutime [13], cstime [14].
+    read -r -a f <<<"${stat##*) }"
+    local u=$((f[11] + f[13])) s=$((f[12] + f[14]))
+    for child in $(ps -o pid= --ppid "$pid"); do
+        read -r cu cs <<<"$(proc_cpu "$child" 2>/dev/null || echo "0 0")"
+        u=$((u + cu))
+        s=$((s + cs))
+    done
+    echo "$u $s"
 }

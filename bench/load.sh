@@ -348,23 +348,6 @@ vmhwm() {
 
 CLK_TCK=$(getconf CLK_TCK)
 
-# "USER SYS": CPU clock ticks used so far by process $1 (all its threads) and its
-# descendants: live children summed, reaped ones counted in cutime/cstime.
-proc_cpu() {
-    local pid=$1 stat child cu cs
-    local -a f
-    stat=$(<"/proc/$pid/stat")
-    # Fields after "pid (comm) ": state is [0], utime [11], stime [12], cutime [13], cstime [14].
-    read -r -a f <<<"${stat##*) }"
-    local u=$((f[11] + f[13])) s=$((f[12] + f[14]))
-    for child in $(ps -o pid= --ppid "$pid"); do
-        read -r cu cs <<<"$(proc_cpu "$child" 2>/dev/null || echo "0 0")"
-        u=$((u + cu))
-        s=$((s + cs))
-    done
-    echo "$u $s"
-}
-
 # What a TLS client negotiates with the proxy on $1: protocol, cipher, key exchange.
 tls_session() {
     openssl s_client -connect "127.0.0.1:$1" -servername localhost </dev/null 2>/dev/null |

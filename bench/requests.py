@@ -41,6 +41,22 @@ def read_response(sock, buf: bytearray) -> int:
     return status
 
 
+def round_robin(socks, n: int, request: bytes) -> int:
+    """Sends `request` n times over `socks` in turn, one in flight per socket,
+    then closes them; returns how many answers were not 200 (bench/
+    tls_requests.py uses it too)."""
+    bufs = [bytearray() for _ in socks]
+    bad = 0
+    for i in range(n):
+        k = i % len(socks)
+        socks[k].sendall(request)
+        if read_response(socks[k], bufs[k]) != 200:
+            bad += 1
+    for s in socks:
+        s.close()
+    return bad
+
+
 def close_per_request(port: int, n: int, cookie: str) -> int:
     request = (
         f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{cookie}Connection: close\r\n\r\n"
@@ -72,15 +88,7 @@ def main() -> None:
         sys.exit(close_per_request(args.port, args.n, cookie))
     request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n{cookie}\r\n".encode()
     socks = [socket.create_connection(("127.0.0.1", args.port)) for _ in range(args.conns)]
-    bufs = [bytearray() for _ in socks]
-    bad = 0
-    for i in range(args.n):
-        k = i % len(socks)
-        socks[k].sendall(request)
-        if read_response(socks[k], bufs[k]) != 200:
-            bad += 1
-    for s in socks:
-        s.close()
+    bad = round_robin(socks, args.n, request)
     print(f"{args.n} requests, {bad} not 200")
     sys.exit(1 if bad else 0)
 

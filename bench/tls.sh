@@ -152,22 +152,6 @@ fetch_cookie() {
     curl -sk -D - -o /dev/null "${2:-https}://127.0.0.1:$1/" | cookie_pair
 }
 
-# "USER SYS": CPU clock ticks used so far by process $1 (all its threads) and its
-# descendants (as bench/load.sh counts them).
-proc_cpu() {
-    local pid=$1 stat child cu cs
-    local -a f
-    stat=$(<"/proc/$pid/stat")
-    read -r -a f <<<"${stat##*) }"
-    local u=$((f[11] + f[13])) s=$((f[12] + f[14]))
-    for child in $(ps -o pid= --ppid "$pid"); do
-        read -r cu cs <<<"$(proc_cpu "$child" 2>/dev/null || echo "0 0")"
-        u=$((u + cu))
-        s=$((s + cs))
-    done
-    echo "$u $s"
-}
-
 # CLIENTS s_time processes on CPU 1 for DURATION seconds; prints
 # "CONNECTIONS RESUMED" (s_time prints `r` for each resumed connection).
 s_time() {

@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 # bench/requests.py (this script's directory comes first on sys.path).
-from requests import read_response
+from requests import read_response, round_robin
 
 
 def context(tls12: bool) -> ssl.SSLContext:
@@ -58,19 +58,10 @@ def one_per_connection(ctx, args, request: bytes) -> tuple[int, int]:
 
 def keepalive(ctx, args, request: bytes) -> int:
     socks = [connect(ctx, args.port) for _ in range(args.conns)]
-    bufs = [bytearray() for _ in socks]
     if args.opened:
         # The handshakes are done: what follows counts requests only.
         subprocess.run(args.opened, shell=True, check=True)
-    bad = 0
-    for i in range(args.n):
-        k = i % len(socks)
-        socks[k].sendall(request)
-        if read_response(socks[k], bufs[k]) != 200:
-            bad += 1
-    for s in socks:
-        s.close()
-    return bad
+    return round_robin(socks, args.n, request)
 
 
 def main() -> None:
