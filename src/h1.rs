@@ -73,10 +73,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// What serves a plain connection found to open with the HTTP/2 preface (h2c
 /// prior knowledge): given the connection, its first bytes to be read again,
-/// and the guard held until it ends. The listener says what; the engine only
+/// its registration for shutdown, and the guard held until it ends. The listener says what; the engine only
 /// recognises it.
 pub(crate) type H2cServer<S, G> =
-    fn(Prefixed<S>, Arc<Proxy>, ConnInfo, G) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    fn(Prefixed<S>, Arc<Proxy>, ConnInfo, Watch, G) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What parks a plain kept-alive connection that has waited
 /// [`PARK_AFTER`] for its next request (`crate::park`): `None` once parked,
@@ -209,7 +209,7 @@ fn run<S: Stream, G: Send + 'static>(
                 if Box::pin(starts_h2(&mut client, head_deadline)).await {
                     let prefix = std::mem::take(&mut client.pending);
                     let io = Prefixed::new(prefix, client.stream);
-                    return serve_h2c(io, proxy, info, guard).await;
+                    return serve_h2c(io, proxy, info, closing, guard).await;
                 }
             }
             // Boxed: the request's state is allocated while a request is in

@@ -12,11 +12,13 @@
 //! connection is set up per request (hyper's client cost two spawns, a
 //! dispatcher and a channel per request: bench/RESULTS.md, "HTTP/2 path").
 
-mod in_task;
+mod conn;
+mod frame;
+mod hpack;
+mod request;
 mod timeouts;
 mod upstream;
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -25,13 +27,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backend::{Backend, InFlight};
@@ -41,18 +39,20 @@ use crate::flow::{self, Access, Attempts, Chosen, ConnInfo, Failure, Proxy, Requ
 use crate::h1::head::ResponseHead;
 use crate::h1::io::{Clock, Waits};
 use crate::pool::Conn;
+use crate::shutdown::Watch;
 use crate::state::Snapshot;
-use in_task::{InTask, Streams};
+use conn::{Connection, RequestBody, StreamReset};
+use request::RequestHead;
 use timeouts::{Activity, TimedIo};
 use upstream::Relay;
 
 /// Serves an HTTP/2 connection until it closes, or until shutdown (the
-/// listener's graceful shutdown, through `watcher`).
+/// listener's [`Watch`]: in-flight streams finish after a GOAWAY).
 pub(crate) async fn serve<I>(
     proxy: &Arc<Proxy>,
     io: I,
     info: ConnInfo,
-    watcher: Watcher,
+    closing: Watch,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -68,46 +68,45 @@ where
         timeouts.client_header,
         timeouts.client_idle,
     );
-    let streams = Streams::default();
-    let mut builder = hyper::server::conn::http2::Builder::new(streams.clone());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header_bytes.min(u32::MAX as usize) as u32);
     let proxy = Arc::clone(proxy);
     // Shared by the streams: cloning a ConnInfo copies its boxed address.
     let info = Arc::new(info);
-    let service = service_fn(move |req| {
+    let service = move |(head, body): conn::Request| {
         let proxy = Arc::clone(&proxy);
         let info = Arc::clone(&info);
         let activity = activity.clone();
-        // Boxed: hyper moves each stream's future on its way to the
-        // executor; a box is moved rather than the whole exchange's state
-        // (bench/RESULTS.md, "HTTP/2 path").
-        Box::pin(async move {
+        async move {
             let _busy = activity.request_started();
-            Ok::<_, Infallible>(call(&proxy, req, &info).await)
-        })
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    // The streams run in this task, beside the connection (`in_task`).
-    InTask::new(watcher.watch(conn), streams)
+            call(&proxy, head, body, &info).await
+        }
+    };
+    Connection::new(io, service, closing, max_header_bytes)
+        .run()
         .await
-        .map_err(Into::into)
 }
 
 /// Answers one request; never fails.
-async fn call(proxy: &Proxy, req: Request<Incoming>, info: &ConnInfo) -> Response<ProxyBody> {
+async fn call(
+    proxy: &Proxy,
+    head: Result<RequestHead, ProxyError>,
+    body: RequestBody,
+    info: &ConnInfo,
+) -> Response<ProxyBody> {
     let started = Instant::now();
-    let head_request = req.method() == Method::HEAD;
+    let head_request = head.as_ref().is_ok_and(|h| h.method == Method::HEAD);
     // Copied for the access log only when it is on.
-    let access = crate::access_log::enabled().then(|| {
-        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
-        (req.method().clone(), path.unwrap_or_default())
+    let access = crate::access_log::enabled().then(|| match &head {
+        Ok(head) => (head.method.clone(), head.path.clone()),
+        Err(_) => (Method::GET, String::new()),
     });
     let bytes_in = access.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
     let snap = proxy.state.load_full();
     let mut trace = Trace::default();
-    let response = match handle(proxy, &snap, req, info, &mut trace, bytes_in.clone()).await {
+    let handled = match head {
+        Ok(head) => handle(proxy, &snap, head, body, info, &mut trace, bytes_in.clone()).await,
+        Err(err) => Err(err),
+    };
+    let response = match handled {
         Ok(resp) => resp,
         Err(err) => {
             if err.status().is_server_error() {
@@ -194,18 +193,18 @@ impl std::fmt::Debug for Pending {
 /// for the access log when it is on.
 #[derive(Debug)]
 struct Counted {
-    inner: Incoming,
+    inner: RequestBody,
     count: Option<Arc<AtomicU64>>,
 }
 
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = StreamReset;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamReset>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(count)) = (&polled, &this.count) {
@@ -250,24 +249,29 @@ fn answer(err: &ProxyError, head_request: bool) -> Response<ProxyBody> {
 async fn handle(
     proxy: &Proxy,
     snap: &Snapshot,
-    req: Request<Incoming>,
+    mut parts: RequestHead,
+    body: RequestBody,
     info: &ConnInfo,
     trace: &mut Trace,
     bytes_in: Option<Arc<AtomicU64>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT over HTTP/2"));
+    }
+    let authority = parts.authority.take();
     // `:authority` wins over a `host` field (RFC 9113, section 8.3.1).
-    let host: Option<&[u8]> = match (parts.uri.authority(), parts.headers.get(header::HOST)) {
-        (Some(a), _) => Some(a.as_str().as_bytes()),
+    let host: Option<&[u8]> = match (&authority, parts.headers.get(header::HOST)) {
+        (Some(a), _) => Some(a.as_bytes()),
         (None, Some(h)) => Some(h.as_bytes()),
         (None, None) => None,
     };
     let host_text = host.and_then(|h| std::str::from_utf8(h).ok());
-    // The origin-form target the backend gets (h2 checked `:path`).
-    let origin = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // The origin-form target the backend gets (checked by `request`).
+    let path = std::mem::take(&mut parts.path);
+    let origin = path.as_str();
     let view = RequestView {
         host: host_text,
-        path: parts.uri.path(),
+        path: path.split('?').next().unwrap_or(""),
         target: origin,
         headers: &parts.headers,
         peer: info.peer.ip(),

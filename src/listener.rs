@@ -86,7 +86,7 @@ pub async fn serve(
         let guard = Guard {
             _gauge: gauge.open(),
             _permit: permit,
-            watcher: graceful.watcher(),
+            _watcher: graceful.watcher(),
             lot: lot.clone(),
         };
         let proxy = Arc::clone(&proxy);
@@ -231,7 +231,7 @@ async fn serve_proxied(conn: Conn, listener: Arc<str>, timeout: Duration) {
 struct Guard {
     _gauge: ConnectionGauge,
     _permit: OwnedSemaphorePermit,
-    watcher: Watcher,
+    _watcher: Watcher,
     /// Where a plain connection parks while idle long; `None` on https
     /// listeners, and while parked (the lot does not hold itself).
     lot: Option<Arc<Lot<Kept>>>,
@@ -344,7 +344,7 @@ async fn serve_tls(
         match tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             true => {
                 let info = with_local(info, tls.get_ref().0);
-                serve_h2(proxy, tls, info, guard)
+                serve_h2(proxy, tls, info, closing, guard)
             }
             false => Box::pin(crate::h1::serve(
                 proxy, tls, info, closing, guard, None, None,
@@ -360,10 +360,11 @@ fn serve_h2c(
     io: Prefixed<TcpStream>,
     proxy: Arc<Proxy>,
     info: ConnInfo,
+    closing: Watch,
     guard: Guard,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let info = with_local(info, io.get_ref());
-    serve_h2(proxy, io, info, guard)
+    serve_h2(proxy, io, info, closing, guard)
 }
 
 /// `info` with the address the client connected to, for HTTP/2, whose
@@ -381,6 +382,7 @@ fn serve_h2<I>(
     proxy: Arc<Proxy>,
     io: I,
     info: ConnInfo,
+    closing: Watch,
     guard: Guard,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
@@ -388,13 +390,9 @@ where
 {
     Box::pin(async move {
         let peer = info.peer;
-        let Guard {
-            _gauge,
-            _permit,
-            watcher,
-            ..
-        } = guard;
-        if let Err(e) = crate::h2::serve(&proxy, io, info, watcher).await {
+        // Held until the connection ends: shutdown waits for it.
+        let _guard = guard;
+        if let Err(e) = crate::h2::serve(&proxy, io, info, closing).await {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     })

@@ -9,11 +9,13 @@
 //! - [`eventually`]: polls a condition instead of sleeping.
 //!
 //! Beside them: [`scripted`] (a raw-TCP backend that answers by script),
-//! [`wire`] (a raw HTTP/1 client, plain or TLS), [`tls`] (test certificates)
+//! [`wire`] (a raw HTTP/1 client, plain or TLS), [`h2raw`] (a raw HTTP/2
+//! client that writes and reads frames), [`tls`] (test certificates)
 //! and [`dns`] (a DNS server whose answers a test changes).
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod h2raw;
 pub mod scripted;
 pub mod tls;
 pub mod wire;

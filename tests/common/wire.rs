@@ -583,6 +583,17 @@ pub async fn h2_client<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    h2_client_for(io).await
+}
+
+/// [`h2_client`] for requests with bodies of type `B`.
+pub async fn h2_client_for<T, B>(io: T) -> hyper::client::conn::http2::SendRequest<B>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(io),
