@@ -1,16 +1,19 @@
 //! HTTP/2 connections (ALPN `h2` on TLS listeners, prior knowledge h2c on plain
-//! ones): hyper serves the protocol, and each request walks `crate::flow` as
-//! the HTTP/1 engine's do: [`Proxy::decide`], [`Attempts`], the header policy
+//! ones): limpet's own server (`conn`: frames, flow control and stream states;
+//! `hpack`; `request`: the checks on a request's fields) serves the protocol,
+//! and each request walks `crate::flow` as the HTTP/1 engine's do:
+//! [`Proxy::decide`], [`Attempts`], the header policy
 //! (`policy::write_request_fields`, `ResponseHead::passes`), [`Proxy::record`].
 //!
 //! Backends get HTTP/1.1 on the sockets of `crate::pool`, written and read by
 //! the HTTP/1 engine's own pieces rather than hyper's client (`upstream`): a
 //! request takes a pooled (or new) socket, writes its head and streams its
-//! body, reads the response head with the strict parser, and hands hyper a
-//! body ([`Relay`]) that reads the backend's body from the socket and puts the
-//! socket back in the pool where it ends. No task is spawned and no client
-//! connection is set up per request (hyper's client cost two spawns, a
-//! dispatcher and a channel per request: bench/RESULTS.md, "HTTP/2 path").
+//! body, reads the response head with the strict parser, and hands the
+//! connection a body ([`Relay`]) that reads the backend's body from the socket
+//! and puts the socket back in the pool where it ends. No task is spawned and
+//! no client connection is set up per request (hyper's client cost two
+//! spawns, a dispatcher and a channel per request: bench/RESULTS.md, "HTTP/2
+//! path").
 
 mod conn;
 mod frame;
@@ -76,8 +79,10 @@ where
         let info = Arc::clone(&info);
         let activity = activity.clone();
         async move {
-            let _busy = activity.request_started();
-            call(&proxy, head, body, &info).await
+            // Held by the connection until the response has gone: a client
+            // reading a long response is not idle.
+            let busy = activity.request_started();
+            (call(&proxy, head, body, &info).await, busy)
         }
     };
     Connection::new(io, service, closing, max_header_bytes)

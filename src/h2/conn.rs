@@ -32,7 +32,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Head, Reason};
 use super::hpack::{Decoder, Encoder};
@@ -48,7 +48,7 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 pub const STREAM_WINDOW: i64 = 256 * 1024;
 /// What a client may send on the connection before limpet has passed it on:
 /// the most request body one connection holds in memory.
-pub const CONNECTION_WINDOW: i64 = 1024 * 1024;
+pub const CONNECTION_WINDOW: i64 = 2 * 1024 * 1024;
 /// Streams stop adding DATA to the output while it holds this much.
 const OUT_LIMIT: usize = 64 * 1024;
 /// The driver stops reading while the output holds this much.
@@ -62,8 +62,6 @@ const RESET_BUDGET: i64 = 200;
 /// How many times one poll goes round reading, the streams and writing before
 /// it lets other tasks run.
 const ROUNDS_PER_POLL: usize = 4;
-/// How many of the streams limpet reset it remembers.
-const RECENTLY_RESET: usize = 32;
 /// How long the connection's last frames (a GOAWAY) may take to leave.
 const GOODBYE: Duration = Duration::from_secs(1);
 
@@ -137,11 +135,12 @@ pub(crate) struct Shared {
     /// Connection-level DATA bytes passed on (or dropped) and not yet given
     /// back.
     recv_unacked: u32,
-    /// Streams completed, minus client resets of unfinished streams.
+    /// Streams completed, minus unfinished streams reset (by the client, or
+    /// by limpet for the client's fault).
     reset_budget: i64,
-    /// The streams limpet reset last: frames the client sent on them before
-    /// it heard are ignored (RFC 9113, section 5.1).
-    recently_reset: VecDeque<u32>,
+    /// Streams in the map that are not reset: what MAX_CONCURRENT_STREAMS
+    /// counts.
+    open: usize,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -162,36 +161,38 @@ impl Shared {
             recv_window: CONNECTION_WINDOW,
             recv_unacked: 0,
             reset_budget: RESET_BUDGET,
-            recently_reset: VecDeque::with_capacity(RECENTLY_RESET),
+            open: 0,
         }
     }
 
     /// Resets a stream (a stream error, or limpet gives up on it).
+    /// A stream reset for the client's fault counts against the reset
+    /// budget as the client's own resets do ("MadeYouReset").
     fn reset(&mut self, id: u32, reason: Reason) {
-        self.write_rst_stream(id, reason);
-        if let Some(stream) = self.streams.get_mut(&id) {
-            stream.reset = true;
-            stream.local_closed = true;
-            stream.remote_closed = true;
-            wake(stream);
+        if self.end(id) {
+            frame::write_rst_stream(&mut self.out, id, reason);
         }
     }
 
-    fn write_rst_stream(&mut self, id: u32, reason: Reason) {
-        frame::write_rst_stream(&mut self.out, id, reason);
-        if self.recently_reset.len() == RECENTLY_RESET {
-            self.recently_reset.pop_front();
+    /// Ends a stream early (reset by either side): its future ends at its
+    /// next poll. False if it had ended already; a stream not in the map is
+    /// one limpet did not take (refused, or past a GOAWAY) and is ended.
+    fn end(&mut self, id: u32) -> bool {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return true;
+        };
+        if stream.reset {
+            return false;
         }
-        self.recently_reset.push_back(id);
-    }
-
-    /// A frame came for a stream that is not open: ignored if limpet reset
-    /// the stream lately, else a connection error.
-    fn closed_stream(&self, id: u32) -> Result<(), ConnError> {
-        match self.recently_reset.contains(&id) {
-            true => Ok(()),
-            false => Err(conn_error(Reason::StreamClosed, "frame on a closed stream")),
+        if !stream.local_closed {
+            self.reset_budget -= 1;
         }
+        stream.reset = true;
+        stream.local_closed = true;
+        stream.remote_closed = true;
+        wake(stream);
+        self.open -= 1;
+        true
     }
 
     /// Gives DATA bytes back to the connection's window, with a
@@ -220,13 +221,16 @@ impl Shared {
         let Some(stream) = self.streams.remove(&id) else {
             return;
         };
+        if !stream.reset {
+            self.open -= 1;
+        }
         if !stream.local_closed {
             // The future ended without finishing its response.
-            self.write_rst_stream(id, Reason::Internal);
+            frame::write_rst_stream(&mut self.out, id, Reason::Internal);
         } else if !stream.remote_closed {
             // Answered before the client sent all of its request (RFC 9113,
             // section 8.1): it may stop.
-            self.write_rst_stream(id, Reason::NoError);
+            frame::write_rst_stream(&mut self.out, id, Reason::NoError);
         }
         // Request bytes never passed on go back to the connection's window.
         self.give_back(stream.recv_queued);
@@ -264,6 +268,16 @@ impl StreamState {
         self.remote_closed = end;
         wake(self);
         Ok(())
+    }
+
+    /// Gives the stream's window back with a WINDOW_UPDATE once half of it
+    /// is owed (and the client still sends).
+    fn credit(&mut self, out: &mut Vec<u8>, id: u32) {
+        if !self.remote_closed && i64::from(self.recv_unacked) >= STREAM_WINDOW / 2 {
+            frame::write_window_update(out, id, self.recv_unacked);
+            self.recv_window += i64::from(self.recv_unacked);
+            self.recv_unacked = 0;
+        }
     }
 
     /// Takes a request's trailers, which must end the stream.
@@ -327,11 +341,7 @@ impl Body for RequestBody {
         if let Some(data) = stream.recv.pop_front() {
             stream.recv_queued -= data.len();
             stream.recv_unacked += data.len() as u32;
-            if !stream.remote_closed && i64::from(stream.recv_unacked) >= STREAM_WINDOW / 2 {
-                frame::write_window_update(&mut shared.out, self.id, stream.recv_unacked);
-                stream.recv_window += i64::from(stream.recv_unacked);
-                stream.recv_unacked = 0;
-            }
+            stream.credit(&mut shared.out, self.id);
             shared.give_back(data.len());
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
@@ -531,6 +541,7 @@ async fn send_data(shared: &SharedRef, id: u32, mut data: Bytes, end: bool) -> R
 struct Partial {
     stream: u32,
     end_stream: bool,
+    depends_on_itself: bool,
     block: Vec<u8>,
 }
 
@@ -559,11 +570,12 @@ pub(crate) struct Connection<I, S> {
     eof: bool,
 }
 
-impl<I, S, F, B> Connection<I, S>
+impl<I, S, F, B, G> Connection<I, S>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: FnMut(Request) -> F,
-    F: Future<Output = Response<B>> + Send + 'static,
+    F: Future<Output = (Response<B>, G)> + Send + 'static,
+    G: Send + 'static,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Send,
 {
@@ -622,9 +634,16 @@ where
         self.streams = FuturesUnordered::new();
         let out = std::mem::take(&mut lock(&self.shared).out);
         let pending = out.get(self.written..).unwrap_or_default();
+        let eof = self.eof;
         let _ = tokio::time::timeout(GOODBYE, async {
             self.io.write_all(pending).await?;
-            self.io.shutdown().await
+            self.io.shutdown().await?;
+            // What the client still sends is read and dropped until it
+            // closes: closing with unread bytes would send a reset, which
+            // can discard the GOAWAY and the last answers on their way.
+            let mut sink = [0; 1024];
+            while !eof && self.io.read(&mut sink).await? > 0 {}
+            io::Result::Ok(())
         })
         .await;
         ended
@@ -650,9 +669,12 @@ where
             if self.poll_write(cx)? {
                 progress = true;
             }
+            if self.eof {
+                return Poll::Ready(Ok(()));
+            }
             let finished =
                 self.streams.is_empty() && self.written == 0 && lock(&self.shared).out.is_empty();
-            if finished && (self.eof || self.goaway_sent || self.winding_down) {
+            if finished && (self.goaway_sent || self.winding_down) {
                 return Poll::Ready(Ok(()));
             }
             if !progress {
@@ -676,6 +698,8 @@ where
         match poll_read_buf(&mut self.io, cx, &mut self.read) {
             Poll::Pending => Ok(false),
             Poll::Ready(Err(e)) => Err(Ended::Io(e)),
+            // The client is gone (HTTP/2 has no half-close of its own): its
+            // streams can neither send nor be answered.
             Poll::Ready(Ok(0)) => {
                 self.eof = true;
                 Ok(true)
@@ -717,46 +741,61 @@ where
 
     /// Handles every whole frame in the read buffer.
     fn handle_frames(&mut self) -> Result<(), ConnError> {
+        // Out of `self` while its frames are handled, which borrow it.
+        let mut read = std::mem::take(&mut self.read);
+        let handled = self.frames_in(&mut read);
+        self.read = read;
+        handled?;
+        match lock(&self.shared).reset_budget < 0 {
+            true => Err(conn_error(
+                Reason::EnhanceYourCalm,
+                "too many streams reset",
+            )),
+            false => Ok(()),
+        }
+    }
+
+    fn frames_in(&mut self, read: &mut BytesMut) -> Result<(), ConnError> {
         if !self.preface_read {
-            let n = self.read.len().min(frame::PREFACE.len());
-            if self.read[..n] != frame::PREFACE[..n] {
+            let n = read.len().min(frame::PREFACE.len());
+            if read[..n] != frame::PREFACE[..n] {
                 return Err(conn_error(Reason::Protocol, "not the HTTP/2 preface"));
             }
             if n < frame::PREFACE.len() {
                 return Ok(());
             }
-            self.read.advance(n);
+            read.advance(n);
             self.preface_read = true;
         }
-        while self.read.len() >= frame::HEADER_LEN {
-            let head = Head::parse(&self.read);
+        while read.len() >= frame::HEADER_LEN {
+            let head = Head::parse(read);
             if head.len > frame::DEFAULT_MAX_FRAME {
                 return Err(conn_error(Reason::FrameSize, "frame larger than allowed"));
             }
-            if self.read.len() < frame::HEADER_LEN + head.len {
-                self.read
-                    .reserve(frame::HEADER_LEN + head.len - self.read.len());
+            let whole = frame::HEADER_LEN + head.len;
+            if read.len() < whole {
+                read.reserve(whole - read.len());
                 return Ok(());
             }
             if !self.settings_read && head.kind != frame::SETTINGS {
                 return Err(conn_error(Reason::Protocol, "first frame is not SETTINGS"));
             }
-            self.read.advance(frame::HEADER_LEN);
-            if head.kind == frame::DATA {
-                let payload = self.read.split_to(head.len).freeze();
-                self.data(head, payload)?;
-            } else {
-                let payload = self.read.split_to(head.len);
-                self.control(head, &payload)?;
+            if self.partial.is_some() && head.kind != frame::CONTINUATION {
+                return Err(conn_error(Reason::Protocol, "header block interrupted"));
             }
+            let payload = &read[frame::HEADER_LEN..whole];
+            match head.kind {
+                // Copied out: a slice would keep the whole read buffer alive
+                // while it waits for its backend.
+                frame::DATA => self.data(head, Bytes::copy_from_slice(payload))?,
+                _ => self.control(head, payload)?,
+            }
+            read.advance(whole);
         }
         Ok(())
     }
 
     fn control(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
-        if self.partial.is_some() && head.kind != frame::CONTINUATION {
-            return Err(conn_error(Reason::Protocol, "header block interrupted"));
-        }
         match head.kind {
             frame::HEADERS => self.headers(head, payload),
             frame::CONTINUATION => self.continuation(head, payload),
@@ -792,6 +831,7 @@ where
             self.partial = Some(Partial {
                 stream: head.stream,
                 end_stream,
+                depends_on_itself,
                 block: block.to_vec(),
             });
             return Ok(());
@@ -815,7 +855,13 @@ where
             self.partial = Some(partial);
             return Ok(());
         }
-        self.header_block(partial.stream, partial.end_stream, &partial.block, false)
+        let Partial {
+            stream,
+            end_stream,
+            depends_on_itself,
+            block,
+        } = partial;
+        self.header_block(stream, end_stream, &block, depends_on_itself)
     }
 
     fn check_block_size(&self, len: usize) -> Result<(), ConnError> {
@@ -850,7 +896,13 @@ where
             return self.trailers(id, end_stream, fields);
         }
         if id <= self.last_seen {
-            return lock(&self.shared).closed_stream(id);
+            // Trailers of a stream that has ended are ignored (RFC 9113,
+            // section 5.1: the client may not have heard yet); a new request
+            // must take a higher id (section 5.1.1).
+            return match fields.is_request() {
+                true => Err(conn_error(Reason::Protocol, "stream id not increasing")),
+                false => Ok(()),
+            };
         }
         if id.is_multiple_of(2) {
             return Err(conn_error(Reason::Protocol, "even stream id from a client"));
@@ -864,7 +916,7 @@ where
             shared.reset(id, Reason::Protocol);
             return Ok(());
         }
-        if shared.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
+        if shared.open >= MAX_CONCURRENT_STREAMS as usize {
             shared.reset(id, Reason::RefusedStream);
             return Ok(());
         }
@@ -883,6 +935,7 @@ where
             return Ok(());
         }
         let send_window = shared.initial_send_window;
+        shared.open += 1;
         shared.streams.insert(
             id,
             StreamState {
@@ -907,7 +960,8 @@ where
             shared: Arc::clone(&self.shared),
             id,
             inner: Box::pin(async move {
-                let response = answer.await;
+                // `_held` (the service's) lasts until the response has gone.
+                let (response, _held) = answer.await;
                 send_response(shared, id, response).await;
             }),
         };
@@ -953,11 +1007,23 @@ where
         let padding = head.len - data.len();
         let end = head.has(frame::END_STREAM);
         let refused = match shared.streams.get_mut(&head.stream) {
+            // A stream that has ended, or that was reset: what the client
+            // sent before it heard is dropped (RFC 9113, section 5.1).
             None => {
                 shared.give_back(head.len);
-                return shared.closed_stream(head.stream);
+                return Ok(());
             }
-            Some(stream) => stream.take_data(data, padding, end).err(),
+            Some(stream) if stream.reset => {
+                shared.give_back(head.len);
+                return Ok(());
+            }
+            Some(stream) => match stream.take_data(data, padding, end) {
+                Ok(()) => {
+                    stream.credit(&mut shared.out, head.stream);
+                    None
+                }
+                Err(reason) => Some(reason),
+            },
         };
         match refused {
             // Nothing of it will be passed on: the connection's window has
@@ -977,7 +1043,9 @@ where
         if head.stream == 0 {
             return Err(conn_error(Reason::Protocol, "PRIORITY on stream 0"));
         }
-        if payload.len() != 5 {
+        // A stream error; on a stream not opened yet there is nothing to
+        // reset, and PRIORITY means nothing to limpet anyway.
+        if payload.len() != 5 && head.stream <= self.last_seen {
             lock(&self.shared).reset(head.stream, Reason::FrameSize);
         }
         Ok(())
@@ -993,24 +1061,8 @@ where
         if head.stream == 0 || head.stream > self.last_seen {
             return Err(conn_error(Reason::Protocol, "RST_STREAM on an idle stream"));
         }
-        let mut shared = lock(&self.shared);
-        let Some(stream) = shared.streams.get_mut(&head.stream) else {
-            return Ok(());
-        };
-        let unfinished = !stream.local_closed;
-        stream.reset = true;
-        stream.local_closed = true;
-        stream.remote_closed = true;
-        wake(stream);
-        if unfinished {
-            shared.reset_budget -= 1;
-            if shared.reset_budget < 0 {
-                return Err(conn_error(
-                    Reason::EnhanceYourCalm,
-                    "too many streams reset",
-                ));
-            }
-        }
+        // The reset budget is checked once the frames read are handled.
+        lock(&self.shared).end(head.stream);
         Ok(())
     }
 

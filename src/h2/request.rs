@@ -38,6 +38,7 @@ pub(crate) struct Fields {
     max_bytes: usize,
     bytes: usize,
     regular_seen: bool,
+    pseudo_seen: bool,
     method: Option<Method>,
     scheme: bool,
     authority: Option<String>,
@@ -64,6 +65,7 @@ impl Fields {
             max_bytes,
             bytes: 0,
             regular_seen: false,
+            pseudo_seen: false,
             method: None,
             scheme: false,
             authority: None,
@@ -93,7 +95,14 @@ impl Fields {
         }
     }
 
+    /// Whether the block had pseudo-header fields: a request's head rather
+    /// than trailers.
+    pub fn is_request(&self) -> bool {
+        self.pseudo_seen
+    }
+
     fn pseudo(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        self.pseudo_seen = true;
         if self.trailers {
             return Err("pseudo-header field in trailers");
         }
@@ -217,13 +226,15 @@ fn authority(value: &[u8]) -> Result<String, &'static str> {
     }
 }
 
-/// `:path`: an origin-form target (visible ASCII, starting with `/`) or `*`.
+/// `:path`: an origin-form target (starting with `/`) or `*`: visible ASCII,
+/// or UTF-8 sent unescaped (as the HTTP/1 engine lets through), never
+/// whitespace or control characters.
 fn path(value: &[u8]) -> Result<String, &'static str> {
     let valid = (value.first() == Some(&b'/') || value == b"*")
-        && value.iter().all(|&b| (0x21..0x7f).contains(&b));
-    match valid {
-        true => Ok(String::from_utf8_lossy(value).into_owned()),
-        false => Err("invalid :path"),
+        && value.iter().all(|&b| b > 0x20 && b != 0x7f);
+    match std::str::from_utf8(value) {
+        Ok(text) if valid => Ok(text.to_owned()),
+        _ => Err("invalid :path"),
     }
 }
 
@@ -299,6 +310,7 @@ mod tests {
                 (":path", "no-slash"),
             ],
             &[(":method", "GET"), (":scheme", "http"), (":path", "/a b")],
+            &[(":method", "GET"), (":scheme", "http"), (":path", "/a\x7f")],
             &[(":method", "GET"), (":scheme", "http"), (":path", "*")],
             &[
                 (":method", "GET"),
@@ -379,6 +391,19 @@ mod tests {
         assert_eq!(head(&options).expect("OPTIONS *").path, "*");
         let connect = [(":method", "CONNECT"), (":authority", "db:5432")];
         assert!(head(&connect).is_ok());
+        let utf8 = [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/caf\u{e9}"),
+        ];
+        assert_eq!(head(&utf8).expect("unescaped UTF-8").path, "/caf\u{e9}");
+        let ipv6 = [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "[::1]:8443"),
+            (":path", "/%20"),
+        ];
+        assert!(head(&ipv6).is_ok());
     }
 
     #[test]

@@ -1,14 +1,14 @@
-//! Client-side connection timeouts that hyper does not offer separately:
+//! Client-side connection timeouts of an HTTP/2 connection:
 //!
 //! - `client_header`: from the first byte of a request head (for a new connection,
 //!   from the accept) until the whole head has arrived (slowloris protection);
 //! - `client_idle`: a keep-alive connection with no request in progress and no
 //!   traffic for this long is closed.
 //!
-//! hyper's own `header_read_timeout` starts as soon as a connection waits for a head,
-//! so it would also cut idle keep-alive connections after `client_header`. Instead,
-//! [`TimedIo`] watches the bytes, and the service tells [`Activity`] when a request
-//! head has been parsed and when its handler returns.
+//! A read timer that starts as soon as a connection waits for a head would also
+//! cut idle connections after `client_header`. Instead, [`TimedIo`] watches
+//! the bytes, and the service tells [`Activity`] when a request head has been
+//! parsed and when its handler returns.
 
 use std::future::Future;
 use std::io;
@@ -51,11 +51,12 @@ impl Activity {
         self.origin.elapsed().as_millis() as u64
     }
 
-    /// A request head was parsed: its handler starts.
-    pub fn request_started(&self) -> RequestGuard<'_> {
+    /// A request head was parsed: its stream is busy until the guard is
+    /// dropped, once its response has gone.
+    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.busy.fetch_add(1, Relaxed);
         self.head_pending.store(false, Relaxed);
-        RequestGuard(self)
+        RequestGuard(Arc::clone(self))
     }
 
     fn touched(&self) {
@@ -85,9 +86,9 @@ impl Activity {
 }
 
 /// Ends a request's busy period when dropped.
-pub struct RequestGuard<'a>(&'a Activity);
+pub struct RequestGuard(Arc<Activity>);
 
-impl Drop for RequestGuard<'_> {
+impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Relaxed);
         self.0.touched();

@@ -4,7 +4,7 @@
 //! ([`policy::write_request_fields`]), the body streamed from the client's
 //! DATA frames (`crate::h1::exchange::Upload`, which also hears an early
 //! answer), the strict response-head parser (`crate::h1::head`), and a
-//! response [`Relay`] that hyper's HTTP/2 server polls for DATA frames, read
+//! response [`Relay`] that the HTTP/2 connection polls for DATA frames, read
 //! straight from the socket and framed by `crate::h1::body` (a chunked body's
 //! trailer section becomes the stream's trailers), and that puts the socket
 //! back in the pool where the body ends.
@@ -218,7 +218,7 @@ pub(super) fn response_head(
 }
 
 /// A backend's response body on its way to the HTTP/2 client, read from the
-/// backend's socket as hyper's server asks for DATA frames: a Content-Length
+/// backend's socket as the stream's window allows DATA frames: a Content-Length
 /// body (or one delimited by the close) in slices of what was read, without a
 /// copy; a chunked one decoded. Where the body ends the socket goes back to
 /// the pool (when the backend keeps it: `keep_for`, nothing past the body),
