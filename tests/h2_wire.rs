@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::h2raw::*;
-use common::scripted::{ok, write, ScriptedBackend, Step};
+use common::scripted::{ok, raw_backend, write, ScriptedBackend, Step};
 use common::tls::{make_cert, temp_dir, tls_connect, with_https};
 use common::wire::{bounded, h2_client_for, raw};
 use common::*;
@@ -1163,6 +1163,481 @@ async fn head_gets_headers_with_end_stream_and_the_backends_length() {
             assert_eq!(resp.field("content-length"), Some("1234"), "{resp:?}");
         }
         assert_eq!(backend.received()[0].method, "HEAD");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 10. Regressions: what a review of the server found (each test failed
+// before the fix)
+
+/// A backend whose answer to anything but the health check is a 100 MB body,
+/// written as fast as limpet takes it; the receiver hears when limpet lets go
+/// of that backend socket (its read side ends, or a write fails).
+async fn endless_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = raw_backend(move |mut conn| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let health = buf.starts_with(b"GET /health ");
+                buf.drain(..end);
+                if !health {
+                    break;
+                }
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if conn.write_all(ok).await.is_err() {
+                    return;
+                }
+            }
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n";
+            if conn.write_all(head).await.is_err() {
+                let _ = tx.send(());
+                return;
+            }
+            let (mut rd, mut wr) = conn.into_split();
+            let slice = vec![b'x'; 16 * 1024];
+            let writing = async { while wr.write_all(&slice).await.is_ok() {} };
+            let reading = async {
+                let mut sink = [0u8; 1024];
+                while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+            };
+            tokio::select! {
+                _ = writing => {}
+                _ = reading => {}
+            }
+            let _ = tx.send(());
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// A client that reads the first 64 KiB of a long download (its default
+/// window), never opens its window and closes the connection: limpet ends
+/// the connection at once, so the backend socket is closed and the
+/// connection leaves `limpet_downstream_connections` within a couple of
+/// seconds, long before `client_idle` (60 s here). Before the fix the
+/// stream waiting for window held both until `client_idle`.
+#[tokio::test]
+async fn a_client_gone_mid_download_releases_the_backend_at_once() {
+    bounded(async {
+        let (backend, mut closed) = endless_backend().await;
+        let top = "[timeouts]\nclient_idle = \"60s\"\n";
+        let lb = TestLb::start(&common::wire::config(backend, top, "")).await;
+        let listener = lb.addr.to_string();
+        let gauge = lb
+            .limpet
+            .metrics
+            .downstream_connections
+            .with_label_values(&[&listener]);
+        let mut h2 = H2::connect(lb.addr).await;
+        h2.request(1, &get_block("/endless"), true).await;
+        let mut got = 0;
+        while got < 65_535 {
+            let f = h2.next().await.expect("closed mid-download");
+            assert!(f.kind != RST_STREAM && f.kind != GOAWAY, "{f:?}");
+            if f.kind == DATA && f.stream == 1 {
+                got += f.payload.len();
+            }
+        }
+        assert_eq!(got, 65_535, "DATA beyond the client's window");
+        // Nothing more may come; what does is read, so the close is a FIN.
+        while let Some(Some(f)) = h2.next_within(Duration::from_millis(200)).await {
+            assert!(f.kind != DATA, "DATA beyond the client's window: {f:?}");
+        }
+        assert_eq!(gauge.get(), 1, "the client's connection");
+        assert!(
+            closed.try_recv().is_err(),
+            "the backend socket closed early"
+        );
+        drop(h2);
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), closed.recv())
+            .await
+            .expect("limpet still holds the backend socket 3 s after the client left");
+        eprintln!(
+            "backend socket closed {:?} after the client",
+            started.elapsed()
+        );
+        let released = eventually(Duration::from_secs(2), || async { gauge.get() == 0 }).await;
+        assert!(
+            released,
+            "limpet_downstream_connections still {}",
+            gauge.get()
+        );
+    })
+    .await;
+}
+
+/// Frames the client sent on streams limpet had reset, before it heard, are
+/// dropped: 40 malformed POSTs (an uppercase field name, each reset with
+/// PROTOCOL_ERROR) followed by DATA on each leave the slow GET on stream 1
+/// and the connection alone (no GOAWAY). Before the fix limpet remembered
+/// its last 32 resets only, and DATA on an older one ended the connection
+/// with STREAM_CLOSED.
+#[tokio::test]
+async fn data_on_streams_limpet_reset_is_ignored() {
+    bounded(async {
+        let (app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        h2.request(1, &get_block("/slow?ms=800"), true).await;
+        let mut bad = request_block("POST", "/echo");
+        bad.extend(literal("X-Upper", "1"));
+        let refused: Vec<u32> = (0..40).map(|i| 3 + 2 * i).collect();
+        let mut burst = Vec::new();
+        for &stream in &refused {
+            burst.extend(headers(stream, &bad, false));
+        }
+        for &stream in &refused {
+            burst.extend(data(stream, b"hello", true));
+        }
+        h2.send(&burst).await;
+        for &stream in &refused {
+            let got = h2.outcome(stream).await;
+            assert_eq!(got, Outcome::Reset(PROTOCOL_ERROR), "stream {stream}");
+        }
+        let resp = h2.response(1).await;
+        assert_eq!((resp.status, &resp.body[..]), (200, &b"app1"[..]));
+        assert_served(&mut h2, 83).await;
+        let goaways: Vec<&Frame> = h2.seen.iter().filter(|f| f.kind == GOAWAY).collect();
+        assert!(goaways.is_empty(), "{goaways:?}");
+        assert_eq!(app1.hits(), 2, "a malformed request reached the backend");
+    })
+    .await;
+}
+
+/// At graceful shutdown (GOAWAY NO_ERROR, last stream 1), a client that had
+/// not heard yet opens stream 3 and sends its DATA: both are dropped, and
+/// the slow response on stream 1 still arrives whole, with no error GOAWAY
+/// and no RST_STREAM. Before the fix the DATA on stream 3 (a stream limpet
+/// never took) ended the connection with STREAM_CLOSED, losing stream 1.
+#[tokio::test]
+async fn frames_after_a_graceful_goaway_leave_the_stream_in_flight_whole() {
+    bounded(async {
+        let (app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let mut bytes = headers(1, &get_block("/slow?ms=800"), true);
+        // Its ACK says limpet has taken stream 1.
+        bytes.extend(frame(PING, 0, 0, b"taken!!!"));
+        h2.send(&bytes).await;
+        loop {
+            let f = h2.next_for(0).await.expect("closed before the PING ACK");
+            if f.kind == PING && f.has(ACK) {
+                break;
+            }
+        }
+        let stopping = tokio::spawn(lb.limpet.shutdown());
+        let goaway = loop {
+            let f = h2.next_for(1).await.expect("closed before the GOAWAY");
+            assert!(f.stream == 0, "{f:?} before the GOAWAY");
+            if f.kind == GOAWAY {
+                break f;
+            }
+        };
+        assert_eq!(goaway.error_code(), Some(NO_ERROR), "{goaway:?}");
+        assert_eq!(&goaway.payload[..4], &1u32.to_be_bytes(), "last stream");
+        let mut late = headers(3, &request_block("POST", "/echo"), false);
+        late.extend(data(3, b"too late", true));
+        h2.send(&late).await;
+        let resp = h2.response(1).await;
+        assert_eq!((resp.status, &resp.body[..]), (200, &b"app1"[..]));
+        // The rest, up to the close: no error, nothing on stream 3.
+        while let Some(Some(f)) = h2.next_within(Duration::from_secs(2)).await {
+            assert!(f.kind != RST_STREAM || f.stream == 3, "{f:?}");
+            assert!(f.kind != HEADERS && f.kind != DATA, "{f:?}");
+            if f.kind == GOAWAY {
+                assert_eq!(f.error_code(), Some(NO_ERROR), "{f:?}");
+            }
+        }
+        // Closed: limpet's lingering close need not wait for it.
+        drop(h2);
+        tokio::time::timeout(Duration::from_secs(5), stopping)
+            .await
+            .expect("shutdown finished")
+            .unwrap();
+        assert_eq!(app1.hits(), 1, "stream 3 reached the backend");
+    })
+    .await;
+}
+
+/// "MadeYouReset" (CVE-2025-8671): the client makes limpet reset its streams
+/// (here with a WINDOW_UPDATE of 0 on each, a stream error) instead of
+/// resetting them itself. 300 rounds, in flights of 50 (each closed by a
+/// PING whose ACK says limpet has handled it, so that no more than 50 reset
+/// streams are ever in flight), end the connection with GOAWAY
+/// ENHANCE_YOUR_CALM, as 300 resets of its own would; a new connection is
+/// served. Before the fix limpet's own resets did not count.
+#[tokio::test]
+async fn streams_limpet_resets_for_the_client_count_against_the_reset_budget() {
+    bounded(async {
+        let (_app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let mut resets = 0;
+        let mut end = None;
+        'flights: for flight in 0..6u32 {
+            let mut burst = Vec::new();
+            for i in 0..50 {
+                let stream = 1 + 2 * (50 * flight + i);
+                burst.extend(headers(stream, &get_block("/slow?ms=5000"), true));
+                burst.extend(window_update(stream, 0));
+            }
+            burst.extend(frame(PING, 0, 0, &u64::from(flight).to_be_bytes()));
+            // After the GOAWAY limpet may be gone: what it sent is read below.
+            h2.send_lossy(&burst).await;
+            loop {
+                match h2.next().await {
+                    None => break 'flights,
+                    Some(f) if f.kind == GOAWAY => {
+                        end = f.error_code();
+                        break 'flights;
+                    }
+                    Some(f) if f.kind == RST_STREAM => {
+                        assert_eq!(f.error_code(), Some(PROTOCOL_ERROR), "{f:?}");
+                        resets += 1;
+                    }
+                    Some(f) if f.kind == PING && f.has(ACK) => break,
+                    Some(f) => assert!(f.kind != HEADERS && f.kind != DATA, "{f:?}"),
+                }
+            }
+        }
+        eprintln!(
+            "MadeYouReset: {resets} resets, then {:?}",
+            end.map(code_name)
+        );
+        assert_eq!(
+            end,
+            Some(ENHANCE_YOUR_CALM),
+            "after {resets} resets made by limpet: {:?}",
+            end.map(code_name)
+        );
+        assert!(resets > 200, "GOAWAY after {resets} resets");
+        assert_serves_new_connections(lb.addr).await;
+    })
+    .await;
+}
+
+/// One DATA frame of `body` on `stream` with `pad` bytes of padding.
+fn padded_data(stream: u32, body: &[u8], pad: u8, end_stream: bool) -> Vec<u8> {
+    let mut payload = vec![pad];
+    payload.extend_from_slice(body);
+    payload.resize(payload.len() + pad as usize, 0);
+    let flags = PADDED | if end_stream { END_STREAM } else { 0 };
+    frame(DATA, flags, stream, &payload)
+}
+
+/// A padded POST: 1,100 DATA frames of 250 bytes of padding alone (275 KB,
+/// more than the stream's 256 KiB window), then 2,000 frames of 1 byte of
+/// data and 250 of padding each. limpet must give the window back as the
+/// frames arrive; the client keeps to the windows, and the backend gets
+/// exactly the 2,000 data bytes. Before the fix the stream's window came
+/// back only as data was passed on, so padding alone stalled the upload.
+#[tokio::test]
+async fn a_heavily_padded_upload_completes() {
+    bounded(async {
+        const N: usize = 2000;
+        const PADDING_ALONE: usize = 1100;
+        let backend = sizing_backend().await;
+        let lb = scripted_lb(&backend).await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let mut stream_window = h2
+            .server_setting(SETTINGS_INITIAL_WINDOW_SIZE)
+            .unwrap_or(65_535) as i64;
+        let mut conn_window: i64 = 65_535;
+        for f in &h2.seen {
+            if let (Some(n), 0) = (f.increment(), f.stream) {
+                conn_window += n as i64;
+            }
+        }
+        assert!(
+            stream_window < 250 * PADDING_ALONE as i64,
+            "the window outgrows the padding"
+        );
+        let mut block = request_block("POST", "/up");
+        block.extend(literal("content-length", &N.to_string()));
+        h2.request(1, &block, false).await;
+        let body = pattern(N);
+        let padding_alone = (0..PADDING_ALONE).map(|_| padded_data(1, &[], 250, false));
+        let with_data = body
+            .iter()
+            .enumerate()
+            .map(|(i, byte)| padded_data(1, &[*byte], 250, i == N - 1));
+        let mut pending = Vec::new();
+        for (i, f) in padding_alone.chain(with_data).enumerate() {
+            let len = (f.len() - 9) as i64;
+            while conn_window.min(stream_window) < len {
+                h2.send(&std::mem::take(&mut pending)).await;
+                let got = h2.next_within(Duration::from_secs(3)).await;
+                let f = got
+                    .unwrap_or_else(|| panic!("stalled after {i} frames: no WINDOW_UPDATE"))
+                    .expect("closed mid-upload");
+                match (f.kind, f.increment(), f.stream) {
+                    (WINDOW_UPDATE, Some(n), 0) => conn_window += n as i64,
+                    (WINDOW_UPDATE, Some(n), 1) => stream_window += n as i64,
+                    (SETTINGS | PING, _, _) => {}
+                    _ => panic!("{f:?} mid-upload after {i} frames"),
+                }
+            }
+            conn_window -= len;
+            stream_window -= len;
+            pending.extend(f);
+        }
+        h2.send(&pending).await;
+        let resp = h2.response(1).await;
+        assert_eq!(
+            (resp.status, &resp.body[..]),
+            (200, N.to_string().as_bytes())
+        );
+        let got = &backend.received()[0];
+        assert_eq!(got.header("content-length"), Some(&*N.to_string()));
+        assert!(got.body == body, "the backend got other bytes: {got:?}");
+    })
+    .await;
+}
+
+/// A download that takes 3 s (slow chunks from the backend) is not cut by
+/// `client_header = "1s"`, though the client's WINDOW_UPDATEs keep coming
+/// while it runs. Before the fix the stream stopped counting as busy once
+/// its response head had gone, and those WINDOW_UPDATEs started the
+/// `client_header` clock of a new head.
+#[tokio::test]
+async fn a_long_download_is_not_cut_by_client_header() {
+    bounded(async {
+        const CHUNKS: usize = 30;
+        const CHUNK: usize = 8 * 1024;
+        let backend = ScriptedBackend::spawn(|_| {
+            let body = pattern(CHUNKS * CHUNK);
+            let mut steps = vec![write(format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ))];
+            for chunk in body.chunks(CHUNK) {
+                steps.push(Step::Pause(Duration::from_millis(100)));
+                steps.push(Step::Write(chunk.to_vec()));
+            }
+            steps
+        })
+        .await;
+        let top = "[timeouts]\nclient_header = \"1s\"\n";
+        let lb = TestLb::start(&common::wire::config(backend.addr, top, "")).await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let started = std::time::Instant::now();
+        // `response` answers each DATA frame with WINDOW_UPDATEs.
+        let resp = h2.get(1, "/drip").await;
+        let took = started.elapsed();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body.len(), CHUNKS * CHUNK);
+        assert!(resp.body == pattern(CHUNKS * CHUNK), "other bytes");
+        let data_frames = resp.frames.iter().filter(|f| f.kind == DATA).count();
+        assert!(data_frames >= CHUNKS, "{data_frames} DATA frames");
+        assert!(took > Duration::from_secs(2), "the download took {took:?}");
+    })
+    .await;
+}
+
+/// DATA on another stream between a HEADERS without END_HEADERS and its
+/// CONTINUATION is a connection error (RFC 9113, section 6.2). Before the
+/// fix DATA was let through the open header block.
+#[tokio::test]
+async fn data_inside_a_header_block_is_a_protocol_error() {
+    bounded(async {
+        let (_app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        h2.request(1, &request_block("POST", "/echo"), false).await;
+        let block = get_block("/");
+        let mut bytes = frame(HEADERS, END_STREAM, 3, &block[..2]);
+        bytes.extend(data(1, b"x", false));
+        bytes.extend(frame(CONTINUATION, END_HEADERS, 3, &block[2..]));
+        h2.send_lossy(&bytes).await;
+        let got = h2.connection_error().await;
+        assert_eq!(got, Some(PROTOCOL_ERROR), "{:?}", got.map(code_name));
+        assert_serves_new_connections(lb.addr).await;
+    })
+    .await;
+}
+
+/// Unescaped UTF-8 in `:path` is forwarded as sent (as on HTTP/1), while a
+/// space is a malformed request, reset with PROTOCOL_ERROR before it reaches
+/// the backend. Before the fix any byte past ASCII was refused.
+#[tokio::test]
+async fn unescaped_utf8_in_path_is_forwarded_and_a_space_is_refused() {
+    bounded(async {
+        let backend = ScriptedBackend::spawn(|_| ok("ok")).await;
+        let lb = scripted_lb(&backend).await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let resp = h2.get(1, "/caf\u{e9}").await;
+        assert_eq!((resp.status, &resp.body[..]), (200, &b"ok"[..]));
+        h2.request(3, &get_block("/a b"), true).await;
+        assert_eq!(h2.outcome(3).await, Outcome::Reset(PROTOCOL_ERROR));
+        let after = h2.get(5, "/after").await;
+        assert_eq!(after.status, 200);
+        let targets: Vec<String> = backend.received().into_iter().map(|r| r.target).collect();
+        assert_eq!(targets, ["/caf\u{e9}", "/after"]);
+    })
+    .await;
+}
+
+/// With MAX_CONCURRENT_STREAMS (128) streams open on a slow backend, the
+/// client resets 10 and opens 10 new ones in the same flight: the new ones
+/// are served, not refused. Before the fix the reset streams counted until
+/// their futures had been dropped, after the frames of the flight.
+#[tokio::test]
+async fn streams_the_client_reset_free_their_slots_at_once() {
+    bounded(async {
+        let (app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let max = h2
+            .server_setting(0x3)
+            .expect("SETTINGS_MAX_CONCURRENT_STREAMS");
+        assert_eq!(max, 128);
+        let slow: Vec<u32> = (0..max).map(|i| 1 + 2 * i).collect();
+        let mut burst = Vec::new();
+        for &stream in &slow {
+            burst.extend(headers(stream, &get_block("/slow?ms=1500"), true));
+        }
+        // Its ACK says every HEADERS before it was handled.
+        burst.extend(frame(PING, 0, 0, b"opened!!"));
+        h2.send(&burst).await;
+        loop {
+            let f = h2.next_for(0).await.expect("closed while opening");
+            if f.kind == PING && f.has(ACK) {
+                break;
+            }
+        }
+        let fresh: Vec<u32> = (0..10).map(|i| 1 + 2 * (max + i)).collect();
+        let mut flight = Vec::new();
+        for &stream in &slow[..10] {
+            flight.extend(rst_stream(stream, CANCEL));
+        }
+        for &stream in &fresh {
+            flight.extend(headers(stream, &get_block("/"), true));
+        }
+        h2.send(&flight).await;
+        for &stream in &fresh {
+            let resp = h2.response(stream).await;
+            assert_eq!(
+                (resp.status, &resp.body[..]),
+                (200, &b"app1"[..]),
+                "{stream}"
+            );
+        }
+        for &stream in &slow[10..] {
+            let resp = h2.response(stream).await;
+            assert_eq!(resp.status, 200, "stream {stream}");
+        }
+        assert!(app1.hits() >= 10 + 118);
     })
     .await;
 }

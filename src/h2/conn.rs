@@ -51,6 +51,8 @@ pub const STREAM_WINDOW: i64 = 256 * 1024;
 pub const CONNECTION_WINDOW: i64 = 2 * 1024 * 1024;
 /// Streams stop adding DATA to the output while it holds this much.
 const OUT_LIMIT: usize = 64 * 1024;
+/// The output buffer's room kept between bursts.
+const OUT_KEPT: usize = 4096;
 /// The driver stops reading while the output holds this much.
 const READ_PAUSE: usize = 256 * 1024;
 /// A header block (HEADERS and its CONTINUATIONs) may be this many times
@@ -152,7 +154,7 @@ fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
 impl Shared {
     fn new() -> Self {
         Shared {
-            out: Vec::with_capacity(4096),
+            out: Vec::with_capacity(OUT_KEPT),
             encoder: Encoder::new(),
             streams: ahash::AHashMap::default(),
             send_window: frame::DEFAULT_WINDOW,
@@ -733,6 +735,10 @@ where
         }
         if self.written > 0 && self.written == shared.out.len() {
             shared.out.clear();
+            // An idle connection does not keep the room of a burst.
+            if shared.out.capacity() > OUT_KEPT && self.streams.is_empty() {
+                shared.out = Vec::with_capacity(OUT_KEPT);
+            }
             self.written = 0;
             shared.wake_senders();
         }
