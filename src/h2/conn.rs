@@ -5,7 +5,7 @@
 //! The connection's driver ([`Connection`]) owns the socket, the read buffer
 //! and the HPACK decoder; it checks every frame, keeps the flow-control
 //! accounts and starts a stream future per request (the service: limpet's
-//! `call`). A stream future ([`StreamTask`]) and the driver share
+//! `call`). A stream future ([`run_stream`]) and the driver share
 //! [`Shared`] (streams' states, the output buffer, the HPACK encoder) behind a
 //! mutex that is never contended: both run in the connection's task. A stream
 //! writes its response HEADERS and DATA frames straight into the output
@@ -373,21 +373,43 @@ impl Body for RequestBody {
     }
 }
 
-/// A stream's future: the service's answer, then its response frames. It
-/// ends early when the stream is reset, and forgets its stream when it ends.
-struct StreamTask<F> {
-    shared: SharedRef,
-    id: u32,
-    inner: Pin<Box<F>>,
+/// Runs a stream's work (the service's answer, then its response frames)
+/// until it is done or the stream is reset, and forgets the stream when it
+/// ends either way. One allocation per stream: the work is pinned inside the
+/// stream's own future.
+async fn run_stream<W: Future<Output = ()>>(shared: SharedRef, id: u32, work: W) {
+    let forget = Forget(shared, id);
+    Resettable {
+        stream: &forget,
+        work: std::pin::pin!(work),
+    }
+    .await
 }
 
-impl<F: Future<Output = ()>> Future for StreamTask<F> {
+/// Forgets its stream when dropped: after the work, also when the stream's
+/// future is dropped midway (the connection ends).
+struct Forget(SharedRef, u32);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        lock(&self.0).remove(self.1);
+    }
+}
+
+/// A stream's work, which ends early when the stream is reset.
+struct Resettable<'a, W> {
+    stream: &'a Forget,
+    work: Pin<&'a mut W>,
+}
+
+impl<W: Future<Output = ()>> Future for Resettable<'_, W> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         {
-            let mut shared = lock(&self.shared);
-            let Some(stream) = shared.streams.get_mut(&self.id) else {
+            let Forget(shared, id) = self.stream;
+            let mut shared = lock(shared);
+            let Some(stream) = shared.streams.get_mut(id) else {
                 return Poll::Ready(());
             };
             if stream.reset {
@@ -398,13 +420,7 @@ impl<F: Future<Output = ()>> Future for StreamTask<F> {
                 _ => stream.waker = Some(cx.waker().clone()),
             }
         }
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<F> Drop for StreamTask<F> {
-    fn drop(&mut self) {
-        lock(&self.shared).remove(self.id);
+        self.work.as_mut().poll(cx)
     }
 }
 
@@ -960,17 +976,17 @@ where
             empty: end_stream,
             size: content_length,
         };
-        let answer = (self.service)((head, body));
+        // Boxed on its own: the request's whole exchange is large (~4 KB),
+        // and the stream's future would otherwise hold it twice (moved into
+        // `work`, then awaited there).
+        let answer = Box::pin((self.service)((head, body)));
         let shared = Arc::clone(&self.shared);
-        let task = StreamTask {
-            shared: Arc::clone(&self.shared),
-            id,
-            inner: Box::pin(async move {
-                // `_held` (the service's) lasts until the response has gone.
-                let (response, _held) = answer.await;
-                send_response(shared, id, response).await;
-            }),
+        let work = async move {
+            // `_held` (the service's) lasts until the response has gone.
+            let (response, _held) = answer.await;
+            send_response(shared, id, response).await;
         };
+        let task = run_stream(Arc::clone(&self.shared), id, work);
         self.streams.push(Box::pin(task));
         Ok(())
     }

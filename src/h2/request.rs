@@ -216,10 +216,13 @@ fn is_connection_specific(name: &HeaderName) -> bool {
 /// `:authority`: host and optional port, without userinfo (RFC 9113,
 /// section 8.3.1).
 fn authority(value: &[u8]) -> Result<String, &'static str> {
-    let valid = !value.is_empty()
-        && value
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b));
+    // RFC 3986's reg-name, IP-literal and port characters.
+    let allowed = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')')
+            || matches!(b, b'*' | b'+' | b',' | b';' | b'=' | b':' | b'[' | b']' | b'%')
+    };
+    let valid = !value.is_empty() && value.iter().all(|&b| allowed(b));
     match valid {
         true => Ok(String::from_utf8_lossy(value).into_owned()),
         false => Err("invalid :authority"),
