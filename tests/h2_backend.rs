@@ -256,7 +256,7 @@ async fn streams_of_one_connection_do_not_wait_for_each_other() {
     bounded(async {
         // /slow answers its head after 1.5 s, /half sends half its body and
         // stalls for 1.5 s; /fast answers at once. limpet runs a connection's
-        // streams in the connection's own task (src/h2/in_task.rs): a stream
+        // streams in the connection's own task (src/h2/conn.rs): a stream
         // waiting on its backend must not hold up the others.
         let backend = ScriptedBackend::spawn(|req| match req.target.as_str() {
             "/slow" => [vec![Step::Pause(Duration::from_millis(1500))], ok("slow")].concat(),
