@@ -219,8 +219,14 @@ fn authority(value: &[u8]) -> Result<String, &'static str> {
     // RFC 3986's reg-name, IP-literal and port characters.
     let allowed = |b: u8| {
         b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')')
-            || matches!(b, b'*' | b'+' | b',' | b';' | b'=' | b':' | b'[' | b']' | b'%')
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
+            )
+            || matches!(
+                b,
+                b'*' | b'+' | b',' | b';' | b'=' | b':' | b'[' | b']' | b'%'
+            )
     };
     let valid = !value.is_empty() && value.iter().all(|&b| allowed(b));
     match valid {
