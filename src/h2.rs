@@ -19,6 +19,7 @@ mod conn;
 mod frame;
 mod hpack;
 mod request;
+mod stream;
 mod timeouts;
 mod upstream;
 
@@ -44,8 +45,9 @@ use crate::h1::io::{Clock, Waits};
 use crate::pool::Conn;
 use crate::shutdown::Watch;
 use crate::state::Snapshot;
-use conn::{Connection, RequestBody, StreamReset};
+use conn::Connection;
 use request::RequestHead;
+use stream::{RequestBody, StreamReset};
 use timeouts::{Activity, TimedIo};
 use upstream::Relay;
 

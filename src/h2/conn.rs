@@ -5,11 +5,12 @@
 //! The connection's driver ([`Connection`]) owns the socket, the read buffer
 //! and the HPACK decoder; it checks every frame, keeps the flow-control
 //! accounts and starts a stream future per request (the service: limpet's
-//! `call`). A stream future ([`run_stream`]) and the driver share
-//! [`Shared`] (streams' states, the output buffer, the HPACK encoder) behind a
+//! `call`). A stream's future and the driver share `super::stream`'s
+//! `Shared` (streams' states, the output buffer, the HPACK encoder) behind a
 //! mutex that is never contended: both run in the connection's task. A stream
 //! writes its response HEADERS and DATA frames straight into the output
-//! buffer, as far as the flow-control windows and the buffer's limit allow.
+//! buffer, as far as the flow-control windows and the buffer's limit allow
+//! (`super::stream::send_response`).
 //!
 //! Errors follow RFC 9113, section 5.4: a frame that breaks the connection's
 //! rules ends it with GOAWAY and the error code; one that breaks a stream's
@@ -20,47 +21,37 @@
 //! limit, and streams the client opens and resets faster than they complete
 //! (the "rapid reset" attack) end the connection with ENHANCE_YOUR_CALM.
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::{HeaderMap, Response};
-use http_body::{Body, Frame};
+use http::Response;
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{self, Head, Reason};
-use super::hpack::{Decoder, Encoder};
+use super::hpack::Decoder;
 use super::request::{Fields, Refused, RequestHead};
+use super::stream::{
+    lock, run_stream, send_response, wake, RequestBody, Shared, SharedRef, StreamState,
+    CONNECTION_WINDOW, OUT_KEPT, STREAM_WINDOW,
+};
 use crate::error::{BoxError, ProxyError};
 use crate::h1::io::poll_read_buf;
 use crate::shutdown::Watch;
 
 /// The most streams a client may have open at once (nginx: 128, HAProxy: 100).
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
-/// What a client may send on one stream before limpet has passed it on
-/// (SETTINGS_INITIAL_WINDOW_SIZE).
-pub const STREAM_WINDOW: i64 = 256 * 1024;
-/// What a client may send on the connection before limpet has passed it on:
-/// the most request body one connection holds in memory.
-pub const CONNECTION_WINDOW: i64 = 2 * 1024 * 1024;
-/// Streams stop adding DATA to the output while it holds this much.
-const OUT_LIMIT: usize = 64 * 1024;
-/// The output buffer's room kept between bursts.
-const OUT_KEPT: usize = 4096;
 /// The driver stops reading while the output holds this much.
 const READ_PAUSE: usize = 256 * 1024;
 /// A header block (HEADERS and its CONTINUATIONs) may be this many times
 /// `max_header_bytes` before the connection ends (CONTINUATION floods).
 const HEADER_BLOCK_CAP: usize = 4;
-/// Client resets of unfinished streams, beyond completed ones, that end the
-/// connection.
-const RESET_BUDGET: i64 = 200;
 /// How many times one poll goes round reading, the streams and writing before
 /// it lets other tasks run.
 const ROUNDS_PER_POLL: usize = 4;
@@ -91,468 +82,6 @@ impl std::error::Error for ConnError {}
 
 fn conn_error(reason: Reason, what: &'static str) -> ConnError {
     ConnError { reason, what }
-}
-
-/// One stream, as the driver and its future see it.
-#[derive(Default)]
-struct StreamState {
-    /// The stream future's waker, woken by anything that concerns it.
-    waker: Option<Waker>,
-    /// What limpet may send (the client's window for this stream).
-    send_window: i64,
-    /// What the client may still send.
-    recv_window: i64,
-    /// DATA bytes passed on and not yet given back with WINDOW_UPDATE.
-    recv_unacked: u32,
-    /// DATA received and not yet passed on.
-    recv: VecDeque<Bytes>,
-    recv_queued: usize,
-    trailers: Option<HeaderMap>,
-    /// The client ended its side (END_STREAM).
-    remote_closed: bool,
-    /// limpet ended its side (END_STREAM or RST_STREAM sent).
-    local_closed: bool,
-    /// The stream was reset (by the client or by limpet): its future ends.
-    reset: bool,
-    content_length: Option<u64>,
-    received: u64,
-    /// Waits for window or output room.
-    waiting_to_send: bool,
-}
-
-/// What the driver and the stream futures share.
-pub(crate) struct Shared {
-    /// Frames to write.
-    out: Vec<u8>,
-    encoder: Encoder,
-    streams: ahash::AHashMap<u32, StreamState>,
-    /// The client's window for the whole connection.
-    send_window: i64,
-    /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
-    initial_send_window: i64,
-    /// The client's SETTINGS_MAX_FRAME_SIZE.
-    max_frame: usize,
-    /// What the client may still send on the connection.
-    recv_window: i64,
-    /// Connection-level DATA bytes passed on (or dropped) and not yet given
-    /// back.
-    recv_unacked: u32,
-    /// Streams completed, minus unfinished streams reset (by the client, or
-    /// by limpet for the client's fault).
-    reset_budget: i64,
-    /// Streams in the map that are not reset: what MAX_CONCURRENT_STREAMS
-    /// counts.
-    open: usize,
-}
-
-type SharedRef = Arc<Mutex<Shared>>;
-
-fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    fn new() -> Self {
-        Shared {
-            out: Vec::with_capacity(OUT_KEPT),
-            encoder: Encoder::new(),
-            streams: ahash::AHashMap::default(),
-            send_window: frame::DEFAULT_WINDOW,
-            initial_send_window: frame::DEFAULT_WINDOW,
-            max_frame: frame::DEFAULT_MAX_FRAME,
-            recv_window: CONNECTION_WINDOW,
-            recv_unacked: 0,
-            reset_budget: RESET_BUDGET,
-            open: 0,
-        }
-    }
-
-    /// Resets a stream (a stream error, or limpet gives up on it).
-    /// A stream reset for the client's fault counts against the reset
-    /// budget as the client's own resets do ("MadeYouReset").
-    fn reset(&mut self, id: u32, reason: Reason) {
-        if self.end(id) {
-            frame::write_rst_stream(&mut self.out, id, reason);
-        }
-    }
-
-    /// Ends a stream early (reset by either side): its future ends at its
-    /// next poll. False if it had ended already; a stream not in the map is
-    /// one limpet did not take (refused, or past a GOAWAY) and is ended.
-    fn end(&mut self, id: u32) -> bool {
-        let Some(stream) = self.streams.get_mut(&id) else {
-            return true;
-        };
-        if stream.reset {
-            return false;
-        }
-        if !stream.local_closed {
-            self.reset_budget -= 1;
-        }
-        stream.reset = true;
-        stream.local_closed = true;
-        stream.remote_closed = true;
-        wake(stream);
-        self.open -= 1;
-        true
-    }
-
-    /// Gives DATA bytes back to the connection's window, with a
-    /// WINDOW_UPDATE once half of it is owed.
-    fn give_back(&mut self, bytes: usize) {
-        self.recv_unacked += bytes as u32;
-        if i64::from(self.recv_unacked) >= CONNECTION_WINDOW / 2 {
-            frame::write_window_update(&mut self.out, 0, self.recv_unacked);
-            self.recv_window += i64::from(self.recv_unacked);
-            self.recv_unacked = 0;
-        }
-    }
-
-    /// Wakes the streams that wait for window or output room.
-    fn wake_senders(&mut self) {
-        for stream in self.streams.values_mut() {
-            if stream.waiting_to_send {
-                stream.waiting_to_send = false;
-                wake(stream);
-            }
-        }
-    }
-
-    /// Forgets a stream whose future has ended.
-    fn remove(&mut self, id: u32) {
-        let Some(stream) = self.streams.remove(&id) else {
-            return;
-        };
-        if !stream.reset {
-            self.open -= 1;
-        }
-        if !stream.local_closed {
-            // The future ended without finishing its response.
-            frame::write_rst_stream(&mut self.out, id, Reason::Internal);
-        } else if !stream.remote_closed {
-            // Answered before the client sent all of its request (RFC 9113,
-            // section 8.1): it may stop.
-            frame::write_rst_stream(&mut self.out, id, Reason::NoError);
-        }
-        // Request bytes never passed on go back to the connection's window.
-        self.give_back(stream.recv_queued);
-    }
-}
-
-fn wake(stream: &mut StreamState) {
-    if let Some(waker) = &stream.waker {
-        waker.wake_by_ref();
-    }
-}
-
-impl StreamState {
-    /// Queues a DATA frame's data for the request body; the stream error
-    /// when the frame breaks the stream's rules.
-    fn take_data(&mut self, data: Bytes, padding: usize, end: bool) -> Result<(), Reason> {
-        if self.remote_closed {
-            return Err(Reason::StreamClosed);
-        }
-        let len = (data.len() + padding) as i64;
-        self.recv_window -= len;
-        if self.recv_window < 0 {
-            return Err(Reason::FlowControl);
-        }
-        self.received += data.len() as u64;
-        let declared = self.content_length;
-        if declared.is_some_and(|n| self.received > n || (end && self.received != n)) {
-            return Err(Reason::Protocol);
-        }
-        self.recv_unacked += padding as u32;
-        if !data.is_empty() {
-            self.recv_queued += data.len();
-            self.recv.push_back(data);
-        }
-        self.remote_closed = end;
-        wake(self);
-        Ok(())
-    }
-
-    /// Gives the stream's window back with a WINDOW_UPDATE once half of it
-    /// is owed (and the client still sends).
-    fn credit(&mut self, out: &mut Vec<u8>, id: u32) {
-        if !self.remote_closed && i64::from(self.recv_unacked) >= STREAM_WINDOW / 2 {
-            frame::write_window_update(out, id, self.recv_unacked);
-            self.recv_window += i64::from(self.recv_unacked);
-            self.recv_unacked = 0;
-        }
-    }
-
-    /// Takes a request's trailers, which must end the stream.
-    fn take_trailers(&mut self, end_stream: bool, fields: Fields) -> Result<(), Reason> {
-        if self.remote_closed {
-            return Err(Reason::StreamClosed);
-        }
-        let trailers = match (end_stream, fields.into_trailers()) {
-            (true, Ok(trailers)) => trailers,
-            _ => return Err(Reason::Protocol),
-        };
-        if self.content_length.is_some_and(|n| n != self.received) {
-            return Err(Reason::Protocol);
-        }
-        self.trailers = Some(trailers);
-        self.remote_closed = true;
-        wake(self);
-        Ok(())
-    }
-}
-
-/// A request's body: the DATA frames of its stream, as the driver queued
-/// them, and its trailers.
-pub(crate) struct RequestBody {
-    shared: SharedRef,
-    id: u32,
-    /// The client ended the stream with its HEADERS.
-    empty: bool,
-    size: Option<u64>,
-}
-
-impl std::fmt::Debug for RequestBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestBody")
-            .field("stream", &self.id)
-            .finish()
-    }
-}
-
-/// Why a request body broke off.
-#[derive(Debug, thiserror::Error)]
-#[error("the client reset the stream")]
-pub(crate) struct StreamReset;
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = StreamReset;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamReset>>> {
-        if self.empty {
-            return Poll::Ready(None);
-        }
-        let mut shared = lock(&self.shared);
-        let shared = &mut *shared;
-        let Some(stream) = shared.streams.get_mut(&self.id) else {
-            return Poll::Ready(Some(Err(StreamReset)));
-        };
-        if let Some(data) = stream.recv.pop_front() {
-            stream.recv_queued -= data.len();
-            stream.recv_unacked += data.len() as u32;
-            stream.credit(&mut shared.out, self.id);
-            shared.give_back(data.len());
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        if stream.reset {
-            return Poll::Ready(Some(Err(StreamReset)));
-        }
-        if let Some(trailers) = stream.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        if stream.remote_closed {
-            return Poll::Ready(None);
-        }
-        stream.waker = Some(cx.waker().clone());
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.empty
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match (self.empty, self.size) {
-            (true, _) => http_body::SizeHint::with_exact(0),
-            (false, Some(n)) => http_body::SizeHint::with_exact(n),
-            (false, None) => http_body::SizeHint::default(),
-        }
-    }
-}
-
-/// Runs a stream's work (the service's answer, then its response frames)
-/// until it is done or the stream is reset, and forgets the stream when it
-/// ends either way. One allocation per stream: the work is pinned inside the
-/// stream's own future.
-async fn run_stream<W: Future<Output = ()>>(shared: SharedRef, id: u32, work: W) {
-    let forget = Forget(shared, id);
-    Resettable {
-        stream: &forget,
-        work: std::pin::pin!(work),
-    }
-    .await
-}
-
-/// Forgets its stream when dropped: after the work, also when the stream's
-/// future is dropped midway (the connection ends).
-struct Forget(SharedRef, u32);
-
-impl Drop for Forget {
-    fn drop(&mut self) {
-        lock(&self.0).remove(self.1);
-    }
-}
-
-/// A stream's work, which ends early when the stream is reset.
-struct Resettable<'a, W> {
-    stream: &'a Forget,
-    work: Pin<&'a mut W>,
-}
-
-impl<W: Future<Output = ()>> Future for Resettable<'_, W> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        {
-            let Forget(shared, id) = self.stream;
-            let mut shared = lock(shared);
-            let Some(stream) = shared.streams.get_mut(id) else {
-                return Poll::Ready(());
-            };
-            if stream.reset {
-                return Poll::Ready(());
-            }
-            match &stream.waker {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                _ => stream.waker = Some(cx.waker().clone()),
-            }
-        }
-        self.work.as_mut().poll(cx)
-    }
-}
-
-/// Sends a response on its stream: HEADERS, then DATA as the windows allow,
-/// then trailers; a body that fails resets the stream.
-async fn send_response<B>(shared: SharedRef, id: u32, response: Response<B>)
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    let (parts, mut body) = response.into_parts();
-    let ended = body.is_end_stream();
-    write_headers(
-        &mut lock(&shared),
-        id,
-        Some(parts.status.as_u16()),
-        &parts.headers,
-        ended,
-    );
-    if ended {
-        return;
-    }
-    loop {
-        match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            None => {
-                let _ = send_data(&shared, id, Bytes::new(), true).await;
-                return;
-            }
-            Some(Err(_)) => {
-                lock(&shared).reset(id, Reason::Internal);
-                return;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let end = body.is_end_stream();
-                    if send_data(&shared, id, data, end).await.is_err() || end {
-                        return;
-                    }
-                }
-                Err(frame) => {
-                    let trailers = frame.into_trailers().unwrap_or_default();
-                    write_headers(&mut lock(&shared), id, None, &trailers, true);
-                    return;
-                }
-            },
-        }
-    }
-}
-
-/// Writes a HEADERS frame (and CONTINUATIONs if the block is larger than the
-/// client's frame size): the response head (`status`) or trailers.
-fn write_headers(shared: &mut Shared, id: u32, status: Option<u16>, fields: &HeaderMap, end: bool) {
-    let Some(stream) = shared.streams.get_mut(&id) else {
-        return;
-    };
-    if stream.local_closed {
-        return;
-    }
-    stream.local_closed = end;
-    if end {
-        shared.reset_budget = (shared.reset_budget + 1).min(RESET_BUDGET);
-    }
-    let out = &mut shared.out;
-    let at = out.len();
-    frame::write_head(out, 0, frame::HEADERS, 0, id);
-    shared.encoder.begin_block(out);
-    if let Some(status) = status {
-        shared.encoder.encode_status(out, status);
-    }
-    for (name, value) in fields {
-        shared
-            .encoder
-            .encode_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    let block_len = out.len() - at - frame::HEADER_LEN;
-    let end_flag = if end { frame::END_STREAM } else { 0 };
-    if block_len <= shared.max_frame {
-        frame::patch_len(out, at, block_len);
-        out[at + 4] = frame::END_HEADERS | end_flag;
-        return;
-    }
-    // Rare: a block larger than a frame goes out in pieces.
-    let block = out.split_off(at + frame::HEADER_LEN);
-    out.truncate(at);
-    let mut pieces = block.chunks(shared.max_frame).peekable();
-    let mut kind = frame::HEADERS;
-    let mut flags = end_flag;
-    while let Some(piece) = pieces.next() {
-        if pieces.peek().is_none() {
-            flags |= frame::END_HEADERS;
-        }
-        frame::write_head(out, piece.len(), kind, flags, id);
-        out.extend_from_slice(piece);
-        (kind, flags) = (frame::CONTINUATION, 0);
-    }
-}
-
-/// Sends `data` on a stream in DATA frames as the windows and the output's
-/// room allow; `Err` when the stream was reset meanwhile.
-async fn send_data(shared: &SharedRef, id: u32, mut data: Bytes, end: bool) -> Result<(), ()> {
-    poll_fn(|cx| {
-        let mut guard = lock(shared);
-        let shared = &mut *guard;
-        loop {
-            let Some(stream) = shared.streams.get_mut(&id) else {
-                return Poll::Ready(Err(()));
-            };
-            if stream.reset || stream.local_closed {
-                return Poll::Ready(Err(()));
-            }
-            let room = stream.send_window.min(shared.send_window).max(0) as usize;
-            let n = data.len().min(room).min(shared.max_frame);
-            let blocked = (n == 0 && !data.is_empty()) || shared.out.len() >= OUT_LIMIT;
-            if blocked {
-                stream.waiting_to_send = true;
-                stream.waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            let last = n == data.len();
-            stream.send_window -= n as i64;
-            shared.send_window -= n as i64;
-            if last && end {
-                stream.local_closed = true;
-                shared.reset_budget = (shared.reset_budget + 1).min(RESET_BUDGET);
-            }
-            frame::write_data(&mut shared.out, id, &data[..n], last && end);
-            data.advance(n);
-            if last {
-                return Poll::Ready(Ok(()));
-            }
-        }
-    })
-    .await
 }
 
 /// A header block arriving in pieces (HEADERS without END_HEADERS).
@@ -970,12 +499,7 @@ where
         );
         drop(shared);
         self.last_taken = id;
-        let body = RequestBody {
-            shared: Arc::clone(&self.shared),
-            id,
-            empty: end_stream,
-            size: content_length,
-        };
+        let body = RequestBody::new(Arc::clone(&self.shared), id, end_stream, content_length);
         // Boxed on its own: the request's whole exchange is large (~4 KB),
         // and the stream's future would otherwise hold it twice (moved into
         // `work`, then awaited there).
