@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Response};
+use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -47,7 +47,7 @@ use crate::shutdown::Watch;
 use crate::state::Snapshot;
 use conn::Connection;
 use request::RequestHead;
-use stream::{RequestBody, StreamReset};
+use stream::{HeadFields, RequestBody, StreamReset};
 use timeouts::{Activity, TimedIo};
 use upstream::Relay;
 
@@ -346,8 +346,6 @@ async fn handle(
                     false => reuse_for(&answer.head, waits),
                 };
                 let fields = (set_cookie, hsts);
-                let headers = std::mem::take(&mut parts.headers);
-                let answer = (answer, headers);
                 let silence = waits.backend.response;
                 let resp = relayed(socket, answer, fields, keep_for, clock, silence, in_flight);
                 return Ok(resp);
@@ -359,23 +357,22 @@ async fn handle(
     }
 }
 
-/// The response for the client: the backend's head as HTTP/2 fields (with
-/// `fields`: the pin's Set-Cookie and the route's HSTS; in the request's
-/// `HeaderMap`, emptied, whose room is reused), and its body relayed from
-/// `socket` (see [`Relay`]).
+/// The response for the client: the backend's status, its head's fields
+/// (with `fields`: the pin's Set-Cookie and the route's HSTS) written by the
+/// connection straight from the head's bytes ([`upstream::ResponseFields`]),
+/// and its body relayed from `socket` (see [`Relay`]).
 fn relayed(
     socket: Conn,
-    (answer, headers): (upstream::Answer, http::HeaderMap),
-    (set_cookie, hsts): (Option<String>, Option<&str>),
+    answer: upstream::Answer,
+    fields: (Option<String>, Option<&str>),
     keep_for: Duration,
     clock: Clock,
     silence: Duration,
     in_flight: InFlight,
 ) -> Response<ProxyBody> {
     let head_len = answer.head.len;
+    let status = StatusCode::from_u16(answer.head.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let bytes = Bytes::from(answer.buf);
-    let fields = (set_cookie, hsts);
-    let (status, headers) = upstream::response_head(&bytes, &answer.head, fields, headers);
     let after_head = bytes.slice(head_len..);
     let relay = Relay::new(
         socket,
@@ -386,9 +383,14 @@ fn relayed(
         silence,
         in_flight,
     );
-    let mut resp = Response::new(ProxyBody::Streamed(StreamedBody { relay, line: None }));
+    let fields = upstream::ResponseFields::new(bytes, answer.head, fields);
+    let body = StreamedBody {
+        relay,
+        fields,
+        line: None,
+    };
+    let mut resp = Response::new(ProxyBody::Streamed(body));
     *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
     resp
 }
 
@@ -482,6 +484,8 @@ fn reuse_for(head: &ResponseHead, waits: Waits) -> Duration {
 #[derive(Debug)]
 pub struct StreamedBody {
     relay: Relay,
+    /// The response's fields, written with its HEADERS.
+    fields: upstream::ResponseFields,
     line: Option<Box<Pending>>,
 }
 
@@ -534,6 +538,14 @@ impl Body for StreamedBody {
 pub enum ProxyBody {
     Streamed(StreamedBody),
     Local(Full<Bytes>),
+}
+
+impl HeadFields for ProxyBody {
+    fn each_field(&self, field: &mut dyn FnMut(&[u8], &[u8])) {
+        if let ProxyBody::Streamed(body) = self {
+            body.fields.each(field);
+        }
+    }
 }
 
 impl Body for ProxyBody {

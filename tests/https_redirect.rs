@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use common::scripted::{write, ScriptedBackend};
+use common::tls::{make_cert, temp_dir, tls_connect, with_https};
 use common::wire::*;
+use common::TestLb;
 use http::Request;
 use http_body_util::Empty;
 
@@ -111,6 +113,43 @@ async fn an_http2_request_is_redirected_too() {
         assert_eq!(resp.status(), 308);
         assert_eq!(resp.headers()["location"], "https://shop.example/shop?x=y");
         assert!(backend.received().is_empty());
+    })
+    .await;
+}
+
+/// Over HTTP/2 the response's fields are encoded from the backend's head
+/// (names lowercased on the way): the route's HSTS replaces the backend's,
+/// the other route keeps the backend's own.
+#[tokio::test]
+async fn an_http2_request_over_tls_gets_the_routes_hsts() {
+    bounded(async {
+        let backend = backend().await;
+        let dir = temp_dir("hsts-h2");
+        let cert = make_cert(&dir, "shop", &["shop.example"]);
+        let lb = TestLb::start(&with_https(&config(backend.addr), &[&cert])).await;
+        let tls = tls_connect(lb.limpet.https_addrs[0], &[&cert], "shop.example", &[b"h2"])
+            .await
+            .expect("TLS handshake");
+        let mut sender = h2_client(tls).await;
+        for (path, hsts) in [
+            ("/shop/cart", "max-age=31536000; includeSubDomains"),
+            ("/open", "max-age=1"),
+        ] {
+            let req = Request::builder()
+                .uri(format!("https://shop.example{path}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = sender.send_request(req).await.expect("h2 response");
+            assert_eq!(resp.status(), 200, "{path}");
+            let all: Vec<_> = resp
+                .headers()
+                .get_all("strict-transport-security")
+                .iter()
+                .collect();
+            assert_eq!(all, [hsts], "{path}");
+            assert_eq!(resp.headers()["content-length"], path.len().to_string());
+        }
+        let _ = std::fs::remove_dir_all(dir);
     })
     .await;
 }

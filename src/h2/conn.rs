@@ -38,7 +38,7 @@ use super::frame::{self, Head, Reason};
 use super::hpack::Decoder;
 use super::request::{Fields, Refused, RequestHead};
 use super::stream::{
-    lock, run_stream, send_response, wake, RequestBody, Shared, SharedRef, StreamState,
+    lock, run_stream, send_response, wake, HeadFields, RequestBody, Shared, SharedRef, StreamState,
     CONNECTION_WINDOW, OUT_KEPT, STREAM_WINDOW,
 };
 use crate::error::{BoxError, ProxyError};
@@ -123,7 +123,7 @@ where
     S: FnMut(Request) -> F,
     F: Future<Output = (Response<B>, G)> + Send + 'static,
     G: Send + 'static,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + HeadFields + Unpin + Send + 'static,
     B::Error: Send,
 {
     pub(crate) fn new(io: I, service: S, closing: Watch, max_header_bytes: usize) -> Self {

@@ -382,21 +382,29 @@ impl<W: Future<Output = ()>> Future for Resettable<'_, W> {
     }
 }
 
+/// A response body that carries fields of its response's head beside the
+/// response's `HeaderMap`: a relayed backend response, whose fields are
+/// encoded straight from the backend's head rather than copied into a map.
+pub(crate) trait HeadFields {
+    /// Calls `field` with each such field's name and value (the name in any
+    /// case: it is lowercased on the way).
+    fn each_field(&self, field: &mut dyn FnMut(&[u8], &[u8]));
+}
+
 /// Sends a response on its stream: HEADERS, then DATA as the windows allow,
 /// then trailers; a body that fails resets the stream.
 pub(super) async fn send_response<B>(shared: SharedRef, id: u32, response: Response<B>)
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + HeadFields + Unpin,
 {
     let (parts, mut body) = response.into_parts();
     let ended = body.is_end_stream();
-    write_headers(
-        &mut lock(&shared),
-        id,
-        Some(parts.status.as_u16()),
-        &parts.headers,
-        ended,
-    );
+    let head = Head {
+        status: Some(parts.status.as_u16()),
+        fields: &parts.headers,
+        more: Some(&body),
+    };
+    write_headers(&mut lock(&shared), id, head, ended);
     if ended {
         return;
     }
@@ -419,7 +427,12 @@ where
                 }
                 Err(frame) => {
                     let trailers = frame.into_trailers().unwrap_or_default();
-                    write_headers(&mut lock(&shared), id, None, &trailers, true);
+                    let head = Head {
+                        status: None,
+                        fields: &trailers,
+                        more: None,
+                    };
+                    write_headers(&mut lock(&shared), id, head, true);
                     return;
                 }
             },
@@ -427,15 +440,17 @@ where
     }
 }
 
-/// Writes a HEADERS frame (and CONTINUATIONs if the block is larger than the
-/// client's frame size): the response head (`status`) or trailers.
-pub(super) fn write_headers(
-    shared: &mut Shared,
-    id: u32,
+/// What a HEADERS frame carries: a response's head (with its status), or
+/// trailers.
+pub(super) struct Head<'a> {
     status: Option<u16>,
-    fields: &HeaderMap,
-    end: bool,
-) {
+    fields: &'a HeaderMap,
+    more: Option<&'a dyn HeadFields>,
+}
+
+/// Writes a HEADERS frame (and CONTINUATIONs if the block is larger than the
+/// client's frame size).
+pub(super) fn write_headers(shared: &mut Shared, id: u32, head: Head<'_>, end: bool) {
     let Some(stream) = shared.streams.get_mut(&id) else {
         return;
     };
@@ -450,13 +465,24 @@ pub(super) fn write_headers(
     let at = out.len();
     frame::write_head(out, 0, frame::HEADERS, 0, id);
     shared.encoder.begin_block(out);
-    if let Some(status) = status {
-        shared.encoder.encode_status(out, status);
+    let encoder = &mut shared.encoder;
+    if let Some(status) = head.status {
+        encoder.encode_status(out, status);
     }
-    for (name, value) in fields {
-        shared
-            .encoder
-            .encode_field(out, name.as_str().as_bytes(), value.as_bytes());
+    for (name, value) in head.fields {
+        encoder.encode_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(more) = head.more {
+        let mut lower = [0u8; 64];
+        more.each_field(&mut |name, value| match name.len() <= lower.len() {
+            true => {
+                let lower = &mut lower[..name.len()];
+                lower.copy_from_slice(name);
+                lower.make_ascii_lowercase();
+                encoder.encode_field(out, lower, value);
+            }
+            false => encoder.encode_field(out, &name.to_ascii_lowercase(), value),
+        });
     }
     let block_len = out.len() - at - frame::HEADER_LEN;
     let end_flag = if end { frame::END_STREAM } else { 0 };

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
+use http::Method;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -182,39 +182,50 @@ pub(super) async fn write_request_head(
         .map_err(|e| sending(e, timeouts))
 }
 
-/// The response's status and fields for the HTTP/2 client, from the
-/// backend's head (`head_bytes`: its bytes, whose slices become the values
-/// without a copy): the fields `ResponseHead::passes` lets through, the
-/// route's Strict-Transport-Security, the pin's Set-Cookie. None of the
-/// HTTP/1 connection's fields: HTTP/2 has none. They go into `headers`
-/// (emptied first): the request's map, whose room is reused.
-pub(super) fn response_head(
-    head_bytes: &Bytes,
-    head: &ResponseHead,
-    (set_cookie, hsts): (Option<String>, Option<&str>),
-    mut headers: HeaderMap,
-) -> (StatusCode, HeaderMap) {
-    let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    headers.clear();
-    for f in &head.fields {
-        if !head.passes(f, head_bytes, hsts.is_some(), true) {
-            continue;
+/// The response's fields for the HTTP/2 client, encoded by the connection
+/// straight from the backend's head (`bytes`; no map is built): the fields
+/// `ResponseHead::passes` lets through, then the route's
+/// Strict-Transport-Security and the pin's Set-Cookie. None of the HTTP/1
+/// connection's fields: HTTP/2 has none.
+#[derive(Debug)]
+pub(super) struct ResponseFields {
+    bytes: Bytes,
+    head: ResponseHead,
+    hsts: Option<Box<str>>,
+    set_cookie: Option<String>,
+}
+
+impl ResponseFields {
+    pub(super) fn new(
+        bytes: Bytes,
+        head: ResponseHead,
+        (set_cookie, hsts): (Option<String>, Option<&str>),
+    ) -> Self {
+        ResponseFields {
+            bytes,
+            head,
+            hsts: hsts.map(Box::from),
+            set_cookie,
         }
-        // Checked by the parser already: a field that is not a valid
-        // `HeaderName` or value cannot come through.
-        let name = HeaderName::from_bytes(&head_bytes[f.name.clone()]);
-        let value = HeaderValue::from_maybe_shared(head_bytes.slice(f.value.clone()));
-        if let (Ok(name), Ok(value)) = (name, value) {
-            headers.append(name, value);
+    }
+
+    /// Each field's name (as the backend wrote it) and value.
+    pub(super) fn each(&self, field: &mut dyn FnMut(&[u8], &[u8])) {
+        let (bytes, head) = (&self.bytes, &self.head);
+        for f in &head.fields {
+            // Checked by the parser already: names are tokens, values have
+            // no CR, LF or NUL.
+            if head.passes(f, bytes, self.hsts.is_some(), true) {
+                field(&bytes[f.name.clone()], &bytes[f.value.clone()]);
+            }
+        }
+        if let Some(hsts) = &self.hsts {
+            field(b"strict-transport-security", hsts.as_bytes());
+        }
+        if let Some(cookie) = &self.set_cookie {
+            field(b"set-cookie", cookie.as_bytes());
         }
     }
-    if let Some(v) = hsts.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(header::STRICT_TRANSPORT_SECURITY, v);
-    }
-    if let Some(v) = set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
-        headers.append(header::SET_COOKIE, v);
-    }
-    (status, headers)
 }
 
 /// A backend's response body on its way to the HTTP/2 client, read from the
