@@ -47,6 +47,8 @@ use crate::shutdown::Watch;
 
 /// The most streams a client may have open at once (nginx: 128, HAProxy: 100).
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// What the driver reads into at least: most frames but DATA's fit.
+const READ_ROOM: usize = 4096;
 /// The driver stops reading while the output holds this much.
 const READ_PAUSE: usize = 256 * 1024;
 /// A header block (HEADERS and its CONTINUATIONs) may be this many times
@@ -144,7 +146,9 @@ where
         frame::write_window_update(&mut shared.out, 0, more);
         Connection {
             io,
-            read: BytesMut::with_capacity(frame::DEFAULT_MAX_FRAME + frame::HEADER_LEN),
+            // Grown to a whole frame only when one needs it (`frames_in`):
+            // an idle connection keeps 4 KiB, not 16.
+            read: BytesMut::with_capacity(READ_ROOM),
             written: 0,
             shared: Arc::new(Mutex::new(shared)),
             decoder: Decoder::new(4096),
@@ -238,9 +242,8 @@ where
         if self.eof || lock(&self.shared).out.len() >= READ_PAUSE {
             return Ok(false);
         }
-        if self.read.capacity() - self.read.len() < 4096 {
-            self.read
-                .reserve(frame::DEFAULT_MAX_FRAME + frame::HEADER_LEN);
+        if self.read.capacity() - self.read.len() < READ_ROOM / 4 {
+            self.read.reserve(READ_ROOM);
         }
         match poll_read_buf(&mut self.io, cx, &mut self.read) {
             Poll::Pending => Ok(false),
