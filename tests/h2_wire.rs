@@ -1641,3 +1641,21 @@ async fn streams_the_client_reset_free_their_slots_at_once() {
     })
     .await;
 }
+
+/// CONNECT over HTTP/2 (limpet offers no extended CONNECT) is limpet's own
+/// 400: the backend sees nothing and the connection goes on.
+#[tokio::test]
+async fn connect_over_h2_is_answered_400() {
+    bounded(async {
+        let (app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let mut block = literal(":method", "CONNECT");
+        block.extend(literal(":authority", "db.internal:5432"));
+        h2.request(1, &block, false).await;
+        let resp = h2.response(1).await;
+        assert_eq!(resp.status, 400, "{resp:?}");
+        assert_served(&mut h2, 3).await;
+        assert_eq!(app1.hits(), 1, "only stream 3 reached the backend");
+    })
+    .await;
+}
