@@ -61,9 +61,6 @@ use head::{Delivery, Parsed, RequestHead};
 use io::{give_buffer, read_some, take_buffer, write_all, Client, Clock, Wait};
 pub(crate) use io::{Prefixed, Stream};
 
-/// What an HTTP/2 connection with prior knowledge (h2c) starts with (RFC 9113,
-/// section 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long an idle keep-alive connection stays open once shutdown has
 /// started, for the request its client may be sending (served with
 /// Connection: close); an idle connection does not hold shutdown up longer.
@@ -342,12 +339,8 @@ fn idle<S: Stream>(
 /// enough of them are there to tell.
 async fn starts_h2<S: Stream>(client: &mut Client<S>, deadline: Instant) -> bool {
     loop {
-        let n = client.pending.len().min(H2_PREFACE.len());
-        if client.pending[..n] != H2_PREFACE[..n] {
-            return false;
-        }
-        if n == H2_PREFACE.len() {
-            return true;
+        if let Some(is) = crate::h2::is_preface(&client.pending) {
+            return is;
         }
         let wait = Wait::Until(deadline);
         match read_some(

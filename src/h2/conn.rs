@@ -311,14 +311,11 @@ where
 
     fn frames_in(&mut self, read: &mut BytesMut) -> Result<(), ConnError> {
         if !self.preface_read {
-            let n = read.len().min(frame::PREFACE.len());
-            if read[..n] != frame::PREFACE[..n] {
-                return Err(conn_error(Reason::Protocol, "not the HTTP/2 preface"));
+            match frame::is_preface(read) {
+                None => return Ok(()),
+                Some(false) => return Err(conn_error(Reason::Protocol, "not the HTTP/2 preface")),
+                Some(true) => read.advance(frame::PREFACE.len()),
             }
-            if n < frame::PREFACE.len() {
-                return Ok(());
-            }
-            read.advance(n);
             self.preface_read = true;
         }
         while read.len() >= frame::HEADER_LEN {
@@ -339,9 +336,7 @@ where
             }
             let payload = &read[frame::HEADER_LEN..whole];
             match head.kind {
-                // Copied out: a slice would keep the whole read buffer alive
-                // while it waits for its backend.
-                frame::DATA => self.data(head, Bytes::copy_from_slice(payload))?,
+                frame::DATA => self.data(head, payload)?,
                 _ => self.control(head, payload)?,
             }
             read.advance(whole);
@@ -530,20 +525,15 @@ where
         Ok(())
     }
 
-    fn data(&mut self, head: Head, payload: Bytes) -> Result<(), ConnError> {
+    fn data(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
         if head.stream == 0 {
             return Err(conn_error(Reason::Protocol, "DATA on stream 0"));
         }
         if head.stream > self.last_seen {
             return Err(conn_error(Reason::Protocol, "DATA on an idle stream"));
         }
-        let data = match frame::unpadded(&head, &payload) {
-            Some(data) => {
-                let start = data.as_ptr() as usize - payload.as_ptr() as usize;
-                payload.slice(start..start + data.len())
-            }
-            None => return Err(conn_error(Reason::Protocol, "bad padding")),
-        };
+        let data = frame::unpadded(&head, payload)
+            .ok_or_else(|| conn_error(Reason::Protocol, "bad padding"))?;
         let mut guard = lock(&self.shared);
         let shared = &mut *guard;
         shared.recv_window -= head.len as i64;
@@ -566,7 +556,9 @@ where
                 shared.give_back(head.len);
                 return Ok(());
             }
-            Some(stream) => match stream.take_data(data, padding, end) {
+            // Copied out of the read buffer (a slice would keep the whole
+            // buffer alive while it waits for its backend).
+            Some(stream) => match stream.take_data(Bytes::copy_from_slice(data), padding, end) {
                 Ok(()) => {
                     stream.credit(&mut shared.out, head.stream);
                     None

@@ -5,6 +5,16 @@
 
 /// What every connection starts with (RFC 9113, section 3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a connection's first `bytes` are the preface: `None` while too
+/// few of them have come to tell.
+pub fn is_preface(bytes: &[u8]) -> Option<bool> {
+    let n = bytes.len().min(PREFACE.len());
+    match bytes[..n] == PREFACE[..n] {
+        false => Some(false),
+        true => (n == PREFACE.len()).then_some(true),
+    }
+}
 /// The frame header's length.
 pub const HEADER_LEN: usize = 9;
 /// SETTINGS_MAX_FRAME_SIZE's initial value: the largest payload limpet accepts
@@ -170,6 +180,17 @@ mod tests {
         );
         patch_len(&mut out, 0, 12);
         assert_eq!(Head::parse(&out).len, 12);
+    }
+
+    #[test]
+    fn the_preface_is_told_as_soon_as_the_bytes_allow() {
+        assert_eq!(is_preface(b""), None);
+        assert_eq!(is_preface(b"PRI * HTTP/2"), None);
+        assert_eq!(is_preface(b"GET / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(is_preface(b"PRI * HTTP/1.1"), Some(false));
+        let mut whole = PREFACE.to_vec();
+        whole.extend_from_slice(&[0, 0, 0, SETTINGS]);
+        assert_eq!(is_preface(&whole), Some(true));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub(super) const OUT_KEPT: usize = 4096;
 /// Client resets of unfinished streams, beyond completed ones, that end the
 /// connection.
 pub(super) const RESET_BUDGET: i64 = 200;
+
 /// One stream, as the driver and its future see it.
 #[derive(Default)]
 pub(super) struct StreamState {
@@ -61,7 +62,7 @@ pub(super) struct StreamState {
 }
 
 /// What the driver and the stream futures share.
-pub(crate) struct Shared {
+pub(super) struct Shared {
     /// Frames to write.
     pub(super) out: Vec<u8>,
     pub(super) encoder: Encoder,
@@ -107,9 +108,9 @@ impl Shared {
         }
     }
 
-    /// Resets a stream (a stream error, or limpet gives up on it).
-    /// A stream reset for the client's fault counts against the reset
-    /// budget as the client's own resets do ("MadeYouReset").
+    /// Resets a stream (a stream error, or limpet gives up on it). A stream
+    /// reset for the client's fault counts against the reset budget as the
+    /// client's own resets do ("MadeYouReset").
     pub(super) fn reset(&mut self, id: u32, reason: Reason) {
         if self.end(id) {
             frame::write_rst_stream(&mut self.out, id, reason);
