@@ -19,7 +19,10 @@
 #                     (a limpet variant ending in -wN runs N worker threads,
 #                     e.g. limpet-cookie-warn-w2; 1 otherwise)
 #                     (and base-cookie, base-cookie-warn: the LIMPET_BASE binary;
-#                     bare: bench/bare-proxy, hyper with none of limpet's logic)
+#                     bare: bench/bare-proxy, hyper with none of limpet's logic;
+#                     relay: bench/relay/relay.c, a TCP relay with no HTTP at
+#                     all, the kernel's floor: built with cc, plain keep-alive
+#                     only)
 #                     and the TLS variants haproxy-tls nginx-tls limpet-tls
 #                     limpet-tls-warn (base-tls, base-tls-warn with LIMPET_BASE):
 #                     TLS 1.3 terminated by the proxy with one ECDSA P-256
@@ -54,8 +57,9 @@
 #   LIMPET=path       limpet binary (default: cargo build --release, target/release/limpet)
 #   LIMPET_BASE=path  another limpet build (e.g. before an optimisation) measured in
 #                     the same rounds as base-cookie and base-cookie-warn
-#   LATENCY_RATE=0    > 0: also measure latency at this fixed request rate (req/s,
-#                     below every proxy's capacity) with bench/paced, CONNS
+#   LATENCY_RATE=0    > 0: also measure latency and CPU per request at this
+#                     fixed request rate (req/s, below every proxy's capacity:
+#                     CPU per request at equal load) with bench/paced, CONNS
 #                     connections, DURATION long, ROUNDS rounds: p99 compared at
 #                     equal load rather than at saturation
 #   LATENCY_VARIANTS="haproxy limpet-cookie limpet-cookie-warn"
@@ -121,6 +125,7 @@ BARE_PORT=$((PORT_BASE + 14))
 HAPROXY_TLS_PORT=$((PORT_BASE + 15))
 NGINX_TLS_PORT=$((PORT_BASE + 16))
 LIMPET_TLS_PORT=$((PORT_BASE + 17))
+RELAY_PORT=$((PORT_BASE + 18))
 
 need() {
     local missing=()
@@ -171,6 +176,10 @@ LATENCY_VARIANTS=${LATENCY_VARIANTS:-"haproxy limpet-cookie limpet-cookie-warn"}
 if [ "$LATENCY_RATE" -gt 0 ]; then (cd "$HERE/paced" && cargo build --release --quiet); fi
 case " $VARIANTS $IDLE_VARIANTS " in
 *" bare "*) (cd "$HERE/bare-proxy" && cargo build --release --quiet) ;;
+esac
+RELAY="$DIR/relay"
+case " $VARIANTS $LATENCY_VARIANTS " in
+*" relay "*) cc -O2 -o "$RELAY" "$HERE/relay/relay.c" ;;
 esac
 
 # http, or https for the TLS variants (set by start_proxy).
@@ -302,6 +311,10 @@ start_proxy() {
     bare)
         PORT=$BARE_PORT
         taskset -c $PROXY_CPU "$BARE" "127.0.0.1:$PORT" "${BACKEND_PORTS[@]/#/127.0.0.1:}" &
+        ;;
+    relay)
+        PORT=$RELAY_PORT
+        taskset -c $PROXY_CPU "$RELAY" "$PORT" "${BACKEND_PORTS[@]}" &
         ;;
     limpet-* | base-*)
         # limpet-AFFINITY[-warn|-nocolor], base-AFFINITY[-warn] (the LIMPET_BASE binary);
@@ -452,10 +465,18 @@ run_paced() {
     local header=()
     if [ -n "$cookie" ]; then header=(-H "Cookie: $cookie"); fi
     taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "${header[@]}" "http://127.0.0.1:$PORT/" >/dev/null
-    local line
+    local line cpu0 cpu1 u0 s0 u1 s1
+    cpu0=$(proc_cpu "$PROXY_PID")
     line=$(taskset -c $LOAD_CPU "$PACED" "127.0.0.1:$PORT" "$LATENCY_RATE" "${DURATION%s}" "$CONNS" "$cookie" |
         sed -n 's/^PACED_JSON //p')
+    cpu1=$(proc_cpu "$PROXY_PID")
     stop_proxy
+    # CPU per request at the same request rate for every proxy: none is
+    # saturated, so none gains from serving many requests per wake-up.
+    read -r u0 s0 <<<"$cpu0"
+    read -r u1 s1 <<<"$cpu1"
+    line=$(printf '%s,"cpu":{"user_ticks":%d,"sys_ticks":%d,"hz":%d}}' \
+        "${line%\}}" $((u1 - u0)) $((s1 - s0)) "$CLK_TCK")
     printf '{"kind":"paced","name":"%s","round":%d,%s\n' "$name" "$round" "${line#\{}" >>"$RESULTS"
     echo "  $name paced round $round: $line" >&2
 }

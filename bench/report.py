@@ -201,8 +201,8 @@ def main(path: str) -> None:
         print()
         print("Latency at a fixed rate (bench/paced; medians over rounds, per round after the slash):")
         print()
-        print("| proxy | rate | sent | errors | p50 | p99 | p99.9 | max | p99 per round |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        print("| proxy | rate | sent | errors | p50 | p99 | p99.9 | max | p99 per round | CPU us/req (user / sys) | CPU per round |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
         for name in ORDER + sorted(set(paced) - set(ORDER)):
             recs = paced.get(name, [])
             if not recs:
@@ -213,8 +213,28 @@ def main(path: str) -> None:
                 f"{sum(r['errors'] for r in recs)} | {fmt_us(med('p50_us'))} | {fmt_us(med('p99_us'))} | "
                 f"{fmt_us(med('p999_us'))} | {fmt_us(med('max_us'))} | "
                 + " / ".join(fmt_us(r["p99_us"]) for r in recs)
+                + " | "
+                + paced_cpu(recs)
                 + " |"
             )
+
+
+def paced_cpu(recs: list) -> str:
+    """Median CPU per request at the fixed rate, and per round ("-" if not measured)."""
+    per = []
+    for r in recs:
+        c = r.get("cpu")
+        if not c or not r["sent"]:
+            continue
+        tick_us = 1e6 / c["hz"] / r["sent"]
+        per.append((c["user_ticks"] * tick_us, c["sys_ticks"] * tick_us))
+    if not per:
+        return "- | -"
+    total = statistics.median(u + s for u, s in per)
+    user = statistics.median(u for u, _ in per)
+    sys_ = statistics.median(s for _, s in per)
+    rounds = " / ".join(f"{u + s:.2f}" for u, s in per)
+    return f"{total:.2f} ({user:.2f} / {sys_:.2f}) | {rounds}"
 
 
 if __name__ == "__main__":
