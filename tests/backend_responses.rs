@@ -1,7 +1,8 @@
 //! Odd answers from a backend, relayed or refused: a status line without a
 //! reason phrase, a status code below 100, a Transfer-Encoding field list with
 //! an empty field beside a Content-Length, and an answer that comes before the
-//! backend has read the request's body. Each was a bug of limpet's own HTTP/1
+//! backend has read the request's body, and a chunked body malformed from
+//! its first bytes. Each was a bug of limpet's own HTTP/1
 //! engine (`src/h1.rs`), pinned against a real limpet and a raw-TCP backend;
 //! each test runs against the plain listener and the TLS one.
 
@@ -17,6 +18,7 @@ both_sides!(
     a_status_code_below_100_is_a_bad_gateway,
     an_empty_transfer_encoding_field_does_not_hide_the_chunking,
     an_early_answer_to_an_upload_is_passed_on,
+    malformed_chunks_come_with_the_head_are_a_bad_gateway,
 );
 
 /// A status line without a reason phrase (`HTTP/1.1 200` CRLF: httparse and
@@ -155,4 +157,36 @@ async fn an_early_answer_to_an_upload_is_passed_on(side: Side) {
     }
     let text = String::from_utf8_lossy(&got);
     assert_eq!(raw_status(&text), Some(413), "{text:?}");
+}
+
+/// A chunked response whose first chunk, arriving with the head, is
+/// malformed (a size that is not hex, chunk data without its CRLF) is a bad
+/// response: 502, as for a head that does not parse. The engine relayed the
+/// head into its output buffer, failed on the chunk before writing it, and
+/// closed the connection: the client got no byte at all, and the access log
+/// and the metrics said 200.
+async fn malformed_chunks_come_with_the_head_are_a_bad_gateway(side: Side) {
+    let backend = ScriptedBackend::spawn(|r| match r.target.as_str() {
+        "/not-hex" => vec![write(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nHELLO\r\n0\r\n\r\n",
+        )],
+        "/no-crlf" => vec![write(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nHELLOXX0\r\n\r\n",
+        )],
+        "/second" => vec![write(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nHELLO\r\nzz\r\n",
+        )],
+        _ => ok("next"),
+    })
+    .await;
+    for path in ["/not-hex", "/no-crlf", "/second"] {
+        let lb = WireLb::start(side, &config(backend.addr, "", "retries = 0")).await;
+        let mut wire = lb.connect().await;
+        let resp = wire.exchange(get(path)).await;
+        assert_eq!(resp.status, 502, "{path}: {resp:?}");
+        // A passive failure (passive_fall = 1 by default): the backend is
+        // down, and limpet's own answers go on on the same connection.
+        let next = wire.exchange(get("/next")).await;
+        assert_eq!(next.status, 503, "after {path}: {next:?}");
+    }
 }

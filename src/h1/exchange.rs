@@ -400,7 +400,10 @@ pub(crate) async fn read_response_head(
                 buf.drain(..head.len);
                 continue;
             }
-            Ok(Some(head)) => return Ok(head),
+            Ok(Some(head)) => {
+                let body = &buf[head.len..];
+                return checked_chunks(head, body);
+            }
             Ok(None) if buf.len() < RESPONSE_HEAD_MAX => {}
             Ok(None) => return Err(bad_response("response head too large")),
             Err(e) => return Err(Failure::BadResponse(e.into())),
@@ -423,6 +426,19 @@ pub(crate) async fn read_response_head(
             Err(e) => return Err(Failure::BadResponse(e.into())),
         }
     }
+}
+
+/// A chunked body whose first bytes, come with the head, are malformed is a
+/// bad response (a 502, nothing sent to the client yet) rather than a head
+/// relayed and then a connection cut. (Chunks that go wrong later cut the
+/// response short: its head has gone.)
+fn checked_chunks(head: ResponseHead, body: &[u8]) -> Result<ResponseHead, Failure> {
+    if head.framing == Framing::Chunked && !body.is_empty() {
+        if let Err(_malformed) = super::chunked::Scanner::new().feed(body) {
+            return Err(bad_response("malformed chunked body"));
+        }
+    }
+    Ok(head)
 }
 
 pub(crate) fn bad_response(why: &'static str) -> Failure {
