@@ -23,6 +23,8 @@ both_sides!(
     identical_content_lengths_are_forwarded_once,
     framing_names_with_underscores_are_not_forwarded,
     an_absolute_form_target_is_routed_by_its_authority,
+    chunk_extensions_and_trailers_are_checked_like_a_head,
+    an_invalid_host_is_refused,
 );
 
 /// A backend that answers every request `200 ok`.
@@ -105,6 +107,39 @@ async fn two_host_fields_are_refused(side: Side) {
         assert!(conn.closed().await);
     }
     assert!(received(&backend, "/two").is_empty());
+}
+
+/// A Host whose port is not digits, with two colons, or with an unclosed
+/// IPv6 literal is a 400 and reaches no backend (RFC 9112 section 3.2), as
+/// the same authority in an absolute-form target is; the engine checked the
+/// characters only and forwarded them.
+async fn an_invalid_host_is_refused(side: Side) {
+    let backend = ok_backend().await;
+    let lb = lb_for(side, &backend).await;
+    for (target, host) in [
+        ("/h1", "a:xx"),
+        ("/h2", "a:1:2"),
+        ("/h3", "[::1"),
+        ("/h4", "a:99999"),
+    ] {
+        let mut conn = lb.connect().await;
+        let resp = conn
+            .exchange(format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n"))
+            .await;
+        assert_eq!(resp.status, 400, "Host: {host}");
+        let absolute = format!("GET http://{host}{target}x HTTP/1.1\r\nHost: a\r\n\r\n");
+        let mut conn = lb.connect().await;
+        assert_eq!(
+            conn.exchange(absolute).await.status,
+            400,
+            "authority {host}"
+        );
+        assert!(received(&backend, target).is_empty());
+        assert!(received(&backend, &format!("{target}x")).is_empty());
+    }
+    let mut conn = lb.connect().await;
+    let fine = "GET /v6 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n";
+    assert_ok(&conn.exchange(fine).await, "ok");
 }
 
 /// (3) A response that does not parse, on a pooled connection, is a 502; the
@@ -326,4 +361,50 @@ async fn http2_authority_wins_over_host() {
         assert_eq!(seen.all("host"), ["a.example"], "{seen:?}");
     })
     .await;
+}
+
+/// A chunked request's extensions and trailer fields are relayed byte for
+/// byte, so they are checked as strictly as the head: an extension outside
+/// RFC 9112 section 7.1.1's grammar (NUL, control bytes, bare words, an
+/// empty name) and a trailer line a head would not pass (obs-fold,
+/// whitespace before the colon, no colon, NUL) or a framing or routing field
+/// as a trailer are a 400, and no byte reaches the backend. The engine
+/// checked neither and forwarded them all.
+async fn chunk_extensions_and_trailers_are_checked_like_a_head(side: Side) {
+    let backend = ok_backend().await;
+    let lb = lb_for(side, &backend).await;
+    let chunked = |target: &str, ext: &str, trailer: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: wire.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+             3{ext}\r\nabc\r\n0\r\n{trailer}\r\n"
+        )
+    };
+    let bad = [
+        ("/ext-nul", ";a\x00b", ""),
+        ("/ext-ctl", ";a\x01", ""),
+        ("/ext-words", ";a b c", ""),
+        ("/ext-empty", ";", ""),
+        ("/tr-fold", "", "X-T: 1\r\n 2\r\n"),
+        ("/tr-space", "", "X-T : 1\r\n"),
+        ("/tr-colonless", "", "GARBAGE\r\n"),
+        ("/tr-nul", "", "X-T: a\x00b\r\n"),
+        ("/tr-te", "", "Transfer-Encoding: chunked\r\n"),
+        ("/tr-cl", "", "Content-Length: 5\r\n"),
+        ("/tr-host", "", "Host: evil.example\r\n"),
+    ];
+    for (target, ext, trailer) in bad {
+        let mut conn = lb.connect().await;
+        let resp = conn.exchange(chunked(target, ext, trailer)).await;
+        assert_eq!(resp.status, 400, "{target}: {resp:?}");
+        assert!(
+            received(&backend, target).is_empty(),
+            "{target} was forwarded"
+        );
+    }
+    // Within the grammar, both pass as they came.
+    let mut conn = lb.connect().await;
+    let good = chunked("/good", " ; a = \"x y\" ;b", "X-Check: 1\r\n");
+    assert_ok(&conn.exchange(&good).await, "ok");
+    let seen = &received(&backend, "/good")[0];
+    assert_eq!(seen.body, b"abc", "{seen:?}");
 }

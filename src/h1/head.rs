@@ -169,7 +169,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
                 }
                 // Empty is what a client sends for a target without an
                 // authority (RFC 9110, section 7.2).
-                if !h.value.is_empty() && !is_authority(h.value) {
+                if !h.value.is_empty() && !policy::is_authority(h.value) {
                     return bad("invalid Host");
                 }
                 head.host_field = Some(head.fields.len());
@@ -267,19 +267,10 @@ fn split_target<'t>(
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let authority = &rest[..end];
-    if authority.is_empty() || !is_authority(authority.as_bytes()) {
+    if authority.is_empty() || !policy::is_authority(authority.as_bytes()) {
         return Err("invalid authority");
     }
     Ok((&rest[end..], Some(authority)))
-}
-
-/// A Host value or an authority: host and optional port, no user info, no
-/// whitespace (RFC 9110, section 7.2; RFC 3986, section 3.2).
-fn is_authority(value: &[u8]) -> bool {
-    !value.is_empty()
-        && value
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=:[]%".contains(&b))
 }
 
 /// Marks the fields that a Connection field names as dropped.

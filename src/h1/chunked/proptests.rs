@@ -74,17 +74,16 @@ fn feed(pieces: &[&[u8]], decode: bool) -> Outcome {
     }
 }
 
-/// A chunk's extension (or whitespace) after its size: any bytes but CR and LF.
+/// A chunk's extensions after its size, as RFC 9112 section 7.1.1 has them:
+/// `;name`, `;name=token` or `;name="quoted"`, with whitespace around the
+/// separators, or nothing.
 fn extension() -> impl Strategy<Value = Vec<u8>> {
+    let ws = "[ \t]{0,2}";
+    let value = r#"([a-z0-9!#]{1,5}|"([ a-z;=]|\\[ -~]){0,5}")"#;
+    let one = format!("{ws};{ws}[a-z!#]{{1,5}}({ws}={ws}{value})?");
     prop_oneof![
         2 => Just(Vec::new()),
-        1 => (prop::sample::select(&[b';', b' ', b'\t'][..]), vec(any::<u8>(), 0..12)).prop_map(
-            |(first, rest)| {
-                let mut ext = vec![first];
-                ext.extend(rest.into_iter().filter(|&b| b != b'\r' && b != b'\n'));
-                ext
-            }
-        ),
+        1 => re(&format!("({one}){{0,2}}{ws}")).prop_map(String::into_bytes),
     ]
 }
 
@@ -109,7 +108,7 @@ fn encoded() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
     (
         vec(chunk, 0..6),
         (any::<bool>(), 0..3usize, extension()),
-        vec(re("[!-~][ -~]{0,20}"), 0..3),
+        vec(re("[xX]-[a-zA-Z0-9-]{0,10}:[ \t]?[ -~]{0,12}"), 0..3),
     )
         .prop_map(|(chunks, (upper, zeros, ext), trailers)| {
             let mut body = Vec::new();
