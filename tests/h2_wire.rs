@@ -938,6 +938,40 @@ async fn a_field_section_over_max_header_bytes_gets_431() {
     .await;
 }
 
+/// More fields than an HTTP/1 head may have (100) get 431 too, however
+/// large `max_header_bytes` is: 24,577 distinct names within a 900 KB limit
+/// panicked the connection's task (a HeaderMap holds at most 24,576), which
+/// answered nothing and dropped the connection.
+#[tokio::test]
+async fn more_fields_than_an_http1_head_gets_431() {
+    bounded(async {
+        let (app1, lb) = one_backend("[limits]\nmax_header_bytes = 900000\n").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let names: Vec<String> = (0..101).map(|i| format!("x-{i}")).collect();
+        let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "")).collect();
+        h2.request(1, &get_with(&fields), true).await;
+        assert_eq!(h2.outcome(1).await, Outcome::Status(431));
+        let names: Vec<String> = (0..24_577).map(|i| format!("{i:x}")).collect();
+        let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "")).collect();
+        let block = get_with(&fields);
+        let mut bytes = frame(HEADERS, END_STREAM, 3, &block[..16_384]);
+        for (i, piece) in block[16_384..].chunks(16_384).enumerate() {
+            let last = 16_384 * (i + 2) >= block.len();
+            bytes.extend(frame(
+                CONTINUATION,
+                if last { END_HEADERS } else { 0 },
+                3,
+                piece,
+            ));
+        }
+        h2.send(&bytes).await;
+        assert_eq!(h2.outcome(3).await, Outcome::Status(431));
+        assert_eq!(app1.hits(), 0);
+        assert_served(&mut h2, 5).await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // 7. Resets and floods
 

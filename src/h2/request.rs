@@ -10,6 +10,9 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 
+use crate::flow::policy;
+use crate::h1::head::MAX_FIELDS;
+
 /// A request's head, as limpet's HTTP/2 path forwards it.
 #[derive(Debug)]
 pub(crate) struct RequestHead {
@@ -28,7 +31,8 @@ pub(crate) struct RequestHead {
 pub(crate) enum Refused {
     /// Breaks RFC 9113's rules: the stream is reset.
     Malformed(&'static str),
-    /// Larger than `max_header_bytes`: answered 431.
+    /// Larger than `max_header_bytes`, or more than [`MAX_FIELDS`] fields:
+    /// answered 431.
     TooLarge,
 }
 
@@ -37,6 +41,8 @@ pub(crate) struct Fields {
     trailers: bool,
     max_bytes: usize,
     bytes: usize,
+    /// Regular fields so far: more than an HTTP/1 head may have is a 431 too.
+    count: usize,
     regular_seen: bool,
     pseudo_seen: bool,
     method: Option<Method>,
@@ -64,6 +70,7 @@ impl Fields {
             trailers,
             max_bytes,
             bytes: 0,
+            count: 0,
             regular_seen: false,
             pseudo_seen: false,
             method: None,
@@ -80,7 +87,12 @@ impl Fields {
     /// counted.
     pub fn field(&mut self, name: &[u8], value: &[u8]) {
         self.bytes += name.len() + value.len() + 32;
-        if self.bytes > self.max_bytes {
+        if name.first() != Some(&b':') {
+            self.count += 1;
+        }
+        // (A HeaderMap also panics past 24,576 distinct names, which a
+        // max_header_bytes of ~860 KB would let through.)
+        if self.bytes > self.max_bytes || self.count > MAX_FIELDS {
             self.refused.get_or_insert(Refused::TooLarge);
         }
         if self.refused.is_some() {
@@ -214,22 +226,9 @@ fn is_connection_specific(name: &HeaderName) -> bool {
 }
 
 /// `:authority`: host and optional port, without userinfo (RFC 9113,
-/// section 8.3.1).
+/// section 8.3.1), as the HTTP/1 engine takes a Host.
 fn authority(value: &[u8]) -> Result<String, &'static str> {
-    // RFC 3986's reg-name, IP-literal and port characters.
-    let allowed = |b: u8| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
-            )
-            || matches!(
-                b,
-                b'*' | b'+' | b',' | b';' | b'=' | b':' | b'[' | b']' | b'%'
-            )
-    };
-    let valid = !value.is_empty() && value.iter().all(|&b| allowed(b));
-    match valid {
+    match policy::is_authority(value) {
         true => Ok(String::from_utf8_lossy(value).into_owned()),
         false => Err("invalid :authority"),
     }
@@ -423,6 +422,26 @@ mod tests {
         }
         fields.field(b"cookie", &[b'a'; 64]);
         assert_eq!(fields.into_head().unwrap_err(), Refused::TooLarge);
+    }
+
+    /// As many fields as an HTTP/1 head may have, and no more: a HeaderMap
+    /// panics past 24,576 distinct names, which a large `max_header_bytes`
+    /// let a client send (the connection's task died, no answer).
+    #[test]
+    fn more_fields_than_an_http1_head_may_have_are_too_large() {
+        let with = |n: usize| {
+            let mut fields = Fields::request(1 << 30);
+            for (name, value) in GET {
+                fields.field(name.as_bytes(), value.as_bytes());
+            }
+            for i in 0..n {
+                fields.field(format!("x-{i}").as_bytes(), b"");
+            }
+            fields.into_head()
+        };
+        assert_eq!(with(MAX_FIELDS).expect("fits").headers.len(), MAX_FIELDS);
+        assert_eq!(with(MAX_FIELDS + 1).unwrap_err(), Refused::TooLarge);
+        assert_eq!(with(30_000).unwrap_err(), Refused::TooLarge);
     }
 
     #[test]
