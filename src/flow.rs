@@ -119,6 +119,15 @@ pub(crate) struct RequestView<'a, H: HeaderLookup> {
     pub tls: bool,
 }
 
+/// The path routes match against: the target without its query; `/` for
+/// `*` (`OPTIONS *`) and an empty one. One rule for both engines.
+pub(crate) fn routed_path(target: &str) -> &str {
+    match target.split_once('?').map_or(target, |(path, _)| path) {
+        "" | "*" => "/",
+        path => path,
+    }
+}
+
 /// Where a request goes, as [`Proxy::decide`] found it.
 pub(crate) struct Chosen<'s> {
     pub(crate) upstream: &'s Upstream,

@@ -280,7 +280,7 @@ async fn handle(
     let origin = path.as_str();
     let view = RequestView {
         host: host_text,
-        path: path.split('?').next().unwrap_or(""),
+        path: crate::flow::routed_path(origin),
         target: origin,
         headers: &parts.headers,
         peer: info.peer.ip(),

@@ -1171,6 +1171,105 @@ async fn a_goaway_from_the_client_lets_its_stream_finish() {
     .await;
 }
 
+/// A stream the client opens after its own GOAWAY is refused
+/// (REFUSED_STREAM: not processed, the client may send it elsewhere), the
+/// one in flight finishes, and limpet says GOAWAY before it closes (RFC
+/// 9113, section 6.8). The new stream was dropped without a word and the
+/// connection closed without a GOAWAY.
+#[tokio::test]
+async fn a_stream_after_the_clients_goaway_is_refused_and_limpet_says_goaway() {
+    bounded(async {
+        let (app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        h2.request(1, &get_block("/slow?ms=300"), true).await;
+        let mut goaway = 0u32.to_be_bytes().to_vec();
+        goaway.extend(NO_ERROR.to_be_bytes());
+        h2.send_frame(GOAWAY, 0, 0, &goaway).await;
+        h2.request(3, &get_block("/after"), true).await;
+        assert_eq!(h2.outcome(3).await, Outcome::Reset(REFUSED_STREAM));
+        let resp = h2.response(1).await;
+        assert_eq!((resp.status, &resp.body[..]), (200, &b"app1"[..]));
+        assert_eq!(h2.connection_error().await, Some(NO_ERROR));
+        assert_eq!(app1.hits(), 1, "only stream 1 reached the backend");
+    })
+    .await;
+}
+
+/// limpet pushes nothing, so an even stream is idle for ever: RST_STREAM,
+/// WINDOW_UPDATE or DATA on one is a connection error (RFC 9113, sections
+/// 5.1, 6.9, 6.4), as on an odd stream not opened yet. They were ignored
+/// once a higher odd stream had been opened.
+#[tokio::test]
+async fn frames_on_even_streams_are_protocol_errors() {
+    bounded(async {
+        let (_app1, lb) = one_backend("").await;
+        for (name, bytes) in [
+            ("RST_STREAM", rst_stream(2, 0x8)),
+            ("WINDOW_UPDATE", window_update(2, 1)),
+            ("DATA", data(2, b"x", false)),
+        ] {
+            let mut h2 = H2::connect(lb.addr).await;
+            assert_served(&mut h2, 3).await;
+            h2.send_lossy(&bytes).await;
+            assert_eq!(h2.connection_error().await, Some(PROTOCOL_ERROR), "{name}");
+        }
+    })
+    .await;
+}
+
+/// Empty CONTINUATION frames do not grow a header block, so its byte cap
+/// never stopped them: with another stream in flight (which keeps the
+/// connection's header timer off) a client could keep one block open for
+/// ever, at a core's worth of CPU. A block may take 16 CONTINUATIONs with the
+/// default `max_header_bytes`.
+#[tokio::test]
+async fn an_endless_header_block_of_empty_continuations_is_refused() {
+    bounded(async {
+        let (_app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        h2.request(1, &get_block("/slow?ms=3000"), true).await;
+        let mut bytes = headers(3, &get_block("/")[..2], true);
+        bytes[4] &= !END_HEADERS;
+        for _ in 0..1000 {
+            bytes.extend(frame(CONTINUATION, 0, 3, &[]));
+        }
+        h2.send_lossy(&bytes).await;
+        assert_eq!(h2.connection_error().await, Some(ENHANCE_YOUR_CALM));
+        assert_serves_new_connections(lb.addr).await;
+        // Split finely but within the limit (16 CONTINUATIONs), a block is
+        // taken.
+        let mut h2 = H2::connect(lb.addr).await;
+        let block = get_block("/");
+        assert!(block.len() > 17, "a {}-byte block", block.len());
+        let mut bytes = headers(1, &block[..1], true);
+        bytes[4] &= !END_HEADERS;
+        for i in 1..16 {
+            bytes.extend(frame(CONTINUATION, 0, 1, &block[i..i + 1]));
+        }
+        bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &block[16..]));
+        h2.send(&bytes).await;
+        let resp = h2.response(1).await;
+        assert_eq!(resp.status, 200);
+    })
+    .await;
+}
+
+/// `OPTIONS *` is routed as `/`, as over HTTP/1.1, and reaches the backend;
+/// HTTP/2 routed it by the path `*` and answered 404 (no route) where the
+/// config has only routes under `/`.
+#[tokio::test]
+async fn options_star_is_routed_like_over_http1() {
+    bounded(async {
+        let (app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        h2.request(1, &request_block("OPTIONS", "*"), true).await;
+        let resp = h2.response(1).await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(app1.hits(), 1);
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // 9. HEAD
 

@@ -79,11 +79,7 @@ impl RequestHead {
 
     /// The path without the query, as routing sees it.
     pub fn path<'b>(&self, buf: &'b [u8]) -> &'b str {
-        let origin = text(&buf[self.origin.clone()]);
-        match origin.split_once('?').map_or(origin, |(path, _)| path) {
-            "" | "*" => "/",
-            path => path,
-        }
+        crate::flow::routed_path(text(&buf[self.origin.clone()]))
     }
 
     /// The host the request is routed and forwarded by (none for an empty

@@ -54,6 +54,12 @@ const READ_PAUSE: usize = 256 * 1024;
 /// A header block (HEADERS and its CONTINUATIONs) may be this many times
 /// `max_header_bytes` before the connection ends (CONTINUATION floods).
 const HEADER_BLOCK_CAP: usize = 4;
+/// A header block may come in at most one CONTINUATION per this many bytes
+/// of its cap (16 with the default 64 KiB `max_header_bytes`), and at least
+/// [`MIN_CONTINUATIONS`]: empty CONTINUATIONs would otherwise keep a block
+/// open forever without growing it.
+const CONTINUATION_PER: usize = frame::DEFAULT_MAX_FRAME;
+const MIN_CONTINUATIONS: usize = 8;
 /// How many times one poll goes round reading, the streams and writing before
 /// it lets other tasks run.
 const ROUNDS_PER_POLL: usize = 4;
@@ -92,6 +98,7 @@ struct Partial {
     end_stream: bool,
     depends_on_itself: bool,
     block: Vec<u8>,
+    continuations: usize,
 }
 
 /// The connection's driver.
@@ -173,6 +180,13 @@ where
     pub(crate) async fn run(mut self) -> Result<(), BoxError> {
         let ended = poll_fn(|cx| self.poll_turns(cx)).await;
         let ended = match ended {
+            // Wound down at the client's GOAWAY: limpet says goodbye too
+            // before it closes (RFC 9113, section 6.8).
+            Ok(()) if !self.goaway_sent && !self.eof => {
+                let mut shared = lock(&self.shared);
+                frame::write_goaway(&mut shared.out, self.last_taken, Reason::NoError);
+                Ok(())
+            }
             Ok(()) => Ok(()),
             Err(Ended::Io(e)) => return Err(e.into()),
             Err(Ended::Protocol(e)) => {
@@ -382,6 +396,7 @@ where
                 end_stream,
                 depends_on_itself,
                 block: block.to_vec(),
+                continuations: 0,
             });
             return Ok(());
         }
@@ -399,6 +414,13 @@ where
             ));
         }
         self.check_block_size(partial.block.len() + payload.len())?;
+        partial.continuations += 1;
+        if partial.continuations > self.max_continuations() {
+            return Err(conn_error(
+                Reason::EnhanceYourCalm,
+                "too many CONTINUATION frames",
+            ));
+        }
         partial.block.extend_from_slice(payload);
         if !head.has(frame::END_HEADERS) {
             self.partial = Some(partial);
@@ -409,13 +431,22 @@ where
             end_stream,
             depends_on_itself,
             block,
+            ..
         } = partial;
         self.header_block(stream, end_stream, &block, depends_on_itself)
     }
 
+    /// The most bytes a header block may have.
+    fn block_cap(&self) -> usize {
+        HEADER_BLOCK_CAP * self.max_header_bytes.max(frame::DEFAULT_MAX_FRAME)
+    }
+
+    fn max_continuations(&self) -> usize {
+        (self.block_cap() / CONTINUATION_PER).max(MIN_CONTINUATIONS)
+    }
+
     fn check_block_size(&self, len: usize) -> Result<(), ConnError> {
-        let cap = HEADER_BLOCK_CAP * self.max_header_bytes.max(frame::DEFAULT_MAX_FRAME);
-        match len > cap {
+        match len > self.block_cap() {
             true => Err(conn_error(
                 Reason::EnhanceYourCalm,
                 "header block too large",
@@ -457,10 +488,17 @@ where
             return Err(conn_error(Reason::Protocol, "even stream id from a client"));
         }
         self.last_seen = id;
-        if self.goaway_sent || self.winding_down {
+        // Past limpet's GOAWAY, its last stream tells the client; past the
+        // client's own, a new stream is refused (not processed: the client
+        // may send it again on another connection).
+        if self.goaway_sent {
             return Ok(());
         }
         let mut shared = lock(&self.shared);
+        if self.winding_down {
+            shared.reset(id, Reason::RefusedStream);
+            return Ok(());
+        }
         if depends_on_itself {
             shared.reset(id, Reason::Protocol);
             return Ok(());
@@ -529,7 +567,7 @@ where
         if head.stream == 0 {
             return Err(conn_error(Reason::Protocol, "DATA on stream 0"));
         }
-        if head.stream > self.last_seen {
+        if self.is_idle(head.stream) {
             return Err(conn_error(Reason::Protocol, "DATA on an idle stream"));
         }
         let data = frame::unpadded(&head, payload)
@@ -580,13 +618,19 @@ where
         Ok(())
     }
 
+    /// A stream the client has not opened yet, or an even one: limpet
+    /// pushes nothing, so those never leave the idle state.
+    fn is_idle(&self, id: u32) -> bool {
+        id > self.last_seen || id.is_multiple_of(2)
+    }
+
     fn priority(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
         if head.stream == 0 {
             return Err(conn_error(Reason::Protocol, "PRIORITY on stream 0"));
         }
         // A stream error; on a stream not opened yet there is nothing to
         // reset, and PRIORITY means nothing to limpet anyway.
-        if payload.len() != 5 && head.stream <= self.last_seen {
+        if payload.len() != 5 && !self.is_idle(head.stream) {
             lock(&self.shared).reset(head.stream, Reason::FrameSize);
         }
         Ok(())
@@ -599,7 +643,7 @@ where
                 "RST_STREAM of the wrong size",
             ));
         }
-        if head.stream == 0 || head.stream > self.last_seen {
+        if head.stream == 0 || self.is_idle(head.stream) {
             return Err(conn_error(Reason::Protocol, "RST_STREAM on an idle stream"));
         }
         // The reset budget is checked once the frames read are handled.
@@ -704,7 +748,7 @@ where
             shared.wake_senders();
             return Ok(());
         }
-        if head.stream > self.last_seen {
+        if self.is_idle(head.stream) {
             return Err(conn_error(
                 Reason::Protocol,
                 "WINDOW_UPDATE on an idle stream",

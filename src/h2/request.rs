@@ -164,6 +164,10 @@ impl Fields {
         if is_connection_specific(&name) {
             return Err("connection-specific field");
         }
+        // Routed by when there is no :authority: checked as HTTP/1's Host is.
+        if name == header::HOST && !value.is_empty() && !policy::is_authority(value.as_bytes()) {
+            return Err("invalid host");
+        }
         if name == header::TE && value.as_bytes() != b"trailers" {
             return Err("te other than trailers");
         }
@@ -380,6 +384,20 @@ mod tests {
                 (":scheme", "http"),
                 (":authority", "h:1"),
                 (":path", "/"),
+            ],
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "a:xx"),
+                (":path", "/"),
+            ],
+            // Without :authority, the host field is what routes: checked
+            // as HTTP/1's Host.
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                ("host", "a:1:2"),
             ],
         ];
         for fields in cases {
