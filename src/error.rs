@@ -18,6 +18,8 @@ pub enum ProxyError {
     HeadTooLarge,
     #[error("request head not received within client_header")]
     HeadTimeout,
+    #[error("request body stalled for client_idle")]
+    BodyTimeout,
     #[error("unsupported expectation")]
     Expectation,
     /// A plain request on a route with `redirect_https`: 308 to this URL.
@@ -53,7 +55,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::HeadTimeout | ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Expectation => StatusCode::EXPECTATION_FAILED,
             ProxyError::RedirectHttps(_) => StatusCode::PERMANENT_REDIRECT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -72,7 +74,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadBody(_) => "400 bad request\n",
             ProxyError::HeadTooLarge => "431 request header fields too large\n",
-            ProxyError::HeadTimeout => "408 request timeout\n",
+            ProxyError::HeadTimeout | ProxyError::BodyTimeout => "408 request timeout\n",
             ProxyError::Expectation => "417 expectation failed\n",
             ProxyError::RedirectHttps(_) => "308 permanent redirect to https\n",
             ProxyError::NoRoute => "404 no route\n",
@@ -106,6 +108,7 @@ impl ProxyError {
                 | ProxyError::BadBody(_)
                 | ProxyError::HeadTooLarge
                 | ProxyError::HeadTimeout
+                | ProxyError::BodyTimeout
                 | ProxyError::Expectation
         )
     }
@@ -124,6 +127,7 @@ mod tests {
             ProxyError::BadBody(cause()),
             ProxyError::HeadTooLarge,
             ProxyError::HeadTimeout,
+            ProxyError::BodyTimeout,
             ProxyError::Expectation,
             ProxyError::RedirectHttps("https://shop.example/".into()),
             ProxyError::NoRoute,

@@ -387,6 +387,10 @@ pub(crate) enum Failure {
     /// The client's own request body broke (malformed, cut short): its fault,
     /// not the backend's.
     ClientBody(BoxError),
+    /// The client's request body stopped coming for `client_idle`: its
+    /// fault too, answered 408 as a head too slow is (nginx's
+    /// `client_body_timeout`).
+    ClientStalled,
 }
 
 /// What to do after an attempt failed.
@@ -471,6 +475,7 @@ impl<'a> Attempts<'a> {
             }
             Failure::Timeout(after) => self.timed_out(failed, after),
             Failure::ClientBody(cause) => Err(ProxyError::BadBody(cause)),
+            Failure::ClientStalled => Err(ProxyError::BodyTimeout),
         }
     }
 

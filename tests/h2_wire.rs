@@ -920,6 +920,22 @@ async fn data_after_end_stream_is_stream_closed() {
     .await;
 }
 
+/// A request body that stops coming for `client_idle` is answered 408 on
+/// its stream, as over HTTP/1.1 (it was a 400).
+#[tokio::test]
+async fn a_request_body_that_stalls_gets_408() {
+    bounded(async {
+        let (_app1, lb) = one_backend("[timeouts]\nclient_idle = \"500ms\"\n").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let mut block = request_block("POST", "/echo");
+        block.extend(literal("content-length", "10"));
+        h2.request(1, &block, false).await;
+        h2.send(&data(1, b"abc", false)).await;
+        assert_eq!(h2.outcome(1).await, Outcome::Status(408));
+    })
+    .await;
+}
+
 /// A field section over `[limits] max_header_bytes` gets SPEC.md's 431, on
 /// its stream; the backend sees nothing.
 #[tokio::test]

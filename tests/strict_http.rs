@@ -25,6 +25,7 @@ both_sides!(
     an_absolute_form_target_is_routed_by_its_authority,
     chunk_extensions_and_trailers_are_checked_like_a_head,
     an_invalid_host_is_refused,
+    a_request_body_that_stalls_gets_408,
 );
 
 /// A backend that answers every request `200 ok`.
@@ -407,4 +408,20 @@ async fn chunk_extensions_and_trailers_are_checked_like_a_head(side: Side) {
     assert_ok(&conn.exchange(&good).await, "ok");
     let seen = &received(&backend, "/good")[0];
     assert_eq!(seen.body, b"abc", "{seen:?}");
+}
+
+/// A request body that stops coming for `client_idle` is answered 408, as a
+/// head too slow is (nginx's `client_body_timeout`, HAProxy's 408), and the
+/// connection closes; it was a 400, the answer to a malformed body.
+async fn a_request_body_that_stalls_gets_408(side: Side) {
+    let backend = ok_backend().await;
+    let top = "[timeouts]\nclient_idle = \"500ms\"";
+    let lb = WireLb::start(side, &config(backend.addr, top, "")).await;
+    let mut conn = lb.connect().await;
+    conn.send("POST /stall HTTP/1.1\r\nHost: wire.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await;
+    let resp = conn.read().await;
+    assert_eq!(resp.status, 408, "{resp:?}");
+    assert_eq!(resp.text(), "408 request timeout\n");
+    assert!(conn.closed().await);
 }

@@ -516,7 +516,10 @@ impl<'s> Upload<'s> {
                 Ok(_) => {}
                 Err(e) => {
                     give_buffer(chunk);
-                    return Err(Failure::ClientBody(e.into()));
+                    return Err(match e.kind() {
+                        stdio::ErrorKind::TimedOut => Failure::ClientStalled,
+                        _ => Failure::ClientBody(e.into()),
+                    });
                 }
             }
             let take = match body.take(&chunk) {

@@ -137,7 +137,7 @@ async fn upload_body(
     loop {
         let deadline = Instant::now() + timeouts.client_idle;
         let frame = match clock.within(deadline, body.frame()).await {
-            None => return Err(Failure::ClientBody("request body timed out".into())),
+            None => return Err(Failure::ClientStalled),
             Some(None) => break,
             Some(Some(Err(e))) => return Err(Failure::ClientBody(e.into())),
             Some(Some(Ok(frame))) => frame,
