@@ -920,6 +920,18 @@ async fn data_after_end_stream_is_stream_closed() {
     .await;
 }
 
+/// A `:path` with a character RFC 3986 keeps out of URIs is malformed, as
+/// such a target is over HTTP/1.1: reset on its stream, never forwarded.
+#[tokio::test]
+async fn a_path_with_characters_uris_may_not_have_is_refused() {
+    bounded(async {
+        for path in ["/t#frag", "/t{x}", "/t|"] {
+            refused_on_its_stream(path, request_block("GET", path), true, &[], true).await;
+        }
+    })
+    .await;
+}
+
 /// A request body that stops coming for `client_idle` is answered 408 on
 /// its stream, as over HTTP/1.1 (it was a 400).
 #[tokio::test]

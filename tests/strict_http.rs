@@ -26,6 +26,8 @@ both_sides!(
     chunk_extensions_and_trailers_are_checked_like_a_head,
     an_invalid_host_is_refused,
     a_request_body_that_stalls_gets_408,
+    characters_uris_may_not_have_are_refused_in_the_target,
+    an_upgrade_to_h2c_is_not_passed_on,
 );
 
 /// A backend that answers every request `200 ok`.
@@ -424,4 +426,43 @@ async fn a_request_body_that_stalls_gets_408(side: Side) {
     assert_eq!(resp.status, 408, "{resp:?}");
     assert_eq!(resp.text(), "408 request timeout\n");
     assert!(conn.closed().await);
+}
+
+/// A target with characters RFC 3986 keeps out of URIs (a fragment's `#`,
+/// `"`, `<`, `>`, `\`, `^`, `` ` ``, `{`, `|`, `}`) is a 400 and reaches no
+/// backend, as with HAProxy's defaults; they were forwarded. Percent-encoded
+/// they pass, and so does raw UTF-8 (as nginx lets it).
+async fn characters_uris_may_not_have_are_refused_in_the_target(side: Side) {
+    let backend = ok_backend().await;
+    let lb = lb_for(side, &backend).await;
+    for target in [
+        "/t#frag", "/t\"q", "/t<", "/t>", "/t\\", "/t^", "/t`", "/t{", "/t|", "/t}",
+    ] {
+        let mut conn = lb.connect().await;
+        let resp = conn.exchange(get(target)).await;
+        assert_eq!(resp.status, 400, "{target}: {resp:?}");
+    }
+    assert!(backend
+        .received()
+        .iter()
+        .all(|r| !r.target.starts_with("/t")));
+    let mut conn = lb.connect().await;
+    assert_ok(&conn.exchange(get("/ok%7B%7D?q=caf\u{e9}")).await, "ok");
+}
+
+/// `Upgrade: h2c` is not passed on (nor `Connection: upgrade`): a backend
+/// taking it would speak HTTP/2 through a tunnel past limpet ("h2c
+/// smuggling"). The request itself is served as a plain one.
+async fn an_upgrade_to_h2c_is_not_passed_on(side: Side) {
+    let backend = ok_backend().await;
+    let lb = lb_for(side, &backend).await;
+    let mut conn = lb.connect().await;
+    let req = "GET /h2c HTTP/1.1\r\nHost: wire.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+               Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    assert_ok(&conn.exchange(req).await, "ok");
+    let seen = &received(&backend, "/h2c")[0];
+    assert!(seen.all("upgrade").is_empty(), "{seen:?}");
+    assert!(seen.all("http2-settings").is_empty(), "{seen:?}");
+    let connection = seen.all("connection").join(",").to_ascii_lowercase();
+    assert!(!connection.contains("upgrade"), "{seen:?}");
 }

@@ -296,6 +296,18 @@ pub fn write_cookie_field<'v, I>(
     }
 }
 
+/// Whether a request target's bytes are all ones RFC 3986 lets a URI have
+/// (or UTF-8 beyond ASCII, which browsers encode but other clients send
+/// raw, as nginx lets through): no whitespace or control characters, and
+/// none of `"`, `#`, `<`, `>`, `\`, `^`, `` ` ``, `{`, `|`, `}` (HAProxy
+/// refuses them too; a fragment is never sent). Both engines refuse a
+/// request with anything else in its target: a 400, or a reset stream.
+pub fn is_target_text(target: &[u8]) -> bool {
+    target
+        .iter()
+        .all(|&b| b > 0x20 && b != 0x7f && !b"\"#<>\\^`{|}".contains(&b))
+}
+
 /// A Host value or an authority (RFC 9110 section 7.2, RFC 3986 section
 /// 3.2.2): a registered name or IPv4 address, or an IPv6 literal in
 /// brackets, then an optional `:port` of digits (at most 65535); no user
@@ -364,6 +376,25 @@ pub fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 mod tests {
     use super::*;
     use http::header::HeaderValue;
+
+    #[test]
+    fn targets_have_uri_characters() {
+        for good in [
+            "/",
+            "/a/b?c=d&e=f;g",
+            "/%7B%7D",
+            "/caf\u{e9}",
+            "*",
+            "/a:b@c!$'()*+,",
+        ] {
+            assert!(is_target_text(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "/h#frag", "/h\"", "/<", "/>", "/\\", "/^", "/`", "/{", "/|", "/}", "/a b", "/\x7f",
+        ] {
+            assert!(!is_target_text(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn authorities_are_host_and_port() {

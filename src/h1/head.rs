@@ -222,6 +222,14 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     } else if head.upgrade.is_some() && !head.keep_alive {
         // Connection: close, upgrade: the client wants neither.
         head.upgrade = None;
+    } else if let Some(protocol) = &head.upgrade {
+        // An upgrade to h2c is never passed on: a backend that took it
+        // would speak HTTP/2 through a tunnel past limpet's routing and
+        // checks (the "h2c smuggling" of proxies that forward it). limpet
+        // itself serves h2c only by prior knowledge.
+        if tokens(&buf[protocol.clone()]).any(|t| t.eq_ignore_ascii_case(b"h2c")) {
+            head.upgrade = None;
+        }
     }
     head.body = match (chunked, content_length) {
         (Some(_), Some(_)) => return bad("both Transfer-Encoding and Content-Length"),
@@ -243,6 +251,9 @@ fn split_target<'t>(
     method: &str,
     target: &'t str,
 ) -> Result<(&'t str, Option<&'t str>), &'static str> {
+    if !policy::is_target_text(target.as_bytes()) {
+        return Err("invalid character in the request target");
+    }
     if target.starts_with('/') {
         return Ok((target, None));
     }
@@ -705,6 +716,9 @@ mod tests {
         assert_eq!(absolute.path(raw), "/p");
         let raw = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
         assert!(complete(raw).upgrade.is_some());
+        let h2c = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        assert!(complete(h2c).upgrade.is_none());
         assert!(
             complete(
                 b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"

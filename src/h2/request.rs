@@ -242,8 +242,7 @@ fn authority(value: &[u8]) -> Result<String, &'static str> {
 /// or UTF-8 sent unescaped (as the HTTP/1 engine lets through), never
 /// whitespace or control characters.
 fn path(value: &[u8]) -> Result<String, &'static str> {
-    let valid = (value.first() == Some(&b'/') || value == b"*")
-        && value.iter().all(|&b| b > 0x20 && b != 0x7f);
+    let valid = (value.first() == Some(&b'/') || value == b"*") && policy::is_target_text(value);
     match std::str::from_utf8(value) {
         Ok(text) if valid => Ok(text.to_owned()),
         _ => Err("invalid :path"),

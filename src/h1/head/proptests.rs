@@ -39,23 +39,30 @@ fn method() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A Host or authority as `policy::is_authority` takes it: a name (any
+/// reg-name characters, percent-escapes) or an IPv6 literal, and a port.
 fn authority() -> impl Strategy<Value = String> {
     prop_oneof![
-        re("[a-z0-9][a-z0-9.-]{0,15}(:[0-9]{1,5})?"),
-        re("[A-Za-z0-9._~!$&'()*+;=:\\[\\]%-]{1,24}"),
+        re("[a-z0-9][a-z0-9.-]{0,15}(:[0-9]{1,4})?"),
+        re("[A-Za-z0-9._~!$&'()*+,;=-]{1,20}(%[0-9A-Fa-f]{2})?(:[0-9]{0,4})?"),
+        re("\\[(::1|2001:db8::[0-9a-f]{1,4}|fe80::1)\\](:[0-9]{1,4})?"),
     ]
 }
+
+/// The characters of a target: visible ASCII but those URIs may not have
+/// (`policy::is_target_text`), and raw UTF-8.
+const TARGET_CHARS: &str = "[-A-Za-z0-9._~!$&'()*+,;=:@/?%\\[\\]é€]";
 
 /// Origin-form (path and query) or absolute-form, and the authority of the
 /// latter.
 fn target() -> impl Strategy<Value = (String, Option<String>)> {
-    let origin = re("/[!-~é€]{0,24}");
+    let origin = re(&format!("/{TARGET_CHARS}{{0,24}}"));
     prop_oneof![
         3 => origin.prop_map(|o| (o, None)),
         1 => (
             prop::sample::select(&["http://", "https://", "HTTP://", "hTTpS://"][..]),
             authority(),
-            prop_oneof![Just(String::new()), re("[/?][!-~]{0,16}")],
+            prop_oneof![Just(String::new()), re(&format!("[/?]{TARGET_CHARS}{{0,16}}"))],
         )
             .prop_map(|(scheme, a, rest)| (format!("{scheme}{a}{rest}"), Some(a))),
     ]
