@@ -265,6 +265,10 @@ impl Admin {
     }
 }
 
+/// The longest drain deadline: longer ones are surely typos (and one past
+/// the year 9999 could not even be written as a date in `/status`).
+const MAX_DRAIN: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A drain's deadline from the query (`?deadline=30m`) or the JSON body
 /// (`{"deadline": "30m"}`); an error says why the request is bad.
 async fn deadline(
@@ -313,6 +317,9 @@ async fn deadline(
         return Err(
             "the deadline must be longer than 0s (maintenance fails clients over now)".into(),
         );
+    }
+    if after > MAX_DRAIN {
+        return Err(format!("deadline \"{text}\" is longer than a year (365d)"));
     }
     Ok(Some(after))
 }

@@ -232,6 +232,13 @@ async fn the_deadline_comes_in_the_body_or_the_query_and_bad_ones_are_refused() 
     for (path, body, why) in [
         (format!("{drain}?deadline=soon"), "", "is not a duration"),
         (format!("{drain}?deadline=0s"), "", "longer than 0s"),
+        // Past the year 9999 it was taken, and /status panicked at the date.
+        (format!("{drain}?deadline=10000y"), "", "longer than a year"),
+        (
+            drain.to_string(),
+            r#"{"deadline": "999999999999h"}"#,
+            "longer than a year",
+        ),
         (drain.to_string(), r#"{"deadline": 30}"#, "the body is not"),
         (
             drain.to_string(),
@@ -254,7 +261,9 @@ async fn the_deadline_comes_in_the_body_or_the_query_and_bad_ones_are_refused() 
         assert_eq!(status, 400, "{path} {body}: {answer}");
         assert!(answer.contains(why), "{path} {body}: {answer}");
     }
-    // Refused: the drain without a deadline is still what runs.
+    // Refused: the drain without a deadline is still what runs, and the
+    // status page still answers.
+    lb.admin.status().await;
     let entry = lb.admin.backend("shop", "app2").await;
     assert_eq!(entry["operator"], "draining");
     assert!(entry["drain"].is_null(), "{entry}");
