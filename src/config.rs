@@ -36,6 +36,8 @@ pub const DEFAULT_SESSION_CACHE: usize = 20_000;
 pub const MAX_SESSION_CACHE: usize = 1_000_000;
 /// hyper refuses a read buffer smaller than this, so it is the smallest head limit.
 pub const MIN_MAX_HEADER_BYTES: usize = 8192;
+/// The most worker threads `[runtime] worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
 pub const DEFAULT_COOKIE_NAME: &str = "limpet";
 pub const DEFAULT_HEALTH_PATH: &str = "/health";
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -564,5 +566,31 @@ mod tests {
         // has an empty message, which printed as "gen.toml:1:1: ".
         let e = Config::parse("\ra", "gen.toml").unwrap_err();
         assert_eq!(e.to_string(), "gen.toml:1:1: invalid TOML");
+    }
+
+    /// A route's host is kept as requests are matched (SPEC: "port
+    /// ignored"): `a.com:80`, `[::1]` and a trailing dot matched nothing.
+    #[test]
+    fn route_hosts_are_kept_without_port_brackets_or_trailing_dot() {
+        let route = |host: &str| format!("[[route]]\nhost = \"{host}\"\nupstream = \"shop\"\n");
+        let text = format!(
+            "[listen]\nhttp = [\"127.0.0.1:8080\"]\n{}{}{}{}\n[upstream.shop]\n\
+             [[upstream.shop.backend]]\nname = \"a\"\naddr = \"127.0.0.1:9001\"\n",
+            route("A.com:80"),
+            route("[::1]:8080"),
+            route("Shop.Example.com."),
+            route("::1"),
+        );
+        let config = Config::parse(&text, "routes.toml").expect("valid");
+        let hosts: Vec<_> = config.routes.iter().map(|r| r.host.as_deref()).collect();
+        assert_eq!(
+            hosts,
+            [
+                Some("a.com"),
+                Some("::1"),
+                Some("shop.example.com"),
+                Some("::1")
+            ]
+        );
     }
 }

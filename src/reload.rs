@@ -92,6 +92,11 @@ impl Reloader {
                 "listen.backlog changed: it takes effect at the next restart (the kernel sizes a listening socket's queue once)"
             );
         }
+        if config.runtime.worker_threads != current.config.runtime.worker_threads {
+            tracing::warn!(
+                "runtime.worker_threads changed: it takes effect at the next restart (the runtime's threads start once)"
+            );
+        }
         if config.log != current.config.log {
             // Checked when the file was validated; a failure now (the disk
             // changed since) keeps the old destination.

@@ -498,6 +498,63 @@ fn bad_values() {
     );
 }
 
+/// Values that passed `check` and then broke at run time (found by
+/// black-box probing): worker threads by the tens of thousands aborted the
+/// start; a health path with a space failed every check (the whole upstream
+/// down); a cookie path with `;` or a CR added attributes to Set-Cookie or
+/// split the response.
+#[test]
+fn values_that_broke_at_run_time() {
+    let text = shop("").replacen(
+        LISTEN,
+        &format!("{LISTEN}\n[runtime]\nworker_threads = 99999\n"),
+        1,
+    );
+    assert_error(
+        "huge-worker-threads",
+        &text,
+        "worker_threads = ",
+        "runtime.worker_threads",
+        "must be at most 1024",
+    );
+    for (name, path) in [("space", "/he alth"), ("cr", "/health\\r\\nX: 1")] {
+        let text = format!("{}\n[upstream.shop.health]\npath = \"{path}\"\n", shop(""));
+        assert_error(
+            &format!("health-path-{name}"),
+            &text,
+            "path = ",
+            "upstream.shop.health.path",
+            "must be a request target",
+        );
+    }
+    for (name, path) in [
+        ("attribute", "/a; Domain=evil.example"),
+        ("crlf", "/\\r\\nX-Evil: 1"),
+        ("relative", "shop"),
+        ("empty", ""),
+    ] {
+        let text = format!("{}\n[upstream.shop.cookie]\npath = \"{path}\"\n", shop(""));
+        assert_error(
+            &format!("cookie-path-{name}"),
+            &text,
+            "path = ",
+            "upstream.shop.cookie.path",
+            "must start with / and have no control characters or ;",
+        );
+    }
+    let text = format!(
+        "{LISTEN}\n[[route]]\nhost = \"a.com:xx\"\nupstream = \"shop\"\n{}",
+        shop("").trim_start_matches(LISTEN)
+    );
+    assert_error(
+        "route-host-bad-port",
+        &text,
+        "host = ",
+        "route[0].host",
+        "is not a host name",
+    );
+}
+
 #[test]
 fn bad_proxy_protocol_values() {
     let pp = "proxy_protocol = { from = [\"10.0.0.0/8\", \"10.1.2.300/32\"] }\n";

@@ -137,6 +137,14 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
     let runtime = Runtime {
         worker_threads: raw.runtime.worker_threads.unwrap_or(0),
     };
+    if runtime.worker_threads > MAX_WORKER_THREADS {
+        // 99999 passed and then aborted the start, after spawning ~16,000
+        // threads.
+        return Err(invalid(
+            "runtime.worker_threads",
+            format!("must be at most {MAX_WORKER_THREADS} (0: one per core)"),
+        ));
+    }
     let dns = DnsConfig {
         server: raw.dns.server.as_deref().map(dns_server).transpose()?,
     };
@@ -260,10 +268,11 @@ fn validate_routes(
                 format!("unknown upstream \"{}\"", r.upstream),
             ));
         }
-        let host = r.host.map(|h| h.to_ascii_lowercase());
+        let host = r.host.map(|h| route_host(&h));
         if let Some(h) = &host {
             let bare = h.strip_prefix("*.").unwrap_or(h);
-            if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(' ') {
+            let bad_colon = bare.contains(':') && bare.parse::<std::net::Ipv6Addr>().is_err();
+            if bare.is_empty() || bad_colon || bare.contains(['*', '/', ' ', '[', ']']) {
                 return Err(invalid(
                     format!("route[{i}].host"),
                     format!("\"{h}\" is not a host name or a \"*.domain\" wildcard"),
@@ -302,6 +311,20 @@ fn validate_routes(
 
 /// A Strict-Transport-Security value (RFC 6797, section 6.1): `max-age`
 /// with its seconds, and the directives browsers know.
+/// A route's host as requests are matched: lowercase, without a port or a
+/// trailing dot (SPEC: "port ignored"), an IPv6 literal without brackets.
+/// `a.com:80` and `Shop.Example.` were taken as written and matched nothing.
+fn route_host(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    let bare = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        // One colon: a port; more: an IPv6 address written bare.
+        None if host.matches(':').count() == 1 => crate::router::strip_port(&host),
+        None => &host,
+    };
+    bare.trim_end_matches('.').to_string()
+}
+
 fn is_hsts(value: &str) -> bool {
     let mut directives = value.split(';').map(str::trim);
     let max_age = directives.next().and_then(|d| d.strip_prefix("max-age="));
@@ -428,6 +451,19 @@ fn validate_upstream(
         http_only: c.http_only.unwrap_or(true),
         same_site: c.same_site.unwrap_or(SameSite::Lax),
     };
+    // Written into Set-Cookie as it is: a `;` would add attributes, a CR or
+    // LF split the response (RFC 6265: any CHAR but controls and `;`).
+    let path_ok = cookie.path.starts_with('/')
+        && cookie
+            .path
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b';');
+    if !path_ok {
+        return Err(invalid(
+            key("cookie.path"),
+            "must start with / and have no control characters or ;",
+        ));
+    }
     if !cookie.max_idle.is_zero() && cookie.max_idle < Duration::from_secs(2) {
         return Err(invalid(
             key("cookie.max_idle"),
@@ -478,6 +514,14 @@ fn validate_upstream(
     };
     if !health.path.starts_with('/') {
         return Err(invalid(key("health.path"), "must start with /"));
+    }
+    if !crate::flow::policy::is_target_text(health.path.as_bytes()) {
+        // A space or a CR passed, and then every check failed: the whole
+        // upstream down.
+        return Err(invalid(
+            key("health.path"),
+            "must be a request target: no whitespace, control characters or \" # < > \\ ^ ` { | }",
+        ));
     }
     for (k, v) in [
         ("rise", health.rise),
