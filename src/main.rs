@@ -53,7 +53,10 @@ fn main() -> ExitCode {
                 for w in c.warnings.iter().chain(&unresolvable_names(&c)) {
                     eprintln!("warning: {w}");
                 }
-                print!("{}: ok\n{}", config.display(), c.summary());
+                // A reader that stops early (`limpet check | head -1`) is
+                // not a failure of the config: print! would panic on EPIPE.
+                let said = format!("{}: ok\n{}", config.display(), c.summary());
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), said.as_bytes());
                 ExitCode::SUCCESS
             }
             Err(e) => {

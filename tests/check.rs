@@ -555,6 +555,26 @@ fn values_that_broke_at_run_time() {
     );
 }
 
+/// `limpet check | head -1` (a reader gone before limpet writes) is still a
+/// passing check: exit 0, no panic. print! panicked on the broken pipe
+/// (exit 101), which failed `set -o pipefail` deploy scripts on good configs.
+#[test]
+fn a_reader_that_stops_early_does_not_fail_check() {
+    let path = write("pipe", &shop(""));
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run limpet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn bad_proxy_protocol_values() {
     let pp = "proxy_protocol = { from = [\"10.0.0.0/8\", \"10.1.2.300/32\"] }\n";
