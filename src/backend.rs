@@ -285,6 +285,14 @@ impl BackendState {
         }
     }
 
+    /// A new session was given to this backend (least-sessions counts it
+    /// before its first answer).
+    pub fn session_started(&self, session: u64) {
+        if session != 0 {
+            self.sessions.note(session, millis_since_epoch());
+        }
+    }
+
     /// The estimated number of distinct sessions within the window.
     pub fn active_sessions(&self) -> u64 {
         self.sessions.estimate(millis_since_epoch())

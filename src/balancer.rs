@@ -62,6 +62,13 @@ impl Balancer {
             // A backend in slow start takes its turn only with its ramp's probability.
             let ramp = backends[i].state.ramp(self.slow_start);
             if ramp >= 1.0 || fastrand::f64() < ramp {
+                // The next pick starts after this one: starting at the
+                // skipped slot's neighbour again would give that neighbour
+                // (often the skipped backend's replica) the skipped one's
+                // share too, 2:1 over the others.
+                if step > 0 {
+                    self.rr_next.fetch_add(step, Relaxed);
+                }
                 return Some(i);
             }
         }
@@ -143,6 +150,11 @@ impl Balancer {
         for step in 0..len {
             let i = (start + step) % len;
             if !eligible(i) {
+                // As in round-robin: ties go from after the skipped ones,
+                // not to their neighbour twice.
+                if best.is_none() {
+                    self.rr_next.fetch_add(1, Relaxed);
+                }
                 continue;
             }
             let weight = self.effective_weight(&backends[i]);
@@ -261,6 +273,35 @@ mod tests {
         }
         assert!(counts[0] >= 100, "{counts:?}");
         assert!(counts[2] < 100, "{counts:?}");
+    }
+
+    /// A backend that cannot take a pick (down, excluded) gives its turns to
+    /// all the others alike: the one after it in the order took them all
+    /// (2:1 over the rest), and that one is often its replica, which takes
+    /// its pinned clients too.
+    #[test]
+    fn a_skipped_backend_s_turns_are_shared_by_the_others() {
+        for policy in [
+            Balance::RoundRobin,
+            Balance::LeastRequests,
+            Balance::LeastSessions,
+        ] {
+            let b = backends(&[1, 1, 1]);
+            let balancer = Balancer::new(policy, &b, Duration::ZERO);
+            let mut counts = [0usize; 3];
+            for _ in 0..90 {
+                counts[balancer.pick(&b, &[0]).unwrap()] += 1;
+            }
+            assert_eq!(counts[0], 0, "{policy:?} {counts:?}");
+            assert!(counts[1].abs_diff(counts[2]) <= 2, "{policy:?} {counts:?}");
+        }
+        let b = backends(&[2, 1, 1]);
+        let balancer = Balancer::new(Balance::RoundRobin, &b, Duration::ZERO);
+        let mut counts = [0usize; 3];
+        for _ in 0..120 {
+            counts[balancer.pick(&b, &[1]).unwrap()] += 1;
+        }
+        assert_eq!(counts, [80, 0, 40], "weights 2:1 of the two left");
     }
 
     #[test]

@@ -379,13 +379,25 @@ impl Upstream {
             },
             Some(pin) => self.fail_over(pin.backend, &[pin.backend], pin.session),
             None => match self.balancer.pick(&self.backends, &[]) {
-                Some(backend) => Decision {
-                    backend,
-                    outcome: Outcome::New,
-                    failover_from: None,
-                    set_cookie: sets_cookie,
-                    session: Session::new(),
-                },
+                Some(backend) => {
+                    let decision = Decision {
+                        backend,
+                        outcome: Outcome::New,
+                        failover_from: None,
+                        set_cookie: sets_cookie,
+                        session: Session::new(),
+                    };
+                    // least-sessions counts the new session from now on, not
+                    // from its first answer: a slow backend's sessions would
+                    // drop out of its count (the pick's own count lasts only
+                    // until the next estimate) while their requests wait, and
+                    // it would look the emptiest, drawing ever more of them.
+                    if self.config.balance == crate::config::Balance::LeastSessions {
+                        let state = &self.backends[backend].state;
+                        state.session_started(self.counted_session(&decision));
+                    }
+                    decision
+                }
                 None => self.rejected(None),
             },
         }
@@ -851,6 +863,30 @@ mod tests {
                 keepalive: crate::pool::DEFAULT_KEEPALIVE,
             }
         );
+    }
+
+    /// Under least-sessions a new session counts from its pick, not from
+    /// its first answer: picks the backends have not answered yet (a slow
+    /// backend's) stay in the estimate after it is recomputed (each second),
+    /// where they dropped out and the slow backend looked the emptiest.
+    #[test]
+    fn least_sessions_counts_a_new_session_before_its_answer() {
+        let toml = "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n\
+             [upstream.shop]\naffinity = \"cookie\"\nbalance = \"least-sessions\"\n\
+             [upstream.shop.cookie]\nsecret = \"0123456789abcdef0123456789abcdef\"\n\
+             [[upstream.shop.backend]]\nname = \"app1\"\naddr = \"127.0.0.1:1\"\n\
+             [[upstream.shop.backend]]\nname = \"app2\"\naddr = \"127.0.0.1:2\"\n";
+        let snap = Snapshot::build(Config::parse(toml, "test.toml").unwrap(), None);
+        let up = &snap.upstreams[0];
+        for _ in 0..20 {
+            up.choose(None);
+        }
+        // Past the next recompute: no answer came, the picks still count.
+        std::thread::sleep(crate::sessions::REFRESH + Duration::from_millis(50));
+        for b in up.backends.iter() {
+            let n = b.state.active_sessions();
+            assert!((9..=11).contains(&n), "{}: {n}", b.name);
+        }
     }
 
     #[test]
