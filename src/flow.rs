@@ -487,7 +487,12 @@ impl<'a> Attempts<'a> {
         cause: BoxError,
         reused: bool,
     ) -> Result<Retry, ProxyError> {
-        if !reused {
+        // On a pooled connection the failure may be the backend closing an
+        // idle connection as the request went: no fault of its own. Not so
+        // for a request that is not replayable: it goes only on a connection
+        // used within SAFE_REUSE, and is not sent again to find out (a
+        // backend resetting every POST stayed up under steady traffic).
+        if !reused || !self.replayable {
             crate::health::passive_failure(self.upstream, failed.backend, &cause);
         }
         if !self.replayable {

@@ -157,3 +157,54 @@ async fn idle_connections_are_kept_for_the_upstreams_keepalive() {
     })
     .await;
 }
+
+/// A backend that answers GETs and resets the connection after reading a
+/// POST's head. Under steady traffic every POST goes on a connection a GET
+/// used moments ago; its failure counts against the backend (`passive_fall
+/// = 1`: down at once) as it would on a new connection. It did not: a
+/// failure on a pooled connection was taken for the backend closing an idle
+/// one, and a POST is not sent again to find out, so the backend stayed up
+/// through any number of 502s.
+#[tokio::test]
+async fn a_backend_resetting_posts_on_pooled_connections_goes_down() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        if buf.starts_with(b"POST") {
+                            // Closed with the body unread: the kernel resets.
+                            return;
+                        }
+                        buf.clear();
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if conn.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let config = config(backend, "").replace("passive_fall = 1000", "passive_fall = 1");
+        let lb = WireLb::start(Side::Plain, &config).await;
+        let mut conn = lb.connect().await;
+        assert_eq!(conn.exchange(get("/cart")).await.status, 200);
+        let resp = conn.exchange(post("/order", b"item=1")).await;
+        assert_eq!(resp.status, 502, "{resp:?}");
+        let mut conn = lb.connect().await;
+        let after = conn.exchange(get("/cart")).await;
+        assert_eq!(after.status, 503, "the backend is down: {after:?}");
+    })
+    .await
+    .expect("bounded");
+}
