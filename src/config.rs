@@ -482,7 +482,11 @@ impl Config {
         };
         let raw: raw::File = toml::from_str(text).map_err(|e| {
             let span = e.span();
-            let key = span.as_ref().and_then(|s| locate::key_at(text, s.start));
+            // A document too broken for the key finder (an integer past 64
+            // bits) still names the key its line sets.
+            let key = span.as_ref().and_then(|s| {
+                locate::key_at(text, s.start).or_else(|| locate::key_on_line(text, s.start))
+            });
             // toml's messages may span lines ("invalid array\nexpected `]`"): keep
             // the error on one line. Some have no words at all (a lone CR).
             let message = match e.message().trim() {

@@ -555,6 +555,87 @@ fn values_that_broke_at_run_time() {
     );
 }
 
+/// An address given to two listeners, or the admin API on a traffic
+/// listener, is refused at the key: `check` passed them and `run` failed
+/// with "address already in use", naming no key.
+#[test]
+fn listeners_on_one_address() {
+    let text = shop("").replacen(
+        LISTEN,
+        "[listen]\nhttp = [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]\n",
+        1,
+    );
+    assert_error(
+        "same-http-twice",
+        &text,
+        "\"127.0.0.1:8080\"]",
+        "listen.http[1]",
+        "127.0.0.1:8080 is already listen.http[0]",
+    );
+    let text = format!("{}\n[admin]\nlisten = \"127.0.0.1:8080\"\n", shop(""));
+    assert_error(
+        "admin-on-traffic",
+        &text,
+        "listen = ",
+        "admin.listen",
+        "127.0.0.1:8080 is already listen.http[0]",
+    );
+}
+
+/// Messages that named no key, the wrong one, or a type of limpet's own.
+#[test]
+fn messages_name_the_key_and_say_what_is_wanted() {
+    let text = format!(
+        "{}\n[upstream.shop.health]\ninterval = \"5s\"\ntimeout = \"0s\"\n",
+        shop("")
+    );
+    assert_error(
+        "zero-health-timeout",
+        &text,
+        "timeout = ",
+        "upstream.shop.health.timeout",
+        "must be longer than 0s",
+    );
+    let text = format!(
+        "{LISTEN}\n[limits]\nmax_connections = 99999999999999999999\n{}",
+        shop("").trim_start_matches(LISTEN)
+    );
+    assert_error(
+        "integer-past-64-bits",
+        &text,
+        "99999999999999999999",
+        "limits.max_connections",
+        "number too large",
+    );
+    let text = format!("{}\n[upstream.shop.cookie]\nsecure = 1\n", shop(""));
+    assert_error(
+        "secure-number",
+        &text,
+        "1\n",
+        "upstream.shop.cookie.secure",
+        "true, false or \"auto\"",
+    );
+    let text = format!(
+        "{}\n[upstream.shop.ip_hash]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        shop("affinity = \"ip-hash\"")
+    );
+    assert_error(
+        "bad-network",
+        &text,
+        "\"10.0.0.0/33\"]",
+        "upstream.shop.ip_hash.trusted_proxies[0]",
+        "\"10.0.0.0/33\" is not an address or a network",
+    );
+    // A single address is a network of one.
+    let text = format!(
+        "{}\n[upstream.shop.ip_hash]\ntrusted_proxies = [\"10.0.0.1\", \"::1\"]\n",
+        shop("affinity = \"ip-hash\"")
+    );
+    let path = write("single-address-network", &text);
+    let out = limpet(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
 /// `limpet check | head -1` (a reader gone before limpet writes) is still a
 /// passing check: exit 0, no panic. print! panicked on the broken pipe
 /// (exit 101), which failed `set -o pipefail` deploy scripts on good configs.
@@ -584,7 +665,7 @@ fn bad_proxy_protocol_values() {
         &text,
         "\"10.1.2.300/32\"",
         "listen.proxy_protocol.from[1]",
-        "invalid IP address",
+        "\"10.1.2.300/32\" is not an address or a network",
     );
     let text = shop("send_proxy = \"v3\"");
     assert_error(

@@ -64,6 +64,37 @@ pub fn key_at(text: &str, offset: usize) -> Option<String> {
         .map(|e| e.path)
 }
 
+/// The key a line of TOML sets, for an error in a document too broken to
+/// parse as a whole (an integer past 64 bits): the line's `key =` under the
+/// last `[table]` or `[[array]]` header above it (an array's element without
+/// its index). `None` for a line that sets nothing.
+pub fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..floor_char_boundary(text, offset.min(text.len()))];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let plain = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    };
+    if !plain(key) {
+        return None;
+    }
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim())
+        .filter(|t| plain(t));
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_string(),
+    })
+}
+
 fn entries(text: &str) -> Vec<Entry> {
     let mut out = Vec::new();
     if let Ok(doc) = ImDocument::parse(text) {
@@ -159,6 +190,22 @@ mod tests {
     fn falls_back_to_the_closest_ancestor() {
         let span = span_of(TEXT, "upstream.shop.backend[0].weight").unwrap();
         assert_eq!(line_col(TEXT, span.start).0, 4);
+    }
+
+    #[test]
+    fn key_on_line_names_the_key_of_a_line() {
+        let text = "[limits]\nmax_connections = 99999999999999999999\n\n\
+                    [[upstream.shop.backend]]\nweight = 1\n";
+        let at = |needle: &str| text.find(needle).unwrap();
+        assert_eq!(
+            key_on_line(text, at("9999")).as_deref(),
+            Some("limits.max_connections")
+        );
+        assert_eq!(
+            key_on_line(text, at("weight")).as_deref(),
+            Some("upstream.shop.backend.weight")
+        );
+        assert_eq!(key_on_line(text, at("[[upstream")), None);
     }
 
     #[test]

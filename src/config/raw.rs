@@ -46,7 +46,7 @@ pub struct Listen {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyProtocol {
-    pub from: Vec<IpNet>,
+    pub from: Vec<Network>,
 }
 
 #[derive(Deserialize)]
@@ -158,7 +158,7 @@ pub struct UpstreamTimeouts {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "true, false or \"auto\"")]
 pub enum BoolOrAuto {
     Bool(bool),
     Text(String),
@@ -184,7 +184,40 @@ pub struct Cookie {
 #[serde(deny_unknown_fields)]
 pub struct IpHash {
     #[serde(default)]
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Vec<Network>,
+}
+
+/// A network (`10.0.0.0/8`) or a single address (`10.0.0.1`, taken as /32
+/// or /128, as nginx's `set_real_ip_from` takes it); a wrong one is named
+/// at its place in the list.
+pub struct Network(pub IpNet);
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor, so that the error is placed at the list's element.
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Network;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an address or a network like \"10.0.0.0/8\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Network, E> {
+                let trimmed = text.trim();
+                trimmed
+                    .parse::<IpNet>()
+                    .or_else(|_| trimmed.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map(Network)
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "\"{text}\" is not an address or a network like \"10.0.0.0/8\""
+                        ))
+                    })
+            }
+        }
+        d.deserialize_str(Text)
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -44,7 +44,7 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
         proxy_protocol_from: raw
             .listen
             .proxy_protocol
-            .map(|p| p.from)
+            .map(|p| p.from.into_iter().map(|n| n.0).collect())
             .unwrap_or_default(),
     };
     if listen.http.is_empty() && listen.https.is_empty() {
@@ -73,6 +73,7 @@ pub(super) fn validate(raw: raw::File, text: &str) -> Result<Config, Invalid> {
             })
         })
         .transpose()?;
+    check_listeners_apart(&listen, admin.as_ref())?;
     let t = raw.timeouts;
     let timeouts = Timeouts {
         client_header: duration(
@@ -482,7 +483,10 @@ fn validate_upstream(
     }
 
     let ip_hash = IpHashConfig {
-        trusted_proxies: up.ip_hash.map(|i| i.trusted_proxies).unwrap_or_default(),
+        trusted_proxies: up
+            .ip_hash
+            .map(|i| i.trusted_proxies.into_iter().map(|n| n.0).collect())
+            .unwrap_or_default(),
     };
     let a = up.app_cookie.unwrap_or_default();
     let app_cookie = AppCookieConfig {
@@ -532,11 +536,13 @@ fn validate_upstream(
             return Err(invalid(key(&format!("health.{k}")), "must be at least 1"));
         }
     }
-    if health.interval.is_zero() || health.timeout.is_zero() {
-        return Err(invalid(
-            key("health.interval"),
-            "interval and timeout must be longer than 0s",
-        ));
+    for (k, value) in [("interval", health.interval), ("timeout", health.timeout)] {
+        if value.is_zero() {
+            return Err(invalid(
+                key(&format!("health.{k}")),
+                "must be longer than 0s",
+            ));
+        }
     }
 
     let t = up.timeouts.unwrap_or_default();
@@ -707,6 +713,35 @@ fn optional_duration(text: Option<String>, key: &str) -> Result<Option<Duration>
         return Err(invalid(key, "must be longer than 0s"));
     }
     Ok(Some(d))
+}
+
+/// No address twice among the listeners, and the admin API on none of the
+/// traffic listeners (SPEC: "never on a public listener"): `check` passed
+/// both and `run` failed with "address already in use", naming no key.
+/// Port 0 (the kernel's choice) is a new port each time.
+fn check_listeners_apart(listen: &Listen, admin: Option<&AdminConfig>) -> Result<(), Invalid> {
+    let traffic = listen
+        .http
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("listen.http[{i}]"), *a))
+        .chain(
+            listen
+                .https
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("listen.https[{i}]"), *a)),
+        );
+    let mut seen: Vec<(String, SocketAddr)> = Vec::new();
+    for (key, addr) in traffic.chain(admin.map(|a| ("admin.listen".to_string(), a.listen))) {
+        if addr.port() != 0 {
+            if let Some((first, _)) = seen.iter().find(|(_, a)| *a == addr) {
+                return Err(invalid(key, format!("{addr} is already {first}")));
+            }
+        }
+        seen.push((key, addr));
+    }
+    Ok(())
 }
 
 fn parse_listen_addr(text: &str, key: &str) -> Result<SocketAddr, Invalid> {
