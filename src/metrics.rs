@@ -186,6 +186,9 @@ impl Metrics {
             self.session_replica_invalid.with_label_values(&[&up.name]);
             for b in &up.backends {
                 self.retries.with_label_values(&[&up.name, &b.name]);
+                for code in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+                    self.requests.with_label_values(&[&up.name, &b.name, code]);
+                }
                 for result in ["ok", "fail"] {
                     self.health_checks
                         .with_label_values(&[&up.name, &b.name, result]);
