@@ -626,6 +626,17 @@ fn messages_name_the_key_and_say_what_is_wanted() {
         "upstream.shop.ip_hash.trusted_proxies[0]",
         "\"10.0.0.0/33\" is not an address or a network",
     );
+    let text = format!(
+        "{}\n[upstream.shop.app_cookie]\nname = \"a b\"\n",
+        shop("affinity = \"app-cookie\"")
+    );
+    assert_error(
+        "app-cookie-name",
+        &text,
+        "name = \"a b\"",
+        "upstream.shop.app_cookie.name",
+        "\"a b\" is not a valid cookie name",
+    );
     // A single address is a network of one.
     let text = format!(
         "{}\n[upstream.shop.ip_hash]\ntrusted_proxies = [\"10.0.0.1\", \"::1\"]\n",

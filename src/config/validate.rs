@@ -494,6 +494,12 @@ fn validate_upstream(
         separator: a.separator.unwrap_or_else(|| ".".to_string()),
         secondary_separator: a.secondary_separator,
     };
+    if app_cookie.name.is_empty() || !app_cookie.name.bytes().all(is_token_byte) {
+        return Err(invalid(
+            key("app_cookie.name"),
+            format!("\"{}\" is not a valid cookie name", app_cookie.name),
+        ));
+    }
     if app_cookie.separator.is_empty() {
         return Err(invalid(key("app_cookie.separator"), "must not be empty"));
     }
