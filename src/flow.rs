@@ -294,7 +294,7 @@ pub(crate) fn log_access(
 /// as nginx's `$host`: the https listener's port is the default one), path
 /// and query.
 fn redirect_https<H: HeaderLookup>(request: &RequestView<'_, H>) -> ProxyError {
-    let Some(host) = request.host.map(crate::router::strip_port) else {
+    let Some(host) = request.host.map(crate::uri::strip_port) else {
         return ProxyError::BadRequest("no host to redirect to");
     };
     let target = match request.target {

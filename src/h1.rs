@@ -339,7 +339,7 @@ fn idle<S: Stream>(
 /// enough of them are there to tell.
 async fn starts_h2<S: Stream>(client: &mut Client<S>, deadline: Instant) -> bool {
     loop {
-        if let Some(is) = crate::h2::is_preface(&client.pending) {
+        if let Some(is) = io::is_preface(&client.pending) {
             return is;
         }
         let wait = Wait::Until(deadline);

@@ -50,7 +50,6 @@ use request::RequestHead;
 use stream::{HeadFields, RequestBody, StreamReset};
 use timeouts::{Activity, TimedIo};
 
-pub(crate) use frame::is_preface;
 use upstream::Relay;
 
 /// Serves an HTTP/2 connection until it closes, or until shutdown (the

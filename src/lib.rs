@@ -66,6 +66,7 @@ mod shutdown;
 pub mod state;
 pub mod tls;
 pub mod upgrade;
+pub mod uri;
 
 pub use app::Limpet;
 pub use config::Config;

@@ -130,7 +130,7 @@ impl Router {
 
     /// The route a request matches, or `None` (404). `host` may carry a port.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<Routed<'_>> {
-        let host = host.map(|h| strip_port(h).trim_end_matches('.'));
+        let host = host.map(|h| crate::uri::strip_port(h).trim_end_matches('.'));
         let rule = match &self.index {
             Some(index) => &self.rules[index.find(host, path)?],
             None => self
@@ -315,17 +315,6 @@ impl Prefixes {
                 best
             }
         }
-    }
-}
-
-pub fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [::1]:8080
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
     }
 }
 

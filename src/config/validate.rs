@@ -320,7 +320,7 @@ fn route_host(host: &str) -> String {
     let bare = match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         // One colon: a port; more: an IPv6 address written bare.
-        None if host.matches(':').count() == 1 => crate::router::strip_port(&host),
+        None if host.matches(':').count() == 1 => crate::uri::strip_port(&host),
         None => &host,
     };
     bare.trim_end_matches('.').to_string()
@@ -525,7 +525,7 @@ fn validate_upstream(
     if !health.path.starts_with('/') {
         return Err(invalid(key("health.path"), "must start with /"));
     }
-    if !crate::flow::policy::is_target_text(health.path.as_bytes()) {
+    if !crate::uri::is_target_text(health.path.as_bytes()) {
         // A space or a CR passed, and then every check failed: the whole
         // upstream down.
         return Err(invalid(

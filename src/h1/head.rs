@@ -10,9 +10,7 @@ use std::ops::Range;
 use crate::affinity::HeaderLookup;
 use crate::error::ProxyError;
 use crate::flow::policy::{self, tokens, write_line, Field, Forwarding};
-
-/// As many header fields as hyper accepts.
-pub const MAX_FIELDS: usize = 100;
+use crate::uri::{self, MAX_FIELDS};
 
 #[derive(Debug, Clone)]
 pub struct FieldAt {
@@ -165,7 +163,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
                 }
                 // Empty is what a client sends for a target without an
                 // authority (RFC 9110, section 7.2).
-                if !h.value.is_empty() && !policy::is_authority(h.value) {
+                if !h.value.is_empty() && !uri::is_authority(h.value) {
                     return bad("invalid Host");
                 }
                 head.host_field = Some(head.fields.len());
@@ -251,7 +249,7 @@ fn split_target<'t>(
     method: &str,
     target: &'t str,
 ) -> Result<(&'t str, Option<&'t str>), &'static str> {
-    if !policy::is_target_text(target.as_bytes()) {
+    if !uri::is_target_text(target.as_bytes()) {
         return Err("invalid character in the request target");
     }
     if target.starts_with('/') {
@@ -274,7 +272,7 @@ fn split_target<'t>(
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let authority = &rest[..end];
-    if authority.is_empty() || !policy::is_authority(authority.as_bytes()) {
+    if authority.is_empty() || !uri::is_authority(authority.as_bytes()) {
         return Err("invalid authority");
     }
     Ok((&rest[end..], Some(authority)))

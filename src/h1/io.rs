@@ -273,6 +273,21 @@ pub fn grow_if_full(buf: &mut Vec<u8>) {
     }
 }
 
+/// What every HTTP/2 connection starts with (RFC 9113, section 3.4). Here,
+/// below both engines: the HTTP/1 engine tells an h2c connection by it, and
+/// `crate::h2` checks it again as it takes the connection over.
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a connection's first `bytes` are the HTTP/2 preface: `None` while
+/// too few of them have come to tell.
+pub fn is_preface(bytes: &[u8]) -> Option<bool> {
+    let n = bytes.len().min(PREFACE.len());
+    match bytes[..n] == PREFACE[..n] {
+        false => Some(false),
+        true => (n == PREFACE.len()).then_some(true),
+    }
+}
+
 /// A stream whose first bytes were already read: they are read again first.
 /// (An h2c connection is recognised by its first bytes, read by the HTTP/1
 /// engine, and then served by `crate::h2` from its start.)

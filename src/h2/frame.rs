@@ -3,18 +3,8 @@
 //! server reads and writes, and writers that append frames to a connection's
 //! output buffer.
 
-/// What every connection starts with (RFC 9113, section 3.4).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub use crate::h1::io::{is_preface, PREFACE};
 
-/// Whether a connection's first `bytes` are the preface: `None` while too
-/// few of them have come to tell.
-pub fn is_preface(bytes: &[u8]) -> Option<bool> {
-    let n = bytes.len().min(PREFACE.len());
-    match bytes[..n] == PREFACE[..n] {
-        false => Some(false),
-        true => (n == PREFACE.len()).then_some(true),
-    }
-}
 /// The frame header's length.
 pub const HEADER_LEN: usize = 9;
 /// SETTINGS_MAX_FRAME_SIZE's initial value: the largest payload limpet accepts

@@ -10,8 +10,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 
-use crate::flow::policy;
-use crate::h1::head::MAX_FIELDS;
+use crate::uri::{self, MAX_FIELDS};
 
 /// A request's head, as limpet's HTTP/2 path forwards it.
 #[derive(Debug)]
@@ -165,7 +164,7 @@ impl Fields {
             return Err("connection-specific field");
         }
         // Routed by when there is no :authority: checked as HTTP/1's Host is.
-        if name == header::HOST && !value.is_empty() && !policy::is_authority(value.as_bytes()) {
+        if name == header::HOST && !value.is_empty() && !uri::is_authority(value.as_bytes()) {
             return Err("invalid host");
         }
         if name == header::TE && value.as_bytes() != b"trailers" {
@@ -232,7 +231,7 @@ fn is_connection_specific(name: &HeaderName) -> bool {
 /// `:authority`: host and optional port, without userinfo (RFC 9113,
 /// section 8.3.1), as the HTTP/1 engine takes a Host.
 fn authority(value: &[u8]) -> Result<String, &'static str> {
-    match policy::is_authority(value) {
+    match uri::is_authority(value) {
         true => Ok(String::from_utf8_lossy(value).into_owned()),
         false => Err("invalid :authority"),
     }
@@ -242,7 +241,7 @@ fn authority(value: &[u8]) -> Result<String, &'static str> {
 /// or UTF-8 sent unescaped (as the HTTP/1 engine lets through), never
 /// whitespace or control characters.
 fn path(value: &[u8]) -> Result<String, &'static str> {
-    let valid = (value.first() == Some(&b'/') || value == b"*") && policy::is_target_text(value);
+    let valid = (value.first() == Some(&b'/') || value == b"*") && uri::is_target_text(value);
     match std::str::from_utf8(value) {
         Ok(text) if valid => Ok(text.to_owned()),
         _ => Err("invalid :path"),
