@@ -1282,6 +1282,22 @@ async fn an_endless_header_block_of_empty_continuations_is_refused() {
     .await;
 }
 
+/// A PRIORITY frame making a stream depend on itself is a PROTOCOL_ERROR
+/// (RFC 7540, section 5.3.1), as the same in HEADERS is: on an idle stream,
+/// which cannot be reset, for the connection. It was ignored.
+#[tokio::test]
+async fn a_stream_depending_on_itself_in_priority_is_a_protocol_error() {
+    bounded(async {
+        let (_app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        assert_served(&mut h2, 1).await;
+        h2.send_frame(PRIORITY, 0, 5, &[0, 0, 0, 5, 16]).await;
+        assert_eq!(h2.connection_error().await, Some(PROTOCOL_ERROR));
+        assert_serves_new_connections(lb.addr).await;
+    })
+    .await;
+}
+
 /// `OPTIONS *` is routed as `/`, as over HTTP/1.1, and reaches the backend;
 /// HTTP/2 routed it by the path `*` and answered 404 (no route) where the
 /// config has only routes under `/`.

@@ -633,6 +633,15 @@ where
         if payload.len() != 5 && !self.is_idle(head.stream) {
             lock(&self.shared).reset(head.stream, Reason::FrameSize);
         }
+        // A stream may not depend on itself (RFC 7540, section 5.3.1): a
+        // stream error, as for HEADERS; an idle stream cannot be reset, so
+        // there it ends the connection (a stream error may be raised to one).
+        if payload.len() == 5 && frame::u31(payload) == head.stream {
+            match self.is_idle(head.stream) {
+                true => return Err(conn_error(Reason::Protocol, "stream depends on itself")),
+                false => lock(&self.shared).reset(head.stream, Reason::Protocol),
+            }
+        }
         Ok(())
     }
 
