@@ -536,7 +536,15 @@ impl<'a> Attempts<'a> {
         self.tried.push(failed.backend);
         let next = self.upstream.after_failure(failed, &self.tried);
         if next.outcome == Outcome::Rejected {
-            return Err(ProxyError::NoBackend);
+            // A pinned request its backend failed, under `failover =
+            // "reject"`: the policy's answer, as when the backend is known
+            // down before the request (not "no backend available").
+            let rejected =
+                self.upstream.config.failover == Failover::Reject && next.failover_from.is_some();
+            return Err(match rejected {
+                true => ProxyError::Rejected,
+                false => ProxyError::NoBackend,
+            });
         }
         Ok(next)
     }

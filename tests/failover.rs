@@ -176,12 +176,16 @@ async fn failover_reject_answers_503() {
     let mut pinned = lb.client_pinned_to("app1").await;
     let mut other = lb.client_pinned_to("app2").await;
     a.stop().await;
+    // Before and after app1 is marked down, the same answer: the policy's
+    // (before, it was "503 no backend available", as if nothing were up).
     let r = pinned.get("/").await;
     assert_eq!(r.status, 503);
+    assert_eq!(r.body, "503 backend unavailable\n");
     assert_eq!(r.backend(), "");
     lb.wait_backend_state("shop", "app1", "down", WAIT).await;
     let r = pinned.get("/").await;
     assert_eq!(r.status, 503);
+    assert_eq!(r.body, "503 backend unavailable\n");
     assert!(r.set_cookie("limpet").is_none(), "the pin is kept");
     // Others are served; new clients go to the live backends.
     assert_eq!(other.get("/").await.backend(), "app2");
