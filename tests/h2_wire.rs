@@ -1282,6 +1282,40 @@ async fn an_endless_header_block_of_empty_continuations_is_refused() {
     .await;
 }
 
+/// Empty DATA frames without END_STREAM carry nothing: a flood of them
+/// costs CPU alone (CVE-2019-9518). More than 16 in a row end the
+/// connection with ENHANCE_YOUR_CALM; a few, and one that ends a stream,
+/// are fine. They were taken without limit.
+#[tokio::test]
+async fn a_flood_of_empty_data_frames_is_refused() {
+    bounded(async {
+        let (_app1, lb) = one_backend("").await;
+        let mut h2 = H2::connect(lb.addr).await;
+        let mut block = request_block("POST", "/echo");
+        block.extend(literal("content-length", "2"));
+        h2.request(1, &block, false).await;
+        let mut bytes = Vec::new();
+        for _ in 0..4 {
+            bytes.extend(frame(DATA, 0, 1, &[]));
+        }
+        bytes.extend(data(1, b"ok", false));
+        bytes.extend(frame(DATA, END_STREAM, 1, &[]));
+        h2.send(&bytes).await;
+        assert_eq!(h2.response(1).await.status, 200);
+
+        let mut h2 = H2::connect(lb.addr).await;
+        h2.request(1, &request_block("POST", "/echo"), false).await;
+        let mut bytes = Vec::new();
+        for _ in 0..1000 {
+            bytes.extend(frame(DATA, 0, 1, &[]));
+        }
+        h2.send_lossy(&bytes).await;
+        assert_eq!(h2.connection_error().await, Some(ENHANCE_YOUR_CALM));
+        assert_serves_new_connections(lb.addr).await;
+    })
+    .await;
+}
+
 /// A PRIORITY frame making a stream depend on itself is a PROTOCOL_ERROR
 /// (RFC 7540, section 5.3.1), as the same in HEADERS is: on an idle stream,
 /// which cannot be reset, for the connection. It was ignored.

@@ -60,6 +60,10 @@ const HEADER_BLOCK_CAP: usize = 4;
 /// open forever without growing it.
 const CONTINUATION_PER: usize = frame::DEFAULT_MAX_FRAME;
 const MIN_CONTINUATIONS: usize = 8;
+/// Empty DATA frames without END_STREAM in a row a client may send (they
+/// carry nothing; a flood of them costs CPU alone, CVE-2019-9518). Envoy
+/// allows 1; a few more for clients that flush eagerly.
+const EMPTY_DATA_RUN: u32 = 16;
 /// How many times one poll goes round reading, the streams and writing before
 /// it lets other tasks run.
 const ROUNDS_PER_POLL: usize = 4;
@@ -121,6 +125,9 @@ pub(crate) struct Connection<I, S> {
     /// The highest stream id limpet took on (GOAWAY's last stream).
     last_taken: u32,
     goaway_sent: bool,
+    /// Empty DATA frames without END_STREAM since the last frame with a
+    /// payload.
+    empty_data_run: u32,
     /// The client said GOAWAY, or closed its side.
     winding_down: bool,
     eof: bool,
@@ -169,6 +176,7 @@ where
             last_seen: 0,
             last_taken: 0,
             goaway_sent: false,
+            empty_data_run: 0,
             winding_down: false,
             eof: false,
         }
@@ -349,6 +357,7 @@ where
                 return Err(conn_error(Reason::Protocol, "header block interrupted"));
             }
             let payload = &read[frame::HEADER_LEN..whole];
+            self.count_empty_data(&head)?;
             match head.kind {
                 frame::DATA => self.data(head, payload)?,
                 _ => self.control(head, payload)?,
@@ -356,6 +365,21 @@ where
             read.advance(whole);
         }
         Ok(())
+    }
+
+    fn count_empty_data(&mut self, head: &Head) -> Result<(), ConnError> {
+        match head.kind == frame::DATA && head.len == 0 && !head.has(frame::END_STREAM) {
+            true => self.empty_data_run += 1,
+            false if head.len > 0 => self.empty_data_run = 0,
+            false => {}
+        }
+        match self.empty_data_run > EMPTY_DATA_RUN {
+            true => Err(conn_error(
+                Reason::EnhanceYourCalm,
+                "too many empty DATA frames",
+            )),
+            false => Ok(()),
+        }
     }
 
     fn control(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
