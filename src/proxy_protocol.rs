@@ -30,8 +30,6 @@ pub const V1_MAX_LEN: usize = 107;
 /// bytes): the largest address (two Unix paths, 216 bytes) and room for the
 /// type-length-values cloud balancers add (a VPC endpoint id, a link id).
 pub const V2_MAX_LEN: usize = 1024;
-/// How often a header that arrived in part is looked at again.
-const PARTIAL_POLL: Duration = Duration::from_millis(5);
 
 /// What a header says about the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,34 +93,43 @@ pub async fn read(stream: &mut TcpStream, timeout: Duration) -> Result<Option<He
 
 async fn read_unbounded(stream: &mut TcpStream) -> Result<Option<Header>, Rejection> {
     let mut buf = [0u8; 16 + V2_MAX_LEN];
-    let mut seen = 0;
+    // The header's first bytes, taken off the socket once known to be part
+    // of it: a peek then waits for what comes next, and sees the close.
+    let mut taken = 0;
     loop {
-        let n = stream.peek(&mut buf).await.map_err(|_| Rejection::Closed)?;
+        let n = stream
+            .peek(&mut buf[taken..])
+            .await
+            .map_err(|_| Rejection::Closed)?;
         if n == 0 {
-            return match seen {
+            return match taken {
                 0 => Ok(None),
                 _ => Err(Rejection::Closed),
             };
         }
-        match parse(&buf[..n]) {
+        let seen = taken + n;
+        match parse(&buf[..seen]) {
             Parsed::Complete { header, len } => {
                 stream
-                    .read_exact(&mut buf[..len])
+                    .read_exact(&mut buf[taken..len])
                     .await
                     .map_err(|_| Rejection::Closed)?;
                 return Ok(Some(header));
             }
             Parsed::Missing => return Err(Rejection::Missing),
             Parsed::Malformed(why) => return Err(Rejection::Malformed(why)),
-            // Balancers send the header in one segment; one that trickles in
-            // is looked at again shortly (a peek of the same bytes would
-            // return at once).
+            // Balancers send the header in one segment. One that trickles
+            // in: every byte so far is the header's (it has not ended), so
+            // they are taken, and the next peek waits for more.
             Parsed::Partial => {
-                if n == buf.len() {
+                if seen == buf.len() {
                     return Err(Rejection::Malformed("header too long"));
                 }
-                seen = n;
-                tokio::time::sleep(PARTIAL_POLL).await;
+                stream
+                    .read_exact(&mut buf[taken..seen])
+                    .await
+                    .map_err(|_| Rejection::Closed)?;
+                taken = seen;
             }
         }
     }

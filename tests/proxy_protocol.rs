@@ -245,6 +245,49 @@ async fn a_from_source_without_a_valid_header_is_closed_and_counted() {
     .await;
 }
 
+/// Half a header and then the client's close is seen at once and counted
+/// as `closed`; a header that trickles in a few bytes at a time is taken
+/// whole. The half header was peeked again every 5 ms until
+/// `client_header` passed (a peek sees the bytes, never the close behind
+/// them), holding the socket and counting a `timeout`.
+#[tokio::test]
+async fn a_half_header_then_a_close_is_seen_at_once() {
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let app1 = TestBackend::spawn("app1").await;
+        let toml = config(
+            "\"127.0.0.1/32\"",
+            &[&app1],
+            "",
+            "[timeouts]\nclient_header = \"10s\"\n",
+        );
+        let lb = TestLb::start(&toml).await;
+        let mut conn = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        conn.write_all(b"PROXY TCP4 1.2").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(conn);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while rejected(&lb, "closed") == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not seen closed in 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(rejected(&lb, "timeout"), 0);
+
+        // Trickled in three pieces, then the request: served.
+        let mut wire = Wire::connect(lb.addr).await;
+        for piece in [&b"PROXY TCP4 192"[..], b".0.2.7 10.0.0.1 ", b"1234 80\r\n"] {
+            wire.send(piece).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wire.send(get("/")).await;
+        assert_eq!(wire.read().await.status, 200);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sources_outside_from_are_served_without_a_header() {
     bounded(async {
