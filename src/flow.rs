@@ -290,18 +290,23 @@ pub(crate) fn log_access(
     });
 }
 
-/// The 308 to the request's URL over https: the same host (without a port,
-/// as nginx's `$host`: the https listener's port is the default one), path
-/// and query.
+/// The 308 to the request's URL over https: the same host as nginx's
+/// `$host` has it (without a port: the https listener's port is the default
+/// one; lowercase, without a trailing dot; an IPv6 address in its brackets),
+/// path and query.
 fn redirect_https<H: HeaderLookup>(request: &RequestView<'_, H>) -> ProxyError {
     let Some(host) = request.host.map(crate::uri::strip_port) else {
         return ProxyError::BadRequest("no host to redirect to");
     };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
     let target = match request.target {
         t if t.starts_with('/') => t,
         _ => "/",
     };
-    ProxyError::RedirectHttps(format!("https://{host}{target}"))
+    match host.contains(':') {
+        true => ProxyError::RedirectHttps(format!("https://[{host}]{target}")),
+        false => ProxyError::RedirectHttps(format!("https://{host}{target}")),
+    }
 }
 
 /// The methods whose request may be sent twice (RFC 9110, section 9.2.2).

@@ -59,7 +59,9 @@ pub fn server_config(
         .with_cert_resolver(Arc::new(SniResolver {
             certs: certs.to_vec(),
         }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // http/1.0 too, as nginx offers it: rustls refuses a client whose list
+    // has none of the server's (curl --http1.0 over TLS failed its handshake).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     config.session_storage = resumption.cache.clone();
     config.ticketer = resumption.ticketer.clone();
     Ok(Arc::new(config))

@@ -1,6 +1,6 @@
 //! Routes that send plain-HTTP clients to https (`redirect_https`, a 308 to
 //! the same host, path and query) and tell TLS clients to stay there (`hsts`,
-//! `Strict-Transport-Security` on every response over TLS).
+//! `Strict-Transport-Security` on every backend's response over TLS).
 
 mod common;
 
@@ -49,10 +49,26 @@ async fn a_plain_request_is_redirected_to_the_same_url_over_https() {
             .exchange("GET /shop/cart?item=1 HTTP/1.1\r\nHost: Shop.example:8080\r\n\r\n")
             .await;
         assert_eq!(resp.status, 308, "{resp:?}");
+        // nginx's $host: lowercase, no port, no trailing dot.
         assert_eq!(
             resp.header("location"),
-            Some("https://Shop.example/shop/cart?item=1")
+            Some("https://shop.example/shop/cart?item=1")
         );
+        // An IPv6 address keeps its brackets (https://::1/ is no URL).
+        for host in ["[::1]:8080", "[::1]"] {
+            let resp = conn
+                .exchange(format!("GET /shop HTTP/1.1\r\nHost: {host}\r\n\r\n"))
+                .await;
+            assert_eq!(
+                resp.header("location"),
+                Some("https://[::1]/shop"),
+                "{host}"
+            );
+        }
+        let resp = conn
+            .exchange("GET /shop HTTP/1.1\r\nHost: SHOP.example.\r\n\r\n")
+            .await;
+        assert_eq!(resp.header("location"), Some("https://shop.example/shop"));
         // HEAD: the same head, no body; the connection stays usable.
         conn.send("HEAD /shop HTTP/1.1\r\nHost: shop.example\r\n\r\n")
             .await;
@@ -149,6 +165,39 @@ async fn an_http2_request_over_tls_gets_the_routes_hsts() {
             assert_eq!(all, [hsts], "{path}");
             assert_eq!(resp.headers()["content-length"], path.len().to_string());
         }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+}
+
+/// A TLS client that offers only `http/1.0` in ALPN (curl --http1.0) is
+/// served HTTP/1.0, as nginx serves it: rustls refused the handshake (no
+/// protocol in common) since limpet offered only h2 and http/1.1.
+#[tokio::test]
+async fn a_client_offering_only_http10_in_alpn_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let backend = backend().await;
+        let dir = temp_dir("alpn-http10");
+        let cert = make_cert(&dir, "shop", &["shop.example"]);
+        let lb = TestLb::start(&with_https(&config(backend.addr), &[&cert])).await;
+        let mut tls = tls_connect(
+            lb.limpet.https_addrs[0],
+            &[&cert],
+            "shop.example",
+            &[b"http/1.0"],
+        )
+        .await
+        .expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+        tls.write_all(b"GET /open HTTP/1.0\r\nHost: shop.example\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("/open"), "{answer}");
         let _ = std::fs::remove_dir_all(dir);
     })
     .await;
