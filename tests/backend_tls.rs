@@ -428,6 +428,24 @@ async fn a_backend_that_requires_a_client_certificate_accepts_limpets() {
     assert!(backend.handshakes().iter().any(|h| h.client_cert));
 }
 
+/// A TLS 1.3 backend that wants a client certificate limpet has not got
+/// says so with an alert only after limpet has finished its handshake, as
+/// the request goes out: that is the handshake failing all the same, 502
+/// "the TLS handshake with the backend failed" as README says, not 503 "no
+/// backend available" (an outage, when the cause is a misconfiguration).
+#[tokio::test]
+async fn a_backend_wanting_a_client_certificate_limpet_lacks_is_a_tls_502() {
+    let (dir, ca, cert) = pki("btls-mtls-missing");
+    let clients = TestCa::new(&dir, "client-ca");
+    let backend = TlsBackend::spawn("tls1", server_config(&cert, Some(&clients))).await;
+    let tls = format!("ca = {}", toml_path(&ca.cert_path));
+    let lb = start_from_file(&config(&backend, &tls, "24h")).await;
+    let r = lb.client().get("/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("TLS handshake"), "{}", r.body);
+    assert!(backend.requests().is_empty());
+}
+
 #[tokio::test]
 async fn sni_is_the_configured_name_and_the_certificate_is_verified_against_it() {
     let dir = temp_dir("btls-sni");

@@ -422,10 +422,27 @@ pub(crate) async fn read_response_head(
             Err(e) if e.kind() == stdio::ErrorKind::TimedOut => {
                 return Err(Failure::Timeout(timeouts.backend.response))
             }
+            Err(e) if refused_tls(&e) => return Err(tls_refusal(e)),
             Err(e) if !answered => return Err(Failure::Closed(e.into())),
             Err(e) => return Err(Failure::BadResponse(e.into())),
         }
     }
+}
+
+/// The backend ended the TLS session with an alert: under TLS 1.3 a backend
+/// that wants a client certificate (or refuses the one it got) says so only
+/// after the client has finished its handshake, as the request goes out.
+fn refused_tls(e: &stdio::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| matches!(tls, rustls::Error::AlertReceived(_)))
+}
+
+/// A TLS refusal is the handshake's failure, whenever it is told: nothing of
+/// the request was taken, and with no target left the answer is the 502
+/// that says the TLS handshake failed, not a 503 as if no backend were up.
+fn tls_refusal(e: stdio::Error) -> Failure {
+    Failure::NotSent(crate::pool::ConnectError::Tls(e))
 }
 
 /// A chunked body whose first bytes, come with the head, are malformed is a
@@ -448,6 +465,9 @@ pub(crate) fn bad_response(why: &'static str) -> Failure {
 /// Writing to the backend failed: it closed before answering; one that stops
 /// reading for its response timeout is a timeout (see `Attempts` for what follows).
 pub(crate) fn sending(cause: stdio::Error, timeouts: Waits) -> Failure {
+    if refused_tls(&cause) {
+        return tls_refusal(cause);
+    }
     match cause.kind() {
         stdio::ErrorKind::TimedOut => Failure::Timeout(timeouts.backend.response),
         _ => Failure::Closed(cause.into()),
