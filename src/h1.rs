@@ -437,7 +437,12 @@ async fn serve_request<S: Stream>(
         }
         Answered::Gone => false,
     };
-    if !keep_alive || closing.is_closing() {
+    // Shutdown may have started after the response said keep-alive: the
+    // client may be sending its next request already. The connection goes
+    // on as an idle one at shutdown does: a request within LINGER is served
+    // with Connection: close, else it closes (closing at once lost that
+    // request, under SIGTERM and SIGUSR2 alike).
+    if !keep_alive {
         give_buffer(buf);
         return Next::Close;
     }

@@ -7,7 +7,7 @@ mod ops;
 
 use std::time::{Duration, Instant};
 
-use common::scripted::{ok, ScriptedBackend, Step};
+use common::scripted::{ok, write, ScriptedBackend, Step};
 use common::wire::*;
 use common::*;
 use ops::*;
@@ -15,6 +15,7 @@ use ops::*;
 both_sides!(
     a_response_in_flight_at_shutdown_says_connection_close,
     a_request_waiting_at_shutdown_is_served,
+    the_next_request_after_a_response_streaming_at_shutdown_is_served,
 );
 
 fn config(backend: &TestBackend, grace: &str) -> String {
@@ -193,6 +194,44 @@ async fn a_request_waiting_at_shutdown_is_served(side: Side) {
     );
     assert!(busy.closed().await);
     assert!(idle.closed().await, "an idle connection closes at shutdown");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown finished")
+        .unwrap();
+}
+
+/// A response whose head went out (keep-alive) before shutdown began and
+/// whose body ends after: the client, told keep-alive, sends its next
+/// request, which is served with `Connection: close`, as on any connection
+/// idle at shutdown. The engine closed the connection as that response
+/// ended, and the next request got nothing (under SIGTERM and SIGUSR2: every
+/// busy keep-alive connection of a streaming backend lost one request).
+async fn the_next_request_after_a_response_streaming_at_shutdown_is_served(side: Side) {
+    let backend = ScriptedBackend::spawn(|r| match r.target.as_str() {
+        "/stream" => vec![
+            write("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"),
+            Step::Pause(Duration::from_millis(800)),
+            write("cd"),
+        ],
+        _ => ok("next"),
+    })
+    .await;
+    let lb = lb_for(side, &backend).await;
+    let mut wire = lb.connect().await;
+    wire.send(get("/stream")).await;
+    // The head and the first bytes have gone out before shutdown begins.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(lb.lb.limpet.shutdown());
+    let resp = wire.read().await;
+    assert_eq!(resp.text(), "abcd", "{resp:?}");
+    assert!(!resp.connection_tokens().contains(&"close".to_string()));
+    let next = wire.exchange(get("/next")).await;
+    assert_eq!(next.text(), "next", "{next:?}");
+    assert!(
+        next.connection_tokens().contains(&"close".to_string()),
+        "{next:?}"
+    );
+    assert!(wire.closed().await);
     tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
         .expect("shutdown finished")
