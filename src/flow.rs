@@ -458,7 +458,12 @@ impl<'a> Attempts<'a> {
     ) -> Result<Retry, ProxyError> {
         match failure {
             Failure::NotSent(cause) => {
-                crate::health::passive_failure(self.upstream, failed.backend, &cause);
+                // Out of file descriptors, say: limpet's trouble, not the
+                // backend's (all backends went down under an fd shortage,
+                // and every request got 503 until health checks passed).
+                if !cause.is_local() {
+                    crate::health::passive_failure(self.upstream, failed.backend, &cause);
+                }
                 if self.retries_left == 0 {
                     return Err(ProxyError::Unreachable(cause));
                 }

@@ -305,6 +305,20 @@ impl ConnectError {
     pub fn is_tls(&self) -> bool {
         matches!(self, ConnectError::Tls(_))
     }
+
+    /// limpet itself is out of a resource (file descriptors, socket
+    /// buffers, memory): no fault of the backend's, which must not be
+    /// marked down for it.
+    pub fn is_local(&self) -> bool {
+        const EMFILE: i32 = 24;
+        const ENFILE: i32 = 23;
+        const ENOBUFS: i32 = 105;
+        const ENOMEM: i32 = 12;
+        matches!(
+            self,
+            ConnectError::Io(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+        )
+    }
 }
 
 /// A new connection to `addr` within `timeout` (TCP connect and TLS handshake
@@ -343,6 +357,20 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Out of file descriptors (or buffers, or memory) is limpet's own
+    /// trouble: such a connect failure marks no backend down.
+    #[test]
+    fn running_out_of_descriptors_is_no_fault_of_the_backend() {
+        let io = |code| ConnectError::Io(std::io::Error::from_raw_os_error(code));
+        for code in [23, 24, 105, 12] {
+            assert!(io(code).is_local(), "{code}");
+        }
+        let refused = ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(!refused.is_local());
+        assert!(!io(111).is_local(), "ECONNREFUSED");
+        assert!(!ConnectError::Timeout(Duration::from_secs(1)).is_local());
+    }
     use tokio::net::TcpListener;
 
     /// A listener on a free loopback port and a connection to it.
