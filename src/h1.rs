@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use crate::config::Timeouts;
 use crate::error::ProxyError;
-use crate::flow::{ConnInfo, Proxy, Trace};
+use crate::flow::{Access, ConnInfo, Proxy, Trace};
 use crate::park::PARK_AFTER;
 use crate::shutdown::Watch;
 use crate::state::Snapshot;
@@ -383,6 +383,20 @@ async fn serve_request<S: Stream>(
         Err(refusal) => {
             if let Some(err) = refusal {
                 let head_request = buf.starts_with(b"HEAD ");
+                // Counted and logged as any answer is (400, 408, 431, 417
+                // were in neither the metrics nor the access log).
+                let sent = answer_len(&err, head_request);
+                let logged = refused_access(&buf, info, sent);
+                let trace = Trace::default();
+                let status = err.status().as_u16();
+                record(
+                    proxy,
+                    &snap,
+                    &trace,
+                    status,
+                    std::time::Instant::now(),
+                    logged,
+                );
                 answer(client, &snap, &err, head_request, Delivery::closing()).await;
             }
             give_buffer(buf);
@@ -459,6 +473,34 @@ async fn serve_request<S: Stream>(
         give_buffer(buf);
     }
     Next::KeepAlive(snap.config.timeouts)
+}
+
+/// The access-log fields of a request whose head was refused: its method
+/// and target as far as they can be read (visible ASCII only, else `-`: the
+/// bytes are the client's, and go into a log line).
+fn refused_access<'b>(buf: &'b [u8], info: &ConnInfo, bytes_out: u64) -> Option<Access<'b>> {
+    let line = buf
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let mut word = || {
+        words
+            .next()
+            .filter(|w| {
+                !w.is_empty() && w.len() <= 1024 && w.iter().all(|b| (0x21..0x7f).contains(b))
+            })
+            .and_then(|w| std::str::from_utf8(w).ok())
+            .unwrap_or("-")
+    };
+    let (method, path) = (word(), word());
+    crate::access_log::enabled().then(|| Access {
+        method,
+        path,
+        client: info.peer.ip(),
+        bytes_in: 0,
+        bytes_out,
+    })
 }
 
 /// Reads until `buf` holds a whole request head. `Err(None)`: the client left

@@ -60,6 +60,68 @@ async fn every_request_gets_one_access_line_with_its_fields() {
     assert_eq!(fields[2]["affinity"], "-");
 }
 
+/// A request limpet refuses before routing (a malformed head: 400; an
+/// unmet expectation: 417) gets its access line too, with what of its
+/// method and target can be read (visible ASCII, else `-`: the bytes are
+/// the client's). It got none, and no count in limpet_requests_total.
+#[tokio::test]
+async fn a_refused_request_head_gets_its_access_line() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app1 = TestBackend::spawn("app1").await;
+    let toml = format!(
+        "[listen]\nhttp = [\"127.0.0.1:0\"]\n\n\
+         [upstream.shop.cookie]\nsecret = \"s\"\n\n[[upstream.shop.backend]]\nname = \"app1\"\naddr = \"{}\"\n",
+        app1.addr
+    );
+    let process = Process::start(&toml).await;
+    for raw in [
+        &b"GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+        b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx",
+        b"G\x01T /\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(process.http).await.unwrap();
+        conn.write_all(raw).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 4"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let access = || -> Vec<serde_json::Value> {
+        process
+            .log_lines()
+            .into_iter()
+            .filter(|l| l["target"] == "limpet::access")
+            .map(|l| l["fields"].clone())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { access().len() >= 3 }).await,
+        "three access lines: {:#?}",
+        process.log_lines()
+    );
+    let lines = access();
+    let seen: Vec<_> = lines
+        .iter()
+        .map(|f| (f["method"].clone(), f["path"].clone(), f["status"].clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("GET".into(), "/two".into(), 400.into()),
+            ("PUT".into(), "/x".into(), 417.into()),
+            ("-".into(), "-".into(), 400.into()),
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().all(|f| f["bytes_out"].as_u64() > Some(0)),
+        "{lines:#?}"
+    );
+}
+
 /// The real binary with a given `--log-format` and `RUST_LOG` (`None`: unset,
 /// the default), on a port chosen here: at `warn` nothing says where it listens.
 struct Binary {
