@@ -139,6 +139,10 @@ pub async fn serve(
 /// connection is closed to make room (nginx reuses idle connections the same
 /// way), one at a time until a permit comes; with none idle, the client waits
 /// for a connection to end.
+/// How often a client waiting at `max_connections` looks again for an idle
+/// connection to close.
+const IDLE_RECHECK: Duration = Duration::from_millis(100);
+
 async fn room(
     connections: &ConnectionLimit,
     closing: &Closing,
@@ -151,7 +155,14 @@ async fn room(
         // Parked connections first: they have been idle longest.
         let parked = lot.is_some_and(|lot| lot.evict_idlest());
         if !parked && !closing.evict_idlest() {
-            return connections.acquire().await;
+            // Nothing idle yet: wait for a connection to end, and look again
+            // now and then for one gone idle meanwhile (only waiting for an
+            // end kept a client out while every busy connection finished
+            // its request and sat idle, up to client_idle).
+            if let Ok(permit) = tokio::time::timeout(IDLE_RECHECK, connections.acquire()).await {
+                return permit;
+            }
+            continue;
         }
         // The evicted connection's permit comes back as its task ends.
         let wait = Duration::from_millis(50);

@@ -110,3 +110,39 @@ async fn shutdown_closes_parked_connections_and_serves_what_arrived() {
     })
     .await;
 }
+
+/// At the limit with every connection busy, a new client waits; once one of
+/// them finishes its request and sits idle, it is closed to let the waiting
+/// client in (README: "a new client is served by closing the keep-alive
+/// connection idle longest"). Eviction was tried only as the client
+/// arrived: it then waited for a connection to end, up to client_idle.
+#[tokio::test]
+async fn a_client_waiting_at_the_limit_gets_the_place_of_one_gone_idle() {
+    bounded(async {
+        let backend = ScriptedBackend::spawn(|r| {
+            let mut steps = Vec::new();
+            if r.target == "/slow" {
+                steps.push(common::scripted::Step::Pause(Duration::from_millis(500)));
+            }
+            steps.extend(ok("ok"));
+            steps
+        })
+        .await;
+        let lb = lb(&backend, "[limits]\nmax_connections = 1").await;
+        let mut busy = lb.connect().await;
+        busy.send(get("/slow")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Arrives while the only connection is busy; admitted once it idles.
+        let started = std::time::Instant::now();
+        let mut waiting = lb.connect().await;
+        assert_ok(&busy.read().await, "ok");
+        assert_ok(&waiting.exchange(get("/")).await, "ok");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "admitted after {:?}",
+            started.elapsed()
+        );
+        assert!(busy.closed().await, "the idle one made room");
+    })
+    .await;
+}
