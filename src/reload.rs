@@ -89,7 +89,7 @@ impl Reloader {
         }
         if config.listen.backlog != current.config.listen.backlog {
             tracing::warn!(
-                "listen.backlog changed: it takes effect at the next restart (the kernel sizes a listening socket's queue once)"
+                "listen.backlog changed (when unset, it follows limits.max_connections): it takes effect at the next restart (the kernel sizes a listening socket's queue once)"
             );
         }
         if config.runtime.worker_threads != current.config.runtime.worker_threads {
