@@ -295,10 +295,10 @@ pub(crate) fn log_access(
 /// one; lowercase, without a trailing dot; an IPv6 address in its brackets),
 /// path and query.
 fn redirect_https<H: HeaderLookup>(request: &RequestView<'_, H>) -> ProxyError {
-    let Some(host) = request.host.map(crate::uri::strip_port) else {
+    let Some(host) = request.host.map(crate::uri::bare_host) else {
         return ProxyError::BadRequest("no host to redirect to");
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.to_ascii_lowercase();
     let target = match request.target {
         t if t.starts_with('/') => t,
         _ => "/",

@@ -130,7 +130,7 @@ impl Router {
 
     /// The route a request matches, or `None` (404). `host` may carry a port.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<Routed<'_>> {
-        let host = host.map(|h| crate::uri::strip_port(h).trim_end_matches('.'));
+        let host = host.map(crate::uri::bare_host);
         let rule = match &self.index {
             Some(index) => &self.rules[index.find(host, path)?],
             None => self

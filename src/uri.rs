@@ -15,9 +15,45 @@ pub const MAX_FIELDS: usize = 100;
 /// refuses them too; a fragment is never sent). Both engines refuse a
 /// request with anything else in its target: a 400, or a reset stream.
 pub fn is_target_text(target: &[u8]) -> bool {
-    target
-        .iter()
-        .all(|&b| b > 0x20 && b != 0x7f && !b"\"#<>\\^`{|}".contains(&b))
+    target.iter().all(|&b| TARGET_BYTE[b as usize])
+}
+
+/// Per byte, whether a target may have it (one load per byte on every
+/// request, not a search of the excluded ones).
+const TARGET_BYTE: [bool; 256] = byte_table(0x21, b"\"#<>\\^`{|}\x7f");
+
+/// Per byte, whether RFC 3986's reg-name may have it as it is (`%` starts
+/// an escape, checked apart): unreserved and sub-delims.
+const REG_NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let more = b"-._~!$&'()*+,;=";
+    let mut i = 0;
+    while i < more.len() {
+        table[more[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// Every byte from `first` up, but those in `excluded`.
+const fn byte_table(first: u8, excluded: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = first as usize;
+    while b < 256 {
+        table[b] = true;
+        b += 1;
+    }
+    let mut i = 0;
+    while i < excluded.len() {
+        table[excluded[i] as usize] = false;
+        i += 1;
+    }
+    table
 }
 
 /// A Host value or an authority (RFC 9110 section 7.2, RFC 3986 section
@@ -68,7 +104,7 @@ fn is_reg_name(name: &[u8]) -> bool {
                 Some([a, b]) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => i += 2,
                 _ => return false,
             },
-            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            b if REG_NAME_BYTE[b as usize] => {}
             _ => return false,
         }
         i += 1;
@@ -77,16 +113,25 @@ fn is_reg_name(name: &[u8]) -> bool {
 }
 
 /// The host of a Host value or authority, without its port (`[::1]:8080`
-/// is `::1`).
+/// is `::1`; an IPv6 address written bare, as a config may, stays whole).
 pub fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
-        // [::1]:8080
         return rest.split(']').next().unwrap_or(rest);
+    }
+    if host.matches(':').count() > 1 {
+        return host;
     }
     match host.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
     }
+}
+
+/// The host as routes are matched and redirects written: without its port
+/// and without a trailing dot (`shop.example.:8080` is `shop.example`).
+/// Case is the caller's: the router compares without it.
+pub fn bare_host(host: &str) -> &str {
+    strip_port(host).trim_end_matches('.')
 }
 
 #[cfg(test)]
@@ -109,6 +154,21 @@ mod tests {
             "/h#frag", "/h\"", "/<", "/>", "/\\", "/^", "/`", "/{", "/|", "/}", "/a b", "/\x7f",
         ] {
             assert!(!is_target_text(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bare_hosts_lose_port_brackets_and_trailing_dot() {
+        for (host, bare) in [
+            ("shop.example", "shop.example"),
+            ("shop.example.:8080", "shop.example"),
+            ("Shop.Example", "Shop.Example"),
+            ("[::1]:8080", "::1"),
+            ("[::1]", "::1"),
+            ("::1", "::1"),
+            ("10.0.0.1:80", "10.0.0.1"),
+        ] {
+            assert_eq!(bare_host(host), bare, "{host}");
         }
     }
 

@@ -27,19 +27,15 @@ async fn every_request_gets_one_access_line_with_its_fields() {
     assert_eq!(client.get("/shop/cart").await.status, 200);
     assert_eq!(client.get("/elsewhere").await.status, 404);
 
-    let access = || -> Vec<serde_json::Value> {
-        process
-            .log_lines()
-            .into_iter()
-            .filter(|l| l["target"] == "limpet::access")
-            .collect()
-    };
     assert!(
-        eventually(Duration::from_secs(5), || async { access().len() >= 3 }).await,
+        eventually(Duration::from_secs(5), || async {
+            process.access_lines().len() >= 3
+        })
+        .await,
         "three access lines: {:#?}",
         process.log_lines()
     );
-    let lines = access();
+    let lines = process.access_lines();
     assert_eq!(lines.len(), 3, "{lines:#?}");
     let fields: Vec<&serde_json::Value> = lines.iter().map(|l| &l["fields"]).collect();
     assert_eq!(lines[0]["level"], "INFO");
@@ -89,20 +85,19 @@ async fn a_refused_request_head_gets_its_access_line() {
             String::from_utf8_lossy(&answer)
         );
     }
-    let access = || -> Vec<serde_json::Value> {
-        process
-            .log_lines()
-            .into_iter()
-            .filter(|l| l["target"] == "limpet::access")
-            .map(|l| l["fields"].clone())
-            .collect()
-    };
     assert!(
-        eventually(Duration::from_secs(5), || async { access().len() >= 3 }).await,
+        eventually(Duration::from_secs(5), || async {
+            process.access_lines().len() >= 3
+        })
+        .await,
         "three access lines: {:#?}",
         process.log_lines()
     );
-    let lines = access();
+    let lines: Vec<_> = process
+        .access_lines()
+        .iter()
+        .map(|l| l["fields"].clone())
+        .collect();
     let seen: Vec<_> = lines
         .iter()
         .map(|f| (f["method"].clone(), f["path"].clone(), f["status"].clone()))

@@ -1544,12 +1544,7 @@ async fn frames_after_a_graceful_goaway_leave_the_stream_in_flight_whole() {
         // Its ACK says limpet has taken stream 1.
         bytes.extend(frame(PING, 0, 0, b"taken!!!"));
         h2.send(&bytes).await;
-        loop {
-            let f = h2.next_for(0).await.expect("closed before the PING ACK");
-            if f.kind == PING && f.has(ACK) {
-                break;
-            }
-        }
+        h2.until_ping_ack().await;
         let stopping = tokio::spawn(lb.limpet.shutdown());
         let goaway = loop {
             let f = h2.next_for(1).await.expect("closed before the GOAWAY");
@@ -1821,12 +1816,7 @@ async fn streams_the_client_reset_free_their_slots_at_once() {
         // Its ACK says every HEADERS before it was handled.
         burst.extend(frame(PING, 0, 0, b"opened!!"));
         h2.send(&burst).await;
-        loop {
-            let f = h2.next_for(0).await.expect("closed while opening");
-            if f.kind == PING && f.has(ACK) {
-                break;
-            }
-        }
+        h2.until_ping_ack().await;
         let fresh: Vec<u32> = (0..10).map(|i| 1 + 2 * (max + i)).collect();
         let mut flight = Vec::new();
         for &stream in &slow[..10] {

@@ -312,18 +312,11 @@ fn validate_routes(
 
 /// A Strict-Transport-Security value (RFC 6797, section 6.1): `max-age`
 /// with its seconds, and the directives browsers know.
-/// A route's host as requests are matched: lowercase, without a port or a
-/// trailing dot (SPEC: "port ignored"), an IPv6 literal without brackets.
-/// `a.com:80` and `Shop.Example.` were taken as written and matched nothing.
+/// A route's host as requests are matched (SPEC: "port ignored"):
+/// lowercase, `uri::bare_host`. `a.com:80` and `Shop.Example.` were taken as
+/// written and matched nothing.
 fn route_host(host: &str) -> String {
-    let host = host.to_ascii_lowercase();
-    let bare = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(rest),
-        // One colon: a port; more: an IPv6 address written bare.
-        None if host.matches(':').count() == 1 => crate::uri::strip_port(&host),
-        None => &host,
-    };
-    bare.trim_end_matches('.').to_string()
+    crate::uri::bare_host(&host.to_ascii_lowercase()).to_string()
 }
 
 fn is_hsts(value: &str) -> bool {

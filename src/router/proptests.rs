@@ -11,7 +11,7 @@ use super::*;
 
 /// The old router: every rule in order.
 fn scan(routes: &[Route], names: &[&str], host: Option<&str>, path: &str) -> Option<usize> {
-    let host = host.map(|h| crate::uri::strip_port(h).trim_end_matches('.'));
+    let host = host.map(crate::uri::bare_host);
     routes
         .iter()
         .filter(|r| names.contains(&r.upstream.as_str()))

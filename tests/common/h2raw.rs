@@ -640,6 +640,17 @@ impl H2 {
             .unwrap_or_else(|| panic!("no frame within {FRAME_TIMEOUT:?}; seen {:?}", self.seen))
     }
 
+    /// Reads connection frames up to the ACK of a PING sent earlier (which
+    /// says every frame sent before it was handled); panics on a close.
+    pub async fn until_ping_ack(&mut self) {
+        loop {
+            let f = self.next_for(0).await.expect("closed before the PING ACK");
+            if f.kind == PING && f.has(ACK) {
+                return;
+            }
+        }
+    }
+
     /// The next frame within `wait`: `None` if none came, `Some(None)` if the
     /// server closed the connection.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Option<Frame>> {

@@ -416,6 +416,14 @@ impl Process {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The access-log lines so far (target `limpet::access`).
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| l["target"] == "limpet::access")
+            .collect()
+    }
+
     pub fn admin_client(&self) -> AdminClient {
         AdminClient::new(self.admin.expect("the config needs [admin]"))
     }
