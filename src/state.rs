@@ -379,25 +379,13 @@ impl Upstream {
             },
             Some(pin) => self.fail_over(pin.backend, &[pin.backend], pin.session),
             None => match self.balancer.pick(&self.backends, &[]) {
-                Some(backend) => {
-                    let decision = Decision {
-                        backend,
-                        outcome: Outcome::New,
-                        failover_from: None,
-                        set_cookie: sets_cookie,
-                        session: Session::new(),
-                    };
-                    // least-sessions counts the new session from now on, not
-                    // from its first answer: a slow backend's sessions would
-                    // drop out of its count (the pick's own count lasts only
-                    // until the next estimate) while their requests wait, and
-                    // it would look the emptiest, drawing ever more of them.
-                    if self.config.balance == crate::config::Balance::LeastSessions {
-                        let state = &self.backends[backend].state;
-                        state.session_started(self.counted_session(&decision));
-                    }
-                    decision
-                }
+                Some(backend) => self.balanced(Decision {
+                    backend,
+                    outcome: Outcome::New,
+                    failover_from: None,
+                    set_cookie: sets_cookie,
+                    session: Session::new(),
+                }),
                 None => self.rejected(None),
             },
         }
@@ -431,10 +419,10 @@ impl Upstream {
         match previous.outcome {
             Outcome::New | Outcome::Rebalanced if previous.failover_from.is_none() => {
                 match self.balancer.pick(&self.backends, tried) {
-                    Some(backend) => Decision {
+                    Some(backend) => self.balanced(Decision {
                         backend,
                         ..previous
-                    },
+                    }),
                     None => self.rejected(None),
                 }
             }
@@ -479,15 +467,28 @@ impl Upstream {
             }
         }
         match self.balancer.pick(&self.backends, tried) {
-            Some(backend) => Decision {
+            Some(backend) => self.balanced(Decision {
                 backend,
                 outcome: Outcome::Rebalanced,
                 failover_from: Some(from),
                 set_cookie: sets_cookie,
                 session,
-            },
+            }),
             None => self.rejected(Some(from)),
         }
+    }
+
+    /// A decision the balancer made. least-sessions counts the session on
+    /// its backend from now on, not from its first answer: a slow backend's
+    /// new sessions would drop out of its count (the pick's own count lasts
+    /// only until the next estimate) while their requests wait, and it would
+    /// look the emptiest, drawing ever more of them.
+    fn balanced(&self, decision: Decision) -> Decision {
+        if self.config.balance == crate::config::Balance::LeastSessions {
+            let state = &self.backends[decision.backend].state;
+            state.session_started(self.counted_session(&decision));
+        }
+        decision
     }
 
     fn rejected(&self, from: Option<usize>) -> Decision {
