@@ -888,6 +888,17 @@ mod tests {
             let n = b.state.active_sessions();
             assert!((9..=11).contains(&n), "{}: {n}", b.name);
         }
+        // Re-picked after its first backend failed: counted on the new one.
+        let first = up.choose(None);
+        let other = &up.backends[1 - first.backend].state;
+        let before = other.active_sessions();
+        let again = up.after_failure(first, &[first.backend]);
+        assert_ne!(again.backend, first.backend);
+        std::thread::sleep(crate::sessions::REFRESH + Duration::from_millis(50));
+        assert!(
+            other.active_sessions() > before,
+            "the re-pick was not counted"
+        );
     }
 
     #[test]
